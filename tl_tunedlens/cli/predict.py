@@ -1,0 +1,38 @@
+"""``tl-tunedlens predict``: a per-layer table of next-token predictions for one text."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args, encode, load_model_from_args
+
+DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="print each layer's next-token prediction for a text (logit lens and tuned lens)",
+        description="Print, for every lens layer, the logit lens's and the tuned lens's top predictions for "
+                    "the next token after TEXT, and their KL to the model's output (nats).",
+    )
+    add_model_args(parser)
+    parser.add_argument("--lens", help="folder of a saved tuned lens (default: an untrained one, equal to the logit lens)")
+    parser.add_argument("--text", default=DEFAULT_TEXT, help="the prompt (default: a line of Hamlet)")
+    parser.add_argument("--top-k", type=int, default=3, help="predictions shown per lens (default: %(default)s)")
+    parser.add_argument("--position", type=int, default=-1, help="position to decode (default: the last)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lens import LogitLens, TunedLens
+    from ..tables import prediction_table
+
+    model = load_model_from_args(args)
+    tuned = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
+    tokens = encode(model, args.text)
+    print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
+    print(f"text:  {args.text!r}  ({tokens.shape[1]} tokens; decoding position {args.position})")
+    label = "tuned" if args.lens else "tuned(untrained)"
+    print(prediction_table(model, {"logit": LogitLens.from_model(model), label: tuned}, tokens,
+                           position=args.position, top_k=args.top_k))
+    return 0

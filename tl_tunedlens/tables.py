@@ -1,0 +1,61 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .hooks import LensRecord
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A fixed-width table: right-aligned numbers, left-aligned text."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def token_str(tokenizer, token_id: int) -> str:
+    """A token as readable text (``repr``-style escapes for whitespace)."""
+    text = tokenizer.decode([int(token_id)]) if tokenizer is not None else f"<{int(token_id)}>"
+    return repr(text)[1:-1] if text.strip() != text or "\n" in text else text
+
+
+@torch.no_grad()
+def prediction_table(model, lenses: Mapping[str, object], tokens: Tensor, *, position: int = -1, top_k: int = 1) -> str:
+    """Per lens layer, each lens's top-``top_k`` next-token predictions (with probabilities) and its
+    KL to the model's final distribution (nats) at ``position`` of a single prompt ``tokens [1, pos]``.
+
+    Uses the hooks route: one ``run_with_hooks`` pass records every lens at that position."""
+    records = {name: LensRecord() for name in lenses}
+    hooks = [h for name, lens in lenses.items() for h in lens.hooks(records[name], positions=[position])]
+    model.run_with_hooks(tokens, fwd_hooks=hooks)
+    headers = ["layer", "hook"]
+    for name in lenses:
+        headers += [f"{name} top-{top_k}" if top_k > 1 else f"{name} top-1", f"{name} KL"]
+    any_lens = next(iter(lenses.values()))
+    rows = []
+    for layer in any_lens.layers:
+        row: list[object] = [layer, any_lens.hook_names[layer]]
+        for name in lenses:
+            log_probs = records[name].log_probs[layer][0, 0]
+            final = records[name].log_probs[any_lens.n_layers][0, 0]
+            kl = float((final.exp() * (final - log_probs)).sum())
+            values, ids = log_probs.topk(top_k)
+            row.append(" | ".join(f"{token_str(model.tokenizer, i)} {v.exp():.2f}" for v, i in zip(values, ids)))
+            row.append(max(kl, 0.0))
+        rows.append(row)
+    return format_table(headers, rows)
