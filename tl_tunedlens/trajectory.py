@@ -1,0 +1,362 @@
+"""Prediction trajectories: what a lens predicts at every layer and position, plus statistics.
+
+A :class:`PredictionTrajectory` holds, for lens layers ``0..n_layers`` (the last row is the
+model's own output) and every position of a batch of prompts, the top-k predictions, the
+log-prob and rank of the actual next token, and exact full-distribution statistics (entropy,
+KL to the final row, KL between consecutive layers). These are computed while streaming the
+layers one by one, so memory is ``layers x pos x k``, never ``layers x pos x vocab``, unless
+``keep_log_probs=True`` asks for the full log-probs too.
+
+Build one from ``(lens, model, tokens)`` with :meth:`PredictionTrajectory.from_model`, from a
+``(lens, ActivationCache, model logits)`` triple with :meth:`~PredictionTrajectory.from_cache`,
+or from any stack of log-probs with :meth:`~PredictionTrajectory.from_log_probs`.
+Comparisons between two lenses (KL, Jensen-Shannon, total variation) are in
+:func:`compare_lenses` (streaming) and :func:`compare` (two trajectories with full log-probs).
+
+All statistics are in nats except probabilities and ranks. Row ``l`` of a statistic is lens
+layer ``l``; ``delta(name)`` row ``l`` is the change from layer ``l`` to ``l + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from beartype import beartype
+from jaxtyping import Float, Int, jaxtyped
+from torch import Tensor
+
+from . import stats
+from .errors import LensError
+
+# name -> (title, unit); the order is the order figures offer them in
+STATISTICS: dict[str, tuple[str, str]] = {
+    "kl": ("KL(output || layer)", "nats"),
+    "entropy": ("entropy", "nats"),
+    "ce": ("cross-entropy of the next token", "nats"),
+    "prob": ("probability of the next token", "probability"),
+    "rank": ("rank of the next token (1 = top)", "rank"),
+    "max_prob": ("max probability", "probability"),
+    "kl_step": ("KL(layer l+1 || layer l)", "nats"),
+}
+COMPARISONS: dict[str, tuple[str, str]] = {
+    "kl": ("KL(a || b)", "nats"),
+    "js": ("Jensen-Shannon divergence", "nats"),
+    "tv": ("total variation distance", "probability"),
+}
+
+
+def _as_batch(tokens: Tensor | None) -> Tensor | None:
+    if tokens is None:
+        return None
+    if not isinstance(tokens, Tensor) or tokens.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+        raise LensError("tokens must be an integer tensor of shape [pos] or [batch pos]")
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.ndim != 2:
+        raise LensError(f"tokens must have shape [pos] or [batch pos], got {tuple(tokens.shape)}")
+    return tokens.long()
+
+
+def next_token_targets(tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """``targets[:, t] = tokens[:, t + 1]``; the last position has no target (``-1``)."""
+    targets = torch.full_like(tokens, -1)
+    targets[:, :-1] = tokens[:, 1:]
+    return targets
+
+
+@jaxtyped(typechecker=beartype)
+@dataclass
+class PredictionTrajectory:
+    """Per lens layer (``0..n_layers``, last row = model output) x prompt x position.
+
+    ``top_k_log_probs``/``top_k_indices``: the ``k`` most likely next tokens (log-probs in nats);
+    ``target_log_probs``: log-prob of the actual next token (NaN where there is none: the last
+    position); ``target_ranks``: its rank (1 = top, 0 where there is none); ``entropies``;
+    ``kl_to_final``: ``KL(output || layer)``; ``kl_steps``: ``KL(layer l+1 || layer l)``;
+    ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``."""
+
+    tokens: Int[Tensor, "batch pos"]
+    targets: Int[Tensor, "batch pos"]
+    top_k_log_probs: Float[Tensor, "layer batch pos k"]
+    top_k_indices: Int[Tensor, "layer batch pos k"]
+    target_log_probs: Float[Tensor, "layer batch pos"]
+    target_ranks: Int[Tensor, "layer batch pos"]
+    entropies: Float[Tensor, "layer batch pos"]
+    kl_to_final: Float[Tensor, "layer batch pos"]
+    kl_steps: Float[Tensor, "step batch pos"]
+    log_probs: Float[Tensor, "layer batch pos vocab"] | None = None
+    layer_labels: list[str] = field(default_factory=list)
+    lens_name: str = "lens"
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if len(self.kl_steps) != len(self.entropies) - 1:
+            raise LensError("kl_steps must have one row fewer than the layers")
+        if not self.layer_labels:
+            self.layer_labels = [str(i) for i in range(self.n_rows - 1)] + ["output"]
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    @torch.no_grad()
+    def from_log_probs(
+        cls,
+        log_probs: Float[Tensor, "layer batch pos vocab"] | Callable[[int], Tensor],
+        tokens: Int[Tensor, "batch pos"] | Int[Tensor, " pos"] | None = None,
+        *,
+        n_rows: int | None = None,
+        targets: Int[Tensor, "batch pos"] | None = None,
+        top_k: int = 10,
+        keep_log_probs: bool = False,
+        **kwargs: Any,
+    ) -> "PredictionTrajectory":
+        """Build from log-probs ``[layer batch pos vocab]`` (last row = the final distribution), or
+        from a function ``row -> [batch pos vocab]`` log-probs with ``n_rows`` rows, called once per
+        row (the final row first) so only two rows are in memory at a time.
+
+        ``targets`` default to the next tokens of ``tokens``; a negative target means none."""
+        if callable(log_probs) and not isinstance(log_probs, Tensor):
+            if n_rows is None:
+                raise LensError("pass n_rows with a log-prob function")
+            row = log_probs
+        else:
+            if not isinstance(log_probs, Tensor) or log_probs.ndim != 4:
+                raise LensError("log_probs must have shape [layer batch pos vocab]")
+            n_rows, row = len(log_probs), log_probs.__getitem__
+        if n_rows < 2:
+            raise LensError("a trajectory needs at least two rows (a layer and the final output)")
+        tokens = _as_batch(tokens)
+        final = row(n_rows - 1)
+        if final.ndim != 3:
+            raise LensError(f"each row of log-probs must be [batch pos vocab], got {tuple(final.shape)}")
+        batch, n_pos, vocab = final.shape
+        if tokens is not None and tuple(tokens.shape) != (batch, n_pos):
+            raise LensError(f"tokens have shape {tuple(tokens.shape)} but the log-probs are for [batch pos]=[{batch}, {n_pos}]")
+        if tokens is None:
+            tokens = torch.full((batch, n_pos), -1, dtype=torch.long)
+        targets = next_token_targets(tokens) if targets is None else _as_batch(targets)
+        k = max(1, min(int(top_k), vocab))
+        acc: dict[str, list[Tensor]] = {n: [] for n in ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full")}
+        previous = None
+        for i in range(n_rows):
+            lp = final if i == n_rows - 1 else row(i)
+            if lp.shape != final.shape:
+                raise LensError(f"row {i} of log-probs has shape {tuple(lp.shape)}, the final row {tuple(final.shape)}")
+            values, indices = lp.topk(k, dim=-1)
+            acc["tkl"].append(values)
+            acc["tki"].append(indices)
+            acc["tlp"].append(stats.target_log_prob(lp, targets.to(lp.device)))
+            acc["rank"].append(stats.target_rank(lp, targets.to(lp.device)))
+            acc["ent"].append(stats.entropy(lp))
+            acc["kl"].append(stats.kl_divergence(final, lp))
+            if previous is not None:
+                acc["step"].append(stats.kl_divergence(lp, previous))
+            if keep_log_probs:
+                acc["full"].append(lp)
+            previous = lp
+        return cls(
+            tokens=tokens.cpu(), targets=targets.cpu(),
+            top_k_log_probs=torch.stack(acc["tkl"]).cpu(), top_k_indices=torch.stack(acc["tki"]).cpu(),
+            target_log_probs=torch.stack(acc["tlp"]).cpu(), target_ranks=torch.stack(acc["rank"]).cpu(),
+            entropies=torch.stack(acc["ent"]).cpu(), kl_to_final=torch.stack(acc["kl"]).cpu(),
+            kl_steps=torch.stack(acc["step"]).cpu(),
+            log_probs=torch.stack(acc["full"]).cpu() if keep_log_probs else None, **kwargs,
+        )
+
+    @classmethod
+    def from_cache(cls, lens, cache, model_logits: Float[Tensor, "batch pos vocab"] | None = None,
+                   tokens: Tensor | None = None, **kwargs: Any) -> "PredictionTrajectory":
+        """Build from a TransformerLens ``ActivationCache`` holding ``lens.hook_names``.
+
+        The last row is ``model_logits`` (the model's output) when given, else the lens's own final
+        layer (identical). Without ``tokens`` the next-token statistics are NaN. ``kwargs`` go to
+        :meth:`from_log_probs` (``top_k``, ``keep_log_probs``, ``targets``)."""
+        resids = lens.residuals_from_cache(cache)
+        n = lens.n_layers
+
+        def row(i: int) -> Tensor:
+            if i == n and model_logits is not None:
+                if model_logits.shape[:-1] != resids.shape[1:-1]:
+                    raise LensError(f"model_logits have shape {tuple(model_logits.shape)} but the cache is for "
+                                    f"[batch pos]={list(resids.shape[1:-1])}: pass the logits of the same run")
+                return model_logits.to(torch.promote_types(model_logits.dtype, torch.float32)).log_softmax(-1)
+            return lens.log_probs(resids[i], i)
+
+        kwargs.setdefault("lens_name", _lens_name(lens))
+        kwargs.setdefault("tokenizer", getattr(getattr(cache, "model", None), "tokenizer", None))
+        kwargs.setdefault("layer_labels", [str(i) for i in range(n)] + ["output"])
+        return cls.from_log_probs(row, tokens, n_rows=n + 1, **kwargs)
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, lens, model, tokens: Tensor | str, **kwargs: Any) -> "PredictionTrajectory":
+        """Run ``model`` on ``tokens`` (ids ``[pos]``/``[batch pos]``, or a string) once, caching only the
+        lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
+        lens.check_model(model)
+        if isinstance(tokens, str):
+            if getattr(model, "tokenizer", None) is None:
+                raise LensError("this model has no tokenizer: pass token ids instead of a string")
+            tokens = model.to_tokens(tokens)
+        tokens = _as_batch(tokens).to(model.cfg.device)
+        logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
+        kwargs.setdefault("tokenizer", getattr(model, "tokenizer", None))
+        return cls.from_cache(lens, cache, logits, tokens, **kwargs)
+
+    # --- shape ------------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        """Number of rows: lens layers ``0..n_layers``, so ``n_layers + 1``."""
+        return len(self.entropies)
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.tokens.shape[1]
+
+    def select(self, index: int) -> "PredictionTrajectory":
+        """The trajectory of prompt ``index`` alone (batch size 1)."""
+        if not -self.batch <= index < self.batch:
+            raise LensError(f"prompt index {index} is out of range for a batch of {self.batch}")
+        sl = slice(index % self.batch, index % self.batch + 1)
+        return replace(
+            self, tokens=self.tokens[sl], targets=self.targets[sl],
+            top_k_log_probs=self.top_k_log_probs[:, sl], top_k_indices=self.top_k_indices[:, sl],
+            target_log_probs=self.target_log_probs[:, sl], target_ranks=self.target_ranks[:, sl],
+            entropies=self.entropies[:, sl], kl_to_final=self.kl_to_final[:, sl], kl_steps=self.kl_steps[:, sl],
+            log_probs=None if self.log_probs is None else self.log_probs[:, sl],
+        )
+
+    # --- statistics -------------------------------------------------------------------
+    def entropy(self) -> Float[Tensor, "layer batch pos"]:
+        return self.entropies
+
+    def kl(self) -> Float[Tensor, "layer batch pos"]:
+        """``KL(output || layer)`` (nats); zero on the last row."""
+        return self.kl_to_final
+
+    def cross_entropy(self) -> Float[Tensor, "layer batch pos"]:
+        """``-log p(next token)`` (nats); NaN where there is no next token."""
+        return -self.target_log_probs
+
+    def target_prob(self) -> Float[Tensor, "layer batch pos"]:
+        return self.target_log_probs.exp()
+
+    def rank(self) -> Float[Tensor, "layer batch pos"]:
+        """Rank of the next token (1 = top) as floats, NaN where there is no next token."""
+        rank = self.target_ranks.to(self.entropies.dtype)
+        return torch.where(self.target_ranks > 0, rank, torch.full_like(rank, float("nan")))
+
+    def max_prob(self) -> Float[Tensor, "layer batch pos"]:
+        return self.top_k_log_probs[..., 0].exp()
+
+    def statistic(self, name: str) -> Float[Tensor, "row batch pos"]:
+        """A statistic by name (see ``STATISTICS``), or ``"delta_<name>"`` for its first-order
+        difference between consecutive layers (row ``l`` = layer ``l + 1`` minus layer ``l``)."""
+        if name.startswith("delta_"):
+            return self.delta(name.removeprefix("delta_"))
+        getters = {"entropy": self.entropy, "kl": self.kl, "ce": self.cross_entropy, "prob": self.target_prob,
+                   "rank": self.rank, "max_prob": self.max_prob, "kl_step": lambda: self.kl_steps}
+        if name not in getters:
+            raise LensError(f"unknown statistic {name!r}: use one of {', '.join(getters)} (or delta_<name>)")
+        return getters[name]()
+
+    def delta(self, name: str) -> Float[Tensor, "step batch pos"]:
+        """First-order difference of a statistic between consecutive layers: ``s[l + 1] - s[l]``."""
+        values = self.statistic(name)
+        return values[1:] - values[:-1]
+
+    def mean(self, name: str) -> Float[Tensor, " row"]:
+        """A statistic averaged over the batch and positions (NaN entries, e.g. no next token, skipped)."""
+        return self.statistic(name).flatten(1).nanmean(1)
+
+    def row_labels(self, name: str) -> list[str]:
+        """Labels of the rows of ``statistic(name)``."""
+        if name == "kl_step" or name.startswith("delta_"):
+            return [f"{a}→{b}" for a, b in zip(self.layer_labels[:-1], self.layer_labels[1:])]
+        return list(self.layer_labels)
+
+    # --- text -------------------------------------------------------------------------
+    def decode(self, token_id: int) -> str:
+        """One token as text (``<id>`` without a tokenizer)."""
+        token_id = int(token_id)
+        if token_id < 0:
+            return ""
+        if self.tokenizer is None:
+            return f"<{token_id}>"
+        return self.tokenizer.decode([token_id])
+
+    def input_strings(self, index: int = 0) -> list[str]:
+        """The input tokens of prompt ``index`` as text."""
+        return [self.decode(t) for t in self.tokens[index].tolist()]
+
+
+def _lens_name(lens) -> str:
+    kind = getattr(lens, "lens_type", "lens")
+    return {"logit_lens": "logit lens", "tuned_lens": "tuned lens"}.get(kind, kind)
+
+
+@dataclass
+class TrajectoryComparison:
+    """Divergences between two lenses' distributions per layer x prompt x position:
+    ``kl = KL(a || b)`` and ``js`` in nats, ``tv`` a probability."""
+
+    kl: Float[Tensor, "layer batch pos"]
+    js: Float[Tensor, "layer batch pos"]
+    tv: Float[Tensor, "layer batch pos"]
+    names: tuple[str, str] = ("a", "b")
+    layer_labels: list[str] = field(default_factory=list)
+
+    def statistic(self, name: str) -> Float[Tensor, "layer batch pos"]:
+        if name not in COMPARISONS:
+            raise LensError(f"unknown comparison {name!r}: use one of {', '.join(COMPARISONS)}")
+        return getattr(self, name)
+
+    def mean(self, name: str) -> Float[Tensor, " layer"]:
+        """Averaged over the batch and positions."""
+        return self.statistic(name).flatten(1).mean(1)
+
+
+def _compare_rows(row_a: Callable[[int], Tensor], row_b: Callable[[int], Tensor], n_rows: int, **kwargs) -> TrajectoryComparison:
+    out: dict[str, list[Tensor]] = {"kl": [], "js": [], "tv": []}
+    for i in range(n_rows):
+        a, b = row_a(i), row_b(i)
+        if a.shape != b.shape:
+            raise LensError(f"cannot compare row {i}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+        out["kl"].append(stats.kl_divergence(a, b))
+        out["js"].append(stats.js_divergence(a, b))
+        out["tv"].append(stats.total_variation(a, b))
+    return TrajectoryComparison(**{k: torch.stack(v).cpu() for k, v in out.items()}, **kwargs)
+
+
+def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryComparison:
+    """KL(a || b), JS and TV between two trajectories built with ``keep_log_probs=True``."""
+    if a.log_probs is None or b.log_probs is None:
+        raise LensError("compare() needs full log-probs: build both trajectories with keep_log_probs=True, "
+                        "or use compare_lenses(lens_a, lens_b, model, tokens), which streams layer by layer")
+    if a.log_probs.shape != b.log_probs.shape:
+        raise LensError(f"cannot compare trajectories of shapes {tuple(a.log_probs.shape)} and {tuple(b.log_probs.shape)}")
+    return _compare_rows(a.log_probs.__getitem__, b.log_probs.__getitem__, a.n_rows,
+                         names=(a.lens_name, b.lens_name), layer_labels=list(a.layer_labels))
+
+
+@torch.no_grad()
+def compare_lenses(lens_a, lens_b, model, tokens: Tensor | str) -> TrajectoryComparison:
+    """KL(a || b), JS and TV between two lenses on ``model`` run once on ``tokens``, one layer at a
+    time (memory ``layers x pos``, never ``layers x pos x vocab``)."""
+    lens_a.check_model(model)
+    lens_b.check_model(model)
+    if lens_a.n_layers != lens_b.n_layers:
+        raise LensError(f"the lenses have {lens_a.n_layers} and {lens_b.n_layers} layers: use lenses of one model")
+    if isinstance(tokens, str):
+        tokens = model.to_tokens(tokens)
+    tokens = _as_batch(tokens).to(model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
+    resids = lens_a.residuals_from_cache(cache)
+    n = lens_a.n_layers
+    return _compare_rows(lambda i: lens_a.log_probs(resids[i], i), lambda i: lens_b.log_probs(resids[i], i), n + 1,
+                         names=(_lens_name(lens_a), _lens_name(lens_b)),
+                         layer_labels=[str(i) for i in range(n)] + ["output"])
