@@ -10,6 +10,7 @@ the hub unreachable it fails at once with a clear message.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -52,12 +53,27 @@ def load_hf_smollm2(dtype: torch.dtype = torch.float32):
     except ImportError as err:  # pragma: no cover - dependency missing
         raise ModelLoadError(f"loading the embedded model needs transformers and gguf ({err}): pip install transformers gguf") from None
     hf_logging.disable_progress_bar()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _env(TQDM_DISABLE="1"):
         warnings.simplefilter("ignore")
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf_model.eval()
     return hf_model, tokenizer
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    """Temporarily set environment variables (here: hide the GGUF conversion's progress bar)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _smollm2_cfg_dict(hf_config, n_ctx: int) -> dict[str, Any]:
@@ -127,7 +143,6 @@ def _load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, cent
     if n_ctx > max_ctx:
         raise ModelLoadError(f"n_ctx={n_ctx} exceeds SmolLM2-135M's context of {max_ctx}: pass n_ctx <= {max_ctx}")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    tokenizer.name_or_path = "smollm2-135m"
     cfg = HookedTransformerConfig(**{**cfg_dict, "n_ctx": n_ctx, "device": str(device), "dtype": dtype, **kwargs})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,0 +1,93 @@
+"""Model loading: fail-fast errors (unit) and the real offline SmolLM2-135M (integration)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from tl_tunedlens import LogitLens, ModelLoadError, TunedLens, load_model
+from tl_tunedlens.models import _hub_reachable
+
+SENTENCE = "The capital of France is Paris, and the capital of Germany is Berlin. The capital of Italy is"
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="unknown model 'no-such-model': use 'smollm2-135m'"):
+        load_model("no-such-model")
+
+
+def test_bad_dtype_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="dtype must be"):
+        load_model("smollm2-135m", dtype="float13")
+
+
+@pytest.mark.skipif(_hub_reachable(), reason="needs a machine without access to the hub")
+def test_hub_model_without_network_fails_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="hub is unreachable.*HF_HUB_OFFLINE=1.*smollm2-135m"):
+        load_model("gpt2")
+    assert time.perf_counter() - start < 10
+
+
+def test_hub_model_offline_and_not_cached_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1.*not in the local Hugging Face cache"):
+        load_model("gpt2")
+    assert time.perf_counter() - start < 30
+
+
+# --- the real model ----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_smollm2_matches_hugging_face(smollm2):
+    from tl_tunedlens.models import load_hf_smollm2
+
+    hf_model, tokenizer = load_hf_smollm2()
+    ids = torch.tensor([tokenizer.encode(SENTENCE)])
+    assert ids[0, 0] != tokenizer.bos_token_id  # no BOS is added by the GGUF tokenizer
+    with torch.no_grad():
+        ours = smollm2(ids).log_softmax(-1)
+        theirs = hf_model(ids).logits.log_softmax(-1)
+    diff = (ours - theirs).abs().max().item()
+    print(f"\nSmolLM2-135M log-prob parity, TransformerLens vs Hugging Face: max |diff| = {diff:.2e} nats")
+    assert diff < 1e-4
+    assert ours[0, -1].argmax() == theirs[0, -1].argmax()
+    unprocessed = load_model("smollm2-135m", fold_ln=False, center_writing_weights=False, center_unembed=False)
+    with torch.no_grad():
+        raw = unprocessed(ids).log_softmax(-1)
+    print(f"unprocessed (no fold_ln): max |diff| = {(raw - theirs).abs().max().item():.2e} nats")
+    assert (raw - theirs).abs().max() < 1e-4
+    TunedLens.from_model(smollm2).check_model(unprocessed)  # same unembedding function
+
+
+@pytest.mark.integration
+def test_smollm2_config_and_tokenizer(smollm2):
+    cfg = smollm2.cfg
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_vocab, cfg.normalization_type) == (30, 576, 9, 49152, "RMSPre")
+    assert smollm2.to_tokens(" Paris").tolist() == [[7042]]  # no BOS prepended by default
+    ids = smollm2.tokenizer.encode(" Paris, France", add_special_tokens=False)
+    assert smollm2.tokenizer.decode(ids) == " Paris, France"
+    assert not any(p.requires_grad for p in smollm2.parameters())
+
+
+@pytest.mark.integration
+def test_logit_lens_kl_is_large_in_the_middle_and_small_at_the_end(smollm2):
+    lens = LogitLens.from_model(smollm2)
+    ids = smollm2.to_tokens(SENTENCE)
+    with torch.no_grad():
+        logits, cache = smollm2.run_with_cache(ids, names_filter=lens.hook_names)
+        log_probs = lens.log_probs_from_cache(cache)
+    final = log_probs[-1]
+    kl = (final.exp() * (final - log_probs)).sum(-1).mean(dim=(1, 2))  # [layer], nats
+    print("\nlogit-lens KL(final || lens) per layer, nats:", " ".join(f"{i}:{v:.2f}" for i, v in enumerate(kl.tolist())))
+    n = smollm2.cfg.n_layers
+    assert kl[-1].abs() < 1e-6
+    assert kl[n // 3 : 2 * n // 3].min() > 5.0
+    assert kl[n - 1] < 3.0 and kl[n - 2 : n].max() < kl[n // 3 : 2 * n // 3].min() / 2
+    assert torch.equal(log_probs[-1], logits.log_softmax(-1))
