@@ -1,8 +1,11 @@
-"""Saving and loading lenses: ``config.json`` + ``lens.safetensors`` in a folder.
+"""Our lens format: ``config.json`` + ``lens.safetensors`` in a folder.
 
-``lens.save(dir)`` writes both files atomically (a failure leaves no half-written file);
-``TunedLens.load(dir, model)`` restores the lens exactly and refuses a model whose
-unembedding, ``n_layers`` or ``d_model`` differ.
+``config.json`` records the format and its version, the model name, ``n_layers``, ``d_model``,
+``d_vocab``, the layer convention, ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``:
+sha256 of the raw parameters; ``unembed_fingerprint``: processing-invariant probe log-probs), the
+residual-stream kind the translators were trained on (``"raw"`` = Hugging Face hidden states, or
+``"centred"``, see :mod:`tl_tunedlens.residual_basis`) and training metadata (tokens seen, data,
+loss, steps...). Both files are written all-or-nothing.
 """
 
 from __future__ import annotations
@@ -16,20 +19,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._files import atomic_path, write_json_atomic
+from ._folder import write_folder_atomic
 from .errors import LensError
 
+FORMAT = "tl-tunedlens"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "lens.safetensors"
 LAYER_CONVENTION = "resid_after_n_blocks"  # lens layer i = residual stream after i blocks
+REQUIRED_KEYS = ("lens_type", "n_layers", "d_model", "d_vocab")
 
 
 def lens_config(lens, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content describing ``lens``."""
     params = list(lens.parameters())
     return {
-        "format": "tl-tunedlens",
+        "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "lens_type": lens.lens_type,
         "model_name": lens.model_name,
@@ -42,6 +47,8 @@ def lens_config(lens, training: dict[str, Any] | None = None) -> dict[str, Any]:
         "dtype": str(params[0].dtype).removeprefix("torch.") if params else None,
         "unembed_hash": lens.unembed_sha256,
         "unembed_fingerprint": lens.unembed_fingerprint,
+        "residual_stream": getattr(lens, "residual_stream", None),
+        "reference_unembed_hash": getattr(lens, "reference_unembed_hash", None),
         "training": dict(training if training is not None else getattr(lens, "training_info", {}) or {}),
     }
 
@@ -49,41 +56,60 @@ def lens_config(lens, training: dict[str, Any] | None = None) -> dict[str, Any]:
 def save_lens(lens, path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` and ``lens.safetensors`` into folder ``path`` (created if needed)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise LensError(f"cannot save a lens to {path}: it is a file, not a folder; pass a folder path")
     config = lens_config(lens, training)
+    text = json.dumps(config, indent=2) + "\n"  # fails here (not half-way) on non-JSON metadata
     tensors = {k: v.detach().cpu().contiguous() for k, v in lens.state_dict().items()}
+    writers = {}
     if tensors:
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
-    write_json_atomic(path / CONFIG_NAME, config)
-    return path
+        writers[WEIGHTS_NAME] = lambda tmp: save_file(
+            tensors, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    writers[CONFIG_NAME] = lambda tmp: tmp.write_text(text, encoding="utf-8")
+    return write_folder_atomic(path, writers)
 
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate ``config.json`` of a saved lens folder."""
+def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` of a lens folder (either format) as a dict; one-line errors otherwise."""
     path = Path(path)
     cfg_file = path / CONFIG_NAME
     if not path.is_dir():
         raise LensError(f"lens folder {path} does not exist: pass the folder written by lens.save()")
     if not cfg_file.is_file():
-        raise LensError(f"{cfg_file} is missing: a lens folder needs config.json and {WEIGHTS_NAME}")
+        raise LensError(f"{cfg_file} is missing: a lens folder needs config.json and {WEIGHTS_NAME} (or params.pt)")
     try:
         config = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LensError(f"{cfg_file} is not valid JSON ({err}): re-save the lens") from None
     if not isinstance(config, dict):
         raise LensError(f"{cfg_file} must hold a JSON object: re-save the lens")
+    return config
+
+
+def validate_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
+    """Check the format, version and required keys of one of our configs."""
+    fmt = config.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise LensError(f"{cfg_file} has format {fmt!r}, not {FORMAT!r}: it was not written by tl_tunedlens")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise LensError(
             f"{cfg_file} has format_version {version!r}; this tl_tunedlens reads version {FORMAT_VERSION}: "
             "upgrade tl_tunedlens or re-save the lens"
         )
-    for key in ("lens_type", "n_layers", "d_model", "d_vocab"):
+    for key in REQUIRED_KEYS:
         if key not in config:
             raise LensError(f"{cfg_file} lacks the key {key!r}: re-save the lens")
+    for key in ("n_layers", "d_model", "d_vocab"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "n_layers" else 1):
+            raise LensError(f"{cfg_file}: {key} must be a positive integer, got {value!r}: re-save the lens")
+    if config.get("layer_convention", LAYER_CONVENTION) != LAYER_CONVENTION:
+        raise LensError(f"{cfg_file} has layer_convention {config['layer_convention']!r}, expected {LAYER_CONVENTION!r}")
     return config
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``config.json`` of one of our lens folders."""
+    return validate_config(read_json_config(path), Path(path) / CONFIG_NAME)
 
 
 def read_weights(path: str | os.PathLike, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,16 +122,17 @@ def read_weights(path: str | os.PathLike, expected: dict[str, torch.Tensor]) -> 
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise LensError(f"{weights_file} is not a readable safetensors file ({err}): re-save the lens") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LensError(f"{weights_file} is truncated or not a safetensors file ({first[:160]}): re-save the lens") from None
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         raise LensError(
-            f"{weights_file} does not match the config: missing {missing[:3]}, unexpected {extra[:3]}"
+            f"{weights_file} does not match config.json: missing {missing[:3]}, unexpected {extra[:3]}: re-save the lens"
         )
     for key, ref in expected.items():
         if tuple(tensors[key].shape) != tuple(ref.shape):
             raise LensError(
-                f"{weights_file}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(ref.shape)}"
+                f"{weights_file}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(ref.shape)}: re-save the lens"
             )
     return tensors

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import artifacts
 from .core import LogitLensCore, TunedLensCore
-from .errors import LensError
 from .hooks import HooksMixin
-from .io import read_config, read_weights, save_lens
+from .hub import upload_lens
+from .reference_format import model_unembed_hash
+from .residual_basis import residual_stream_kind
 from .unembed import Unembed
 
 
@@ -29,6 +31,11 @@ class TunedLens(HooksMixin, TunedLensCore):
     """A tuned lens: one residual affine translator per layer ``0..n_layers-1`` (Belrose et al. 2023)."""
 
     training_info: dict[str, Any]
+    #: residual stream the translators were trained on: "raw" (Hugging Face hidden states),
+    #: "centred" (center_writing_weights on a LayerNorm model) or None (unknown)
+    residual_stream: str | None = None
+    #: the reference package's hash of the Hugging Face unembedding, when known
+    reference_unembed_hash: str | None = None
 
     def __init__(self, unembed: Unembed, n_layers: int, *, bias: bool = True,
                  dtype: torch.dtype | None = None, model_name: str | None = None):
@@ -39,33 +46,41 @@ class TunedLens(HooksMixin, TunedLensCore):
     def from_model(cls, model: nn.Module, *, bias: bool = True, dtype: torch.dtype | None = None) -> "TunedLens":
         """An untrained (identity) tuned lens for ``model``: equal to the logit lens exactly."""
         unembed, n_layers, name = cls._model_facts(model)
-        return cls(unembed, n_layers, bias=bias, dtype=dtype, model_name=name)
+        lens = cls(unembed, n_layers, bias=bias, dtype=dtype, model_name=name)
+        lens.residual_stream = residual_stream_kind(model)
+        lens.reference_unembed_hash = model_unembed_hash(unembed)
+        return lens
 
-    # --- save / load ----------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, training: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``lens.safetensors`` into folder ``path`` atomically."""
-        return save_lens(self, path, training)
+    # --- save / load / hub (see tl_tunedlens.artifacts) ------------------------------
+    def save(self, path: str | os.PathLike, *, training: dict[str, Any] | None = None,
+             format: str = "tl-tunedlens") -> Path:
+        """Write the lens into folder ``path`` atomically.
+
+        ``format="tl-tunedlens"``: ``config.json`` + ``lens.safetensors`` (``training`` metadata
+        included); ``format="tuned-lens"``: the reference package's ``config.json`` + ``params.pt``."""
+        return artifacts.save(self, path, format=format, training=training)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module, *, dtype: torch.dtype | None = None) -> "TunedLens":
-        """Load a lens saved with :meth:`save` for ``model`` (checked against its unembedding)."""
-        config = read_config(path)
-        if config["lens_type"] != cls.lens_type:
-            raise LensError(f"{path} holds a {config['lens_type']!r}, not a {cls.lens_type!r}")
-        unembed, n_layers, name = cls._model_facts(model)
-        if config["n_layers"] != n_layers or config["d_model"] != unembed.d_model:
-            raise LensError(
-                f"{path} was saved for n_layers={config['n_layers']}, d_model={config['d_model']} but the "
-                f"model has n_layers={n_layers}, d_model={unembed.d_model}: load it with the model it was trained on"
-            )
-        unembed.check(
-            d_model=config["d_model"], d_vocab=config["d_vocab"], sha256=config.get("unembed_hash"),
-            fingerprint=config.get("unembed_fingerprint"), what=f"the lens in {path}",
-        )
-        saved_dtype = getattr(torch, str(config.get("dtype") or "float32"), None)
-        lens = cls(unembed, n_layers, bias=bool(config.get("bias", True)),
-                   dtype=dtype or saved_dtype, model_name=config.get("model_name") or name)
-        tensors = read_weights(path, lens.state_dict())
-        lens.load_state_dict(tensors)
-        lens.training_info = dict(config.get("training") or {})
-        return lens
+        """Load a lens folder (ours or the reference's) for ``model``, checked against its
+        unembedding, ``n_layers``, ``d_model`` and residual stream."""
+        return artifacts.load(cls, path, model, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: nn.Module, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None,
+                        repo_type: str | None = None, subfolder: str | None = None,
+                        token: str | bool | None = None) -> "TunedLens":
+        """Load from a local folder, a hub repo, or the reference space ``AlignmentResearch/tuned-lens``
+        (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used."""
+        return artifacts.from_pretrained(cls, path_or_repo_id, model, revision=revision, cache_dir=cache_dir,
+                                         dtype=dtype, repo_type=repo_type, subfolder=subfolder, token=token)
+
+    def push_to_hub(self, repo_id: str, *, format: str = "tl-tunedlens", training: dict[str, Any] | None = None,
+                    repo_type: str = "model", path_in_repo: str | None = None, revision: str | None = None,
+                    private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None) -> str:
+        """Save the lens (``format``) and upload it to ``repo_id`` (created if needed); returns the commit URL."""
+        return upload_lens(lambda folder: self.save(folder, training=training, format=format), repo_id,
+                           repo_type=repo_type, path_in_repo=path_in_repo, revision=revision, private=private,
+                           token=token, commit_message=commit_message)
