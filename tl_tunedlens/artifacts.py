@@ -73,8 +73,8 @@ def load(cls, path: str | os.PathLike, model: nn.Module, *, dtype: torch.dtype |
     if ref.is_reference_config(config):
         rc = ref.parse_config(config, path / ref.CONFIG_NAME)
         _check_shape(path / ref.CONFIG_NAME, rc["n_layers"], rc["d_model"], n_layers, unembed.d_model)
-        ref.check_unembed_hash(unembed, rc["unembed_hash"], what)
         check_transfer(RAW, model_kind, what)
+        ref.check_unembed_hash(unembed, rc["unembed_hash"], what)
         lens = cls(unembed, n_layers, bias=rc["bias"], dtype=dtype, model_name=rc["model_name"] or name)
         tensors = ref.read_params(path / ref.PARAMS_NAME, rc["n_layers"], rc["d_model"], rc["bias"])
         lens.load_state_dict(tensors)
