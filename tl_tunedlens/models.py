@@ -53,7 +53,7 @@ def load_hf_smollm2(dtype: torch.dtype = torch.float32):
     except ImportError as err:  # pragma: no cover - dependency missing
         raise ModelLoadError(f"loading the embedded model needs transformers and gguf ({err}): pip install transformers gguf") from None
     hf_logging.disable_progress_bar()
-    with warnings.catch_warnings(), _env(TQDM_DISABLE="1"):
+    with warnings.catch_warnings(), _quiet_gguf_conversion():
         warnings.simplefilter("ignore")
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -62,18 +62,19 @@ def load_hf_smollm2(dtype: torch.dtype = torch.float32):
 
 
 @contextlib.contextmanager
-def _env(**values: str):
-    """Temporarily set environment variables (here: hide the GGUF conversion's progress bar)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+def _quiet_gguf_conversion():
+    """Hide transformers' per-tensor GGUF conversion progress bar (shown once, on the first load)."""
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    saved = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        gguf_utils.tqdm = saved
 
 
 def _smollm2_cfg_dict(hf_config, n_ctx: int) -> dict[str, Any]:
