@@ -7,8 +7,8 @@
 2. the reference package's space ``AlignmentResearch/tuned-lens`` (``$TUNED_LENS_REPO_ID`` overrides),
    subfolder ``lens/<id>`` (``id`` = the model name, e.g. ``gpt2``).
 
-With ``HF_HUB_OFFLINE=1``, or when the hub cannot be reached (checked with a short connection
-attempt, so nothing waits on network timeouts), only the local cache is used: a cached lens
+With ``HF_HUB_OFFLINE=1``, or when the hub cannot be reached (checked with one short ``HEAD``
+request, so nothing waits on long network timeouts), only the local cache is used: a cached lens
 loads, an uncached one fails at once with a clear message.
 """
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -42,21 +43,23 @@ def hub_endpoint() -> str:
 
 
 def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
-    """Can a TCP connection to the hub endpoint be opened within ``timeout`` seconds (DNS included)?"""
-    endpoint = hub_endpoint()
-    scheme, _, rest = endpoint.partition("://")
-    hostport = rest.split("/", 1)[0]
-    host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "")
-    port_num = int(port) if port.isdigit() else (80 if scheme == "http" else 443)
+    """Does the hub endpoint answer an HTTP ``HEAD`` within ``timeout`` seconds (DNS included)?
 
-    def connect() -> bool:
-        socket.create_connection((host, port_num), timeout=timeout).close()
+    Any HTTP status counts as an answer; refused/unresolvable/timed-out connections and TLS
+    failures (e.g. an intercepting proxy) do not. Proxies from the environment are honoured."""
+    request = urllib.request.Request(hub_endpoint() + "/", method="HEAD")
+
+    def probe() -> bool:
+        try:
+            urllib.request.urlopen(request, timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered
         return True
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
-        return pool.submit(connect).result(timeout=timeout + 0.5)
-    except (OSError, concurrent.futures.TimeoutError):
+        return pool.submit(probe).result(timeout=timeout + 0.5)
+    except (OSError, ValueError, concurrent.futures.TimeoutError):
         return False
     finally:
         pool.shutdown(wait=False)
