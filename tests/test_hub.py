@@ -124,7 +124,10 @@ class FakeHub:
 
     def download(self, repo_id, filename, *, subfolder=None, repo_type=None, revision=None, cache_dir=None,
                  local_files_only=False, **kwargs):
-        import httpx
+        try:
+            import httpx2 as httpx  # huggingface_hub 2.x's HTTP client
+        except ImportError:  # pragma: no cover - older huggingface_hub
+            import httpx
         from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
 
         self.calls.append(dict(repo_id=repo_id, filename=filename, subfolder=subfolder, repo_type=repo_type,

@@ -241,7 +241,7 @@ def test_malicious_params_pickle_is_not_run(tmp_path, writer):
         torch.save(payload, tmp_path / "params.pt")
     else:
         with open(tmp_path / "params.pt", "wb") as f:
-            pickle.dump(payload, f)
+            pickle.dump(payload, f, protocol=2)
     (tmp_path / "config.json").write_text(json.dumps({"d_model": D_MODEL, "num_hidden_layers": N_LAYERS}))
     with pytest.raises(LensError, match="params.pt is not a plain tensor state dict"):
         TunedLens.load(tmp_path, model)
