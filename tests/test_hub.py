@@ -145,7 +145,10 @@ def test_online_download_honours_revision_cache_and_falls_back_to_space(tmp_path
     ours, theirs = trained_lens(model, 4), trained_lens(model, 5)
     ours.save(tmp_path / "repo")
     theirs.save(tmp_path / "space" / "lens" / "tiny-model", format="tuned-lens")
-    fake = FakeHub({("model", "user/tiny-lens"): tmp_path / "repo", ("space", "AlignmentResearch/tuned-lens"): tmp_path / "space"})
+    (tmp_path / "model-repo").mkdir()  # a model repo named like the model: its config.json is no lens
+    (tmp_path / "model-repo" / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 3, "hidden_size": 16}')
+    fake = FakeHub({("model", "user/tiny-lens"): tmp_path / "repo", ("model", "tiny-model"): tmp_path / "model-repo",
+                    ("space", "AlignmentResearch/tuned-lens"): tmp_path / "space"})
     monkeypatch.setattr(hub, "hf_hub_download", fake.download)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=0: True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

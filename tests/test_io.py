@@ -140,6 +140,8 @@ BAD_INPUTS = {
                     r"translators.0.weight has shape \(16, 8\), expected \(16, 16\)"),
     "both formats": (lambda f: (f / "params.pt").write_bytes(b"x"), "holds both lens.safetensors and params.pt"),
     "bad dtype": (lambda f: _edit_config(f, dtype="int8"), "unknown dtype 'int8'"),
+    "a model's config": (lambda f: (f / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 3}'),
+                         "config.json is not a lens config"),
 }
 
 

@@ -110,6 +110,9 @@ def download_lens(repo_id: str, *, revision: str | None = None, cache_dir: str |
         except (HfHubHTTPError, OSError) as err:
             raise LensError(f"cannot download {CONFIG_NAME} from {where}: {_first_line(err)}") from None
         weights = _weights_name(config_path)
+        if weights is None:  # e.g. the model repo "gpt2": its config.json is a model's, not a lens's
+            tried.append(f"{where} (its {CONFIG_NAME} is not a lens config)")
+            continue
         try:
             weights_path = Path(download(filename=weights, **kwargs))
         except (EntryNotFoundError, RepositoryNotFoundError) as err:
@@ -130,14 +133,17 @@ def download_lens(repo_id: str, *, revision: str | None = None, cache_dir: str |
                     "revision and repo_type, or pass a local folder")
 
 
-def _weights_name(config_path: Path) -> str:
+def _weights_name(config_path: Path) -> str | None:
+    """The weights file that goes with this ``config.json``; None when it is not a lens config."""
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise LensError(f"{config_path} is not valid JSON ({err}): the hub copy is broken") from None
-    if isinstance(config, dict) and ref.is_reference_config(config):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if ref.is_reference_config(config):
         return ref.PARAMS_NAME
-    return WEIGHTS_NAME
+    return WEIGHTS_NAME if "format_version" in config else None
 
 
 def _first_line(err: BaseException) -> str:

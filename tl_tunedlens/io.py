@@ -86,6 +86,9 @@ def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def validate_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
     """Check the format, version and required keys of one of our configs."""
+    if "format_version" not in config:
+        raise LensError(f"{cfg_file} is not a lens config (no format_version, not a tuned-lens config): "
+                        "pass a folder written by lens.save() or by the tuned-lens package")
     fmt = config.get("format", FORMAT)
     if fmt != FORMAT:
         raise LensError(f"{cfg_file} has format {fmt!r}, not {FORMAT!r}: it was not written by tl_tunedlens")

@@ -45,8 +45,13 @@ _NUMPY_DEFAULT_PRINT = dict(edgeitems=3, threshold=1000, floatmode="maxprec", su
 
 
 def is_reference_config(config: dict[str, Any]) -> bool:
-    """True for a reference ``config.json`` (it has ``num_hidden_layers`` and no ``format_version``)."""
-    return "format_version" not in config and ("num_hidden_layers" in config or config.get("lens_type") == LENS_TYPE)
+    """True for a reference ``config.json``: ``lens_type`` ``"linear_tuned_lens"``, or (older files)
+    ``d_model`` + ``num_hidden_layers`` without our ``format_version`` or a model's ``model_type``."""
+    if "format_version" in config:
+        return False
+    if config.get("lens_type") == LENS_TYPE:
+        return True
+    return "d_model" in config and "num_hidden_layers" in config and "model_type" not in config
 
 
 def parse_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
