@@ -66,6 +66,51 @@ def next_token_targets(tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch p
     return targets
 
 
+class _Builder:
+    """Accumulates a trajectory row by row (the final distribution is given first)."""
+
+    def __init__(self, final: Tensor, tokens: Tensor | None, targets: Tensor | None, top_k: int, keep_log_probs: bool):
+        if final.ndim != 3:
+            raise LensError(f"each row of log-probs must be [batch pos vocab], got {tuple(final.shape)}")
+        batch, n_pos, vocab = final.shape
+        tokens = _as_batch(tokens)
+        if tokens is not None and tuple(tokens.shape) != (batch, n_pos):
+            raise LensError(f"tokens have shape {tuple(tokens.shape)} but the log-probs are for [batch pos]=[{batch}, {n_pos}]")
+        self.tokens = torch.full((batch, n_pos), -1, dtype=torch.long) if tokens is None else tokens
+        self.targets = next_token_targets(self.tokens) if targets is None else _as_batch(targets)
+        if tuple(self.targets.shape) != (batch, n_pos):
+            raise LensError(f"targets have shape {tuple(self.targets.shape)}, expected [{batch}, {n_pos}]")
+        self.final, self.k, self.keep = final, max(1, min(int(top_k), vocab)), keep_log_probs
+        self.acc: dict[str, list[Tensor]] = {n: [] for n in ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full")}
+        self.previous: Tensor | None = None
+
+    def add(self, lp: Tensor) -> None:
+        if lp.shape != self.final.shape:
+            raise LensError(f"row {len(self.acc['ent'])} of log-probs has shape {tuple(lp.shape)}, "
+                            f"the final row {tuple(self.final.shape)}")
+        acc, targets = self.acc, self.targets.to(lp.device)
+        values, indices = lp.topk(self.k, dim=-1)
+        acc["tkl"].append(values.cpu())
+        acc["tki"].append(indices.cpu())
+        acc["tlp"].append(stats.target_log_prob(lp, targets).cpu())
+        acc["rank"].append(stats.target_rank(lp, targets).cpu())
+        acc["ent"].append(stats.entropy(lp).cpu())
+        acc["kl"].append(stats.kl_divergence(self.final, lp).cpu())
+        if self.previous is not None:
+            acc["step"].append(stats.kl_divergence(lp, self.previous).cpu())
+        if self.keep:
+            acc["full"].append(lp.cpu())
+        self.previous = lp
+
+    def finish(self, cls, **kwargs: Any) -> "PredictionTrajectory":
+        self.add(self.final)
+        acc = {k: torch.stack(v) if v else None for k, v in self.acc.items()}
+        return cls(tokens=self.tokens.cpu(), targets=self.targets.cpu(), top_k_log_probs=acc["tkl"],
+                   top_k_indices=acc["tki"], target_log_probs=acc["tlp"], target_ranks=acc["rank"],
+                   entropies=acc["ent"], kl_to_final=acc["kl"], kl_steps=acc["step"],
+                   log_probs=acc["full"], **kwargs)
+
+
 @jaxtyped(typechecker=beartype)
 @dataclass
 class PredictionTrajectory:
@@ -126,43 +171,10 @@ class PredictionTrajectory:
             n_rows, row = len(log_probs), log_probs.__getitem__
         if n_rows < 2:
             raise LensError("a trajectory needs at least two rows (a layer and the final output)")
-        tokens = _as_batch(tokens)
-        final = row(n_rows - 1)
-        if final.ndim != 3:
-            raise LensError(f"each row of log-probs must be [batch pos vocab], got {tuple(final.shape)}")
-        batch, n_pos, vocab = final.shape
-        if tokens is not None and tuple(tokens.shape) != (batch, n_pos):
-            raise LensError(f"tokens have shape {tuple(tokens.shape)} but the log-probs are for [batch pos]=[{batch}, {n_pos}]")
-        if tokens is None:
-            tokens = torch.full((batch, n_pos), -1, dtype=torch.long)
-        targets = next_token_targets(tokens) if targets is None else _as_batch(targets)
-        k = max(1, min(int(top_k), vocab))
-        acc: dict[str, list[Tensor]] = {n: [] for n in ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full")}
-        previous = None
-        for i in range(n_rows):
-            lp = final if i == n_rows - 1 else row(i)
-            if lp.shape != final.shape:
-                raise LensError(f"row {i} of log-probs has shape {tuple(lp.shape)}, the final row {tuple(final.shape)}")
-            values, indices = lp.topk(k, dim=-1)
-            acc["tkl"].append(values)
-            acc["tki"].append(indices)
-            acc["tlp"].append(stats.target_log_prob(lp, targets.to(lp.device)))
-            acc["rank"].append(stats.target_rank(lp, targets.to(lp.device)))
-            acc["ent"].append(stats.entropy(lp))
-            acc["kl"].append(stats.kl_divergence(final, lp))
-            if previous is not None:
-                acc["step"].append(stats.kl_divergence(lp, previous))
-            if keep_log_probs:
-                acc["full"].append(lp)
-            previous = lp
-        return cls(
-            tokens=tokens.cpu(), targets=targets.cpu(),
-            top_k_log_probs=torch.stack(acc["tkl"]).cpu(), top_k_indices=torch.stack(acc["tki"]).cpu(),
-            target_log_probs=torch.stack(acc["tlp"]).cpu(), target_ranks=torch.stack(acc["rank"]).cpu(),
-            entropies=torch.stack(acc["ent"]).cpu(), kl_to_final=torch.stack(acc["kl"]).cpu(),
-            kl_steps=torch.stack(acc["step"]).cpu(),
-            log_probs=torch.stack(acc["full"]).cpu() if keep_log_probs else None, **kwargs,
-        )
+        builder = _Builder(row(n_rows - 1), tokens, targets, top_k, keep_log_probs)
+        for i in range(n_rows - 1):
+            builder.add(row(i))
+        return builder.finish(cls, **kwargs)
 
     @classmethod
     def from_cache(cls, lens, cache, model_logits: Float[Tensor, "batch pos vocab"] | None = None,
@@ -194,11 +206,7 @@ class PredictionTrajectory:
         """Run ``model`` on ``tokens`` (ids ``[pos]``/``[batch pos]``, or a string) once, caching only the
         lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
         lens.check_model(model)
-        if isinstance(tokens, str):
-            if getattr(model, "tokenizer", None) is None:
-                raise LensError("this model has no tokenizer: pass token ids instead of a string")
-            tokens = model.to_tokens(tokens)
-        tokens = _as_batch(tokens).to(model.cfg.device)
+        tokens = _tokens_of(model, tokens)
         logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
         kwargs.setdefault("tokenizer", getattr(model, "tokenizer", None))
         return cls.from_cache(lens, cache, logits, tokens, **kwargs)
@@ -343,20 +351,48 @@ def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryCompa
                          names=(a.lens_name, b.lens_name), layer_labels=list(a.layer_labels))
 
 
+def _tokens_of(model, tokens: Tensor | str) -> Tensor:
+    if isinstance(tokens, str):
+        if getattr(model, "tokenizer", None) is None:
+            raise LensError("this model has no tokenizer: pass token ids instead of a string")
+        tokens = model.to_tokens(tokens)
+    return _as_batch(tokens).to(model.cfg.device)
+
+
 @torch.no_grad()
-def compare_lenses(lens_a, lens_b, model, tokens: Tensor | str) -> TrajectoryComparison:
-    """KL(a || b), JS and TV between two lenses on ``model`` run once on ``tokens``, one layer at a
-    time (memory ``layers x pos``, never ``layers x pos x vocab``)."""
+def trajectory_pair(lens_a, lens_b, model, tokens: Tensor | str, *, targets: Tensor | None = None, top_k: int = 10,
+                    keep_log_probs: bool = False) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
+    """Trajectories of two lenses (e.g. logit and tuned) and their comparison (KL(a || b), JS, TV),
+    from one forward pass, streaming layer by layer (two layers' log-probs in memory at a time)."""
     lens_a.check_model(model)
     lens_b.check_model(model)
     if lens_a.n_layers != lens_b.n_layers:
         raise LensError(f"the lenses have {lens_a.n_layers} and {lens_b.n_layers} layers: use lenses of one model")
-    if isinstance(tokens, str):
-        tokens = model.to_tokens(tokens)
-    tokens = _as_batch(tokens).to(model.cfg.device)
-    _, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
+    tokens = _tokens_of(model, tokens)
+    logits, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
     resids = lens_a.residuals_from_cache(cache)
     n = lens_a.n_layers
-    return _compare_rows(lambda i: lens_a.log_probs(resids[i], i), lambda i: lens_b.log_probs(resids[i], i), n + 1,
-                         names=(_lens_name(lens_a), _lens_name(lens_b)),
-                         layer_labels=[str(i) for i in range(n)] + ["output"])
+    final = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    builders = [_Builder(final, tokens, targets, top_k, keep_log_probs) for _ in range(2)]
+    out: dict[str, list[Tensor]] = {"kl": [], "js": [], "tv": []}
+    for i in range(n + 1):
+        a = lens_a.log_probs(resids[i], i) if i < n else final
+        b = lens_b.log_probs(resids[i], i) if i < n else final
+        out["kl"].append(stats.kl_divergence(a, b).cpu())
+        out["js"].append(stats.js_divergence(a, b).cpu())
+        out["tv"].append(stats.total_variation(a, b).cpu())
+        if i < n:
+            builders[0].add(a)
+            builders[1].add(b)
+    labels = [str(i) for i in range(n)] + ["output"]
+    trajs = [bld.finish(PredictionTrajectory, lens_name=_lens_name(lens), tokenizer=getattr(model, "tokenizer", None),
+                        layer_labels=list(labels)) for bld, lens in zip(builders, (lens_a, lens_b))]
+    comparison = TrajectoryComparison(**{k: torch.stack(v) for k, v in out.items()},
+                                      names=(trajs[0].lens_name, trajs[1].lens_name), layer_labels=labels)
+    return trajs[0], trajs[1], comparison
+
+
+def compare_lenses(lens_a, lens_b, model, tokens: Tensor | str) -> TrajectoryComparison:
+    """KL(a || b), JS and TV between two lenses on ``model`` run once on ``tokens``, one layer at a
+    time (memory ``layers x pos``, never ``layers x pos x vocab``). See :func:`trajectory_pair`."""
+    return trajectory_pair(lens_a, lens_b, model, tokens, top_k=1)[2]

@@ -1,0 +1,27 @@
+"""Visual side of tl_tunedlens: circuitsvis displays, plotly figures and the offline HTML report.
+
+>>> from tl_tunedlens.trajectory import PredictionTrajectory
+>>> from tl_tunedlens.viz import trajectory_heatmap, lens_view, write_report
+>>> traj = PredictionTrajectory.from_model(lens, model, tokens)
+>>> trajectory_heatmap(traj, "kl")     # plotly figure, top-1 token per cell, top-k on hover
+>>> lens_view(traj)                     # circuitsvis, inline in Jupyter; .save("view.html")
+"""
+
+from .circuits import CircuitsView, colored_tokens_view, lens_view, save_html, top_k_view
+from .plots import (
+    compare_heatmaps,
+    comparison_heatmap,
+    load_metrics,
+    metric_curves,
+    trajectory_heatmap,
+    write_html,
+    write_metric_curves,
+    write_png,
+)
+from .report import report_html, write_report
+
+__all__ = [
+    "CircuitsView", "colored_tokens_view", "top_k_view", "lens_view", "save_html",
+    "trajectory_heatmap", "compare_heatmaps", "comparison_heatmap", "metric_curves", "load_metrics",
+    "write_html", "write_png", "write_metric_curves", "report_html", "write_report",
+]

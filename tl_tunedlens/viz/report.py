@@ -1,0 +1,102 @@
+"""One offline HTML page for a text: logit-vs-tuned trajectory heatmaps and the circuitsvis view.
+
+plotly.js and the circuitsvis bundle are inlined once each, so the page makes no network
+request. ``write_report(path, model, lens, text)`` is what ``tl-tunedlens show`` and
+``make demo`` call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import os
+from pathlib import Path
+from typing import Sequence
+
+import plotly.io as pio
+import torch
+
+from .._files import write_text_atomic
+from ..errors import LensError
+from ..trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
+from .circuits import circuitsvis_bundle, lens_view
+from .plots import compare_heatmaps
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+.meta { color: #555; } .text { background: #f6f6f6; padding: 8px 12px; white-space: pre-wrap; }
+table.summary { border-collapse: collapse; } table.summary td, table.summary th { padding: 2px 10px; text-align: right; }
+"""
+
+
+def _tokens(model, text: str | torch.Tensor) -> torch.Tensor:
+    if isinstance(text, torch.Tensor):
+        return text if text.ndim == 2 else text.unsqueeze(0)
+    if not isinstance(text, str) or not text:
+        raise LensError("the text is empty: pass some words")
+    if getattr(model, "tokenizer", None) is None:
+        raise LensError("this model has no tokenizer: pass token ids instead of a string")
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) < 2:
+        raise LensError("the text must be at least two tokens long")
+    return torch.tensor([ids], device=model.cfg.device)
+
+
+def _summary_table(logit: PredictionTrajectory, tuned: PredictionTrajectory, js_mean: torch.Tensor) -> str:
+    rows = ["<tr><th>layer</th><th>KL logit</th><th>KL tuned</th><th>CE logit</th><th>CE tuned</th><th>JS(logit, tuned)</th></tr>"]
+    kl_l, kl_t, ce_l, ce_t = logit.mean("kl"), tuned.mean("kl"), logit.mean("ce"), tuned.mean("ce")
+    for i, label in enumerate(logit.layer_labels):
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{kl_l[i]:.3f}</td><td>{kl_t[i]:.3f}</td>"
+                    f"<td>{ce_l[i]:.3f}</td><td>{ce_t[i]:.3f}</td><td>{js_mean[i]:.3f}</td></tr>")
+    return '<table class="summary">' + "".join(rows) + "</table>"
+
+
+@torch.no_grad()
+def report_html(model, lens, text: str | torch.Tensor, *, logit_lens=None, stats: Sequence[str] = ("kl", "entropy", "ce"),
+                top_k: int = 5, title: str | None = None) -> str:
+    """The report page as a string (see :func:`write_report`)."""
+    from ..lens import LogitLens
+
+    for stat in stats:
+        if stat not in STATISTICS and not stat.startswith("delta_"):
+            raise LensError(f"unknown statistic {stat!r}: use some of {', '.join(STATISTICS)}")
+    tokens = _tokens(model, text)
+    logit_lens = logit_lens or LogitLens.from_model(model)
+    logit, tuned, comparison = trajectory_pair(logit_lens, lens, model, tokens, top_k=max(top_k, 10))
+    if getattr(lens, "lens_type", "") == "tuned_lens" and not getattr(lens, "training_info", None):
+        tuned.lens_name = "tuned lens (untrained = logit lens)"
+    name = getattr(model.cfg, "model_name", "model")
+    shown = text if isinstance(text, str) else " ".join(tuned.input_strings(0))
+    parts = [
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title or f'tl_tunedlens report: {name}')}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title or 'Logit lens vs tuned lens')}</h1>",
+        f'<p class="meta">model <b>{html.escape(str(name))}</b> ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}), '
+        f"{tokens.shape[1]} tokens; written {datetime.datetime.now().isoformat(timespec='seconds')}. "
+        "Rows are lens layers (0 = embeddings, last = the model's output); cells show the top-1 "
+        "prediction for the next token; hover for the top-k.</p>",
+        f'<p class="text">{html.escape(shown)}</p>',
+    ]
+    for i, stat in enumerate(stats):
+        fig = compare_heatmaps([logit, tuned], stat, top_k=top_k)
+        parts.append(f"<h2>{html.escape(fig.layout.title.text or stat)}</h2>")
+        fig.update_layout(title=None, width=None, autosize=True, margin={"t": 40})
+        parts.append(pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False, include_mathjax=False,
+                                 div_id=f"heatmap-{stat}", default_width="100%", config={"responsive": True}))
+    parts.append("<h2>Per-layer averages over positions (nats)</h2>")
+    parts.append(_summary_table(logit, tuned, comparison.mean("js")))
+    parts.append(f"<script>{circuitsvis_bundle()}</script>")
+    parts.append("<h2>Tokens coloured by KL to the output, and top-k predictions per layer (circuitsvis)</h2>")
+    for traj in (tuned, logit):
+        parts.append(lens_view(traj, "kl").fragment(include_bundle=False))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(path: str | os.PathLike, model, lens, text: str | torch.Tensor, **kwargs) -> Path:
+    """Write the offline report for ``text`` (a string, or token ids ``[pos]``/``[1 pos]``):
+    logit-vs-tuned heatmaps of ``stats`` (default KL, entropy, CE), a table of per-layer means and
+    the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``."""
+    write_text_atomic(path, report_html(model, lens, text, **kwargs))
+    return Path(path)
