@@ -43,12 +43,19 @@ def _stat_title(stat: str) -> tuple[str, str]:
     return title, unit
 
 
-def _color_args(stat: str, z: list[list[float]]) -> dict[str, Any]:
+def _color_args(stat: str, z: list[list[float | None]]) -> dict[str, Any]:
+    """Colour scale of a statistic. Nats statistics are capped at the largest value above the
+    embedding row (row 0 is often far off the scale, e.g. KL ~100 nats); hover shows true values."""
     if stat.startswith("delta_"):
         return {"colorscale": "RdBu_r", "zmid": 0.0}
     if stat in ("prob", "max_prob", "tv"):
         return {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0}
-    return {"colorscale": "Viridis_r" if stat not in ("js",) else "Viridis", "zmin": 0.0}
+    rows = z[1:] if len(z) > 2 and stat in ("kl", "ce", "entropy", "kl_step") else z
+    finite = [v for row in rows for v in row if v is not None]
+    args: dict[str, Any] = {"colorscale": "Viridis_r", "zmin": 0.0}
+    if finite and max(finite) > 0:
+        args["zmax"] = max(finite)
+    return args
 
 
 def _heatmap(traj: PredictionTrajectory, stat: str, index: int, top_k: int, coloraxis: str | None) -> go.Heatmap:
@@ -144,10 +151,7 @@ def compare_heatmaps(trajs: Sequence[PredictionTrajectory], stat: str = "kl", in
         fig.add_trace(trace, row=1, col=col)
         _axes(fig, traj, stat, index, col)
     stat_title, unit = _stat_title(stat)
-    zs = [v for tr in traces for row in tr.z for v in row if v is not None]
-    color = _color_args(stat, [zs])
-    if "zmin" in color and "zmax" not in color and zs:
-        color["zmax"] = max(zs)
+    color = _color_args(stat, [[v for tr in traces for v in tr.z[r]] for r in range(len(traces[0].z))])
     axis = {"colorscale": color["colorscale"], "colorbar": _colorbar(stat, unit)}
     if "zmid" in color:
         axis["cmid"] = color["zmid"]
