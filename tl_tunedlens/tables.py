@@ -59,3 +59,21 @@ def prediction_table(model, lenses: Mapping[str, object], tokens: Tensor, *, pos
             row.append(max(kl, 0.0))
         rows.append(row)
     return format_table(headers, rows)
+
+
+def metrics_table(metrics: Mapping) -> str:
+    """Per-layer evaluation table (``tl_tunedlens.evaluate`` metrics): KL, CE, top-1 of each lens, nats."""
+    lenses = [name for name in ("logit", "tuned") if name in metrics["layers"][0]]
+    headers = ["layer", "hook"]
+    for name in lenses:
+        headers += [f"{name} KL", f"{name} CE", f"{name} top1"]
+    rows = []
+    for entry in metrics["layers"]:
+        row: list[object] = [entry["layer"], entry["hook"]]
+        for name in lenses:
+            row += [entry[name]["kl"], entry[name]["ce"], entry[name]["top1"]]
+        rows.append(row)
+    base = metrics["baseline"]
+    footer = (f"model CE {base['ce']:.3f} nats/token ({base['bits_per_byte']['ce']:.3f} bits/byte), entropy "
+              f"{base['entropy']:.3f} nats; {metrics['tokens']} tokens; KL and CE in nats per token")
+    return format_table(headers, rows) + "\n" + footer

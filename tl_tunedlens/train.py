@@ -1,0 +1,290 @@
+"""Training a tuned lens against the frozen model's own output distribution.
+
+Loss per layer ``l``: forward KL from the model's final distribution ``p`` to the lens's ``q_l``,
+``sum_v p (log p - log q_l)`` in nats, averaged over tokens and summed over layers (or, with
+``loss="ce"``, cross-entropy against the next token). The model runs without gradients; its
+residual streams are captured with hooks on ``lens.hook_names``.
+
+Memory and speed: tokens are processed in chunks of ``chunk_tokens`` and layer by layer, so at
+most one ``[chunk, d_vocab]`` block of logits (plus the target) is alive at a time. The gradient
+w.r.t. the logits is written down analytically (``softmax(z) - p``) and pushed back through the
+model's own ``ln_final``/unembedding with ``z.backward(grad)``: no autograd graph over the
+vocabulary-sized softmax is ever built.
+
+``train_lens`` handles the optimiser (see :mod:`.optim`), micro-batches (gradient accumulation),
+checkpoints every N steps (atomic; ``resume=True`` reproduces an uninterrupted run bit for bit on
+CPU), the least-squares start (:mod:`.lstsq`) and stops on non-finite values naming the layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .errors import LensError
+from .optim import OPTIMIZERS, make_optimizer, make_scheduler
+from .residuals import capture_residuals
+
+LOSSES = ("kl", "ce")
+INITS = ("identity", "lstsq")
+
+
+class TrainingDivergedError(LensError):
+    """A loss or a translator became NaN/inf; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings. Defaults follow the paper except the step size, which suits a CPU."""
+
+    steps: int = 250
+    tokens_per_step: int = 2**18
+    optimizer: str = "sgd"
+    lr: float | None = None           # 1.0 for SGD (times 1 - momentum), 1e-3 for Adam
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    clip: float | None = 1.0          # max global grad norm over the lens parameters
+    warmup_steps: int = 0
+    loss: str = "kl"
+    seed: int = 0
+    micro_batch: int | None = None    # sequences per model forward (default: ~chunk_tokens tokens)
+    chunk_tokens: int = 512           # tokens per [chunk, d_vocab] logits block
+    checkpoint_every: int = 10        # steps between checkpoints (0: never)
+    init: str = "identity"
+    lstsq_tokens: int = 8192
+    ridge: float = 1e-4
+    layers: list[int] | None = None   # translators to train (default: all)
+
+    def check(self, seq_len: int) -> None:
+        if self.steps < 1:
+            raise LensError(f"steps={self.steps}: train for at least 1 step")
+        if self.tokens_per_step < seq_len:
+            raise LensError(f"tokens per step {self.tokens_per_step} is below one sequence of {seq_len}: "
+                            "raise --tokens-per-step or lower --seq-len")
+        if self.optimizer not in OPTIMIZERS:
+            raise LensError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.loss not in LOSSES:
+            raise LensError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.init not in INITS:
+            raise LensError(f"unknown init {self.init!r}: use one of {', '.join(INITS)}")
+        if self.chunk_tokens < 1 or (self.micro_batch is not None and self.micro_batch < 1):
+            raise LensError("chunk_tokens and micro_batch must be positive")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise LensError(f"warmup of {self.warmup_steps} steps must be >= 0 and below the {self.steps} steps")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens_seen: int
+    losses: list[float]               # total loss (nats, summed over layers) per step
+    layer_losses: list[float]         # per-layer mean loss (nats) of the last step
+    seconds: float
+    info: dict
+
+
+# --- the loss and its gradient on one chunk of tokens --------------------------------------
+def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers: list[int], *,
+                          labels: Int[Tensor, " n"] | None = None, scale: float = 1.0,
+                          chunk_tokens: int = 512, step: int | None = None) -> Float[Tensor, " layer"]:
+    """Add ``scale * d(loss)/d(params)`` to the translators' ``.grad``; return per-layer loss sums.
+
+    ``resids[i]``: residual at lens layer ``i`` for ``n`` tokens (all ``n_layers + 1`` layers).
+    ``labels``: next-token ids for cross-entropy; ``None`` for KL to the final layer's output.
+    Returns ``[len(layers)]`` loss *sums* over the ``n`` tokens (nats)."""
+    n = resids.shape[1]
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    for start in range(0, n, chunk_tokens):
+        sl = slice(start, start + chunk_tokens)
+        target = neg_entropy = None
+        if labels is None:
+            with torch.no_grad():
+                target = lens.unembed(resids[-1, sl]).float().log_softmax(-1)
+                neg_entropy = torch.linalg.vecdot(target.exp(), target)
+                target = target.exp_()                                  # p, in place
+        for j, layer in enumerate(layers):
+            logits = lens(resids[layer, sl], layer)
+            with torch.no_grad():
+                z = logits.detach().float()
+                lse = z.logsumexp(-1)
+                grad = (z - lse[:, None]).exp_()                        # q
+                if labels is None:
+                    loss = neg_entropy - torch.linalg.vecdot(target, z) + lse
+                    grad.sub_(target)
+                else:
+                    lab = labels[sl].to(z.device)
+                    loss = lse - z.gather(-1, lab[:, None]).squeeze(-1)
+                    grad.scatter_add_(-1, lab[:, None], torch.full_like(lse[:, None], -1.0))
+                total = loss.double().sum()
+                if not torch.isfinite(total):
+                    where = f" at step {step}" if step is not None else ""
+                    raise TrainingDivergedError(
+                        f"the loss became non-finite at layer {layer}{where}: lower --lr or use --optimizer adam; "
+                        "the last checkpoint is intact"
+                    )
+                sums[j] += total
+                grad.mul_(scale)
+            logits.backward(grad.to(logits.dtype))
+            del logits, z, grad
+    return sums
+
+
+# --- data order ------------------------------------------------------------------------------
+def step_sequences(n_seq: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Indices of the sequences used at ``step``: consecutive slices of seeded per-epoch permutations."""
+    out = []
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(k, n_seq)
+        perm = torch.randperm(n_seq, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+def _data_digest(sequences: Tensor) -> str:
+    return hashlib.sha256(sequences.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# --- the trainer -------------------------------------------------------------------------------
+def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: TrainConfig | None = None, *,
+               out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+               data_info: dict | None = None) -> TrainResult:
+    """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
+
+    With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
+    ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
+    lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``)."""
+    from tqdm.auto import tqdm
+
+    cfg = config or TrainConfig()
+    if sequences.ndim != 2 or len(sequences) == 0:
+        raise LensError("training needs token sequences of shape [n_seq, seq_len]: pass at least one sequence")
+    seq_len = int(sequences.shape[1])
+    cfg.check(seq_len)
+    if seq_len > model.cfg.n_ctx:
+        raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={model.cfg.n_ctx}: "
+                        f"pass --seq-len <= {model.cfg.n_ctx}")
+    lens.check_model(model)
+    layers = sorted({lens.layer_index(i) for i in (cfg.layers or range(lens.n_layers))} - {lens.n_layers})
+    if not layers:
+        raise LensError("no layer to train: pass layers below n_layers")
+    params = [p for i in layers for p in lens.translators[i].parameters()]
+    for p in lens.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+
+    per_step = max(1, cfg.tokens_per_step // seq_len)
+    micro = cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len)
+    tokens_per_position = seq_len - 1 if cfg.loss == "ce" else seq_len
+    step_tokens = per_step * tokens_per_position
+    fingerprint = {"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
+                   "data_digest": _data_digest(sequences)}
+
+    optimizer = make_optimizer(params, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup_steps)
+    ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    losses: list[float] = []
+    info: dict = {"init": cfg.init}
+    start_step, elapsed = 0, 0.0
+    if resume:
+        if ckpt_path is None:
+            raise LensError("resuming needs the output folder holding checkpoint.pt")
+        state = load_checkpoint(ckpt_path)
+        _check_resumable(state, fingerprint, ckpt_path)
+        lens.load_state_dict(state["lens"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step, losses, info = state["step"], list(state["losses"]), dict(state["info"])
+        elapsed = float(state.get("seconds", 0.0))
+    elif cfg.init == "lstsq":
+        from .lstsq import lstsq_init_
+
+        n_fit = max(1, min(len(sequences), -(-cfg.lstsq_tokens // seq_len)))
+        fit_idx = step_sequences(len(sequences), n_fit, 0, cfg.seed)
+        t0 = time.perf_counter()
+        info = lstsq_init_(lens, model, sequences[fit_idx], ridge=cfg.ridge, layers=layers,
+                           micro_batch=micro, progress=progress)
+        info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
+        elapsed += time.perf_counter() - t0
+
+    def checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, {
+            "step": step, "lens": lens.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "losses": losses, "info": info,
+            "fingerprint": fingerprint, "seconds": elapsed,
+        })
+
+    last_layer_losses: list[float] = []
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not progress, dynamic_ncols=True)
+    for step in range(start_step, cfg.steps):
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=False)
+        idx = step_sequences(len(sequences), per_step, step, cfg.seed)
+        sums = torch.zeros(len(layers), dtype=torch.float64)
+        for m in range(0, per_step, micro):
+            batch = sequences[idx[m:m + micro]]
+            resids = capture_residuals(model, batch, lens.hook_names)
+            labels = None
+            if cfg.loss == "ce":
+                resids, labels = resids[:, :, :-1], batch[:, 1:].flatten()
+            sums += accumulate_lens_grads(lens, resids.flatten(1, 2), layers, labels=labels,
+                                          scale=1.0 / step_tokens, chunk_tokens=cfg.chunk_tokens, step=step)
+        if cfg.clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        optimizer.step()
+        scheduler.step()
+        _check_weights(lens, layers, step)
+        layer_means = (sums / step_tokens).tolist()
+        losses.append(float(sum(layer_means)))
+        last_layer_losses = layer_means
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        done = step + 1
+        if ckpt_path is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            checkpoint(done)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4g}", tok_s=f"{step_tokens / dt:.0f}")
+    bar.close()
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+
+    info.update({
+        "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": cfg.steps, "tokens_per_step": step_tokens,
+        "seq_len": seq_len, "tokens_seen": cfg.steps * step_tokens, "final_loss": losses[-1] if losses else None,
+        "layers_trained": layers, "seed": cfg.seed, "lr": cfg.lr, "seconds": round(elapsed, 2),
+        **(data_info or {}),
+    })
+    return TrainResult(cfg.steps, cfg.steps * step_tokens, losses, last_layer_losses, elapsed, info)
+
+
+def _check_weights(lens, layers: list[int], step: int) -> None:
+    for layer in layers:
+        if not all(torch.isfinite(p).all() for p in lens.translators[layer].parameters()):
+            raise TrainingDivergedError(
+                f"the translator of layer {layer} became non-finite at step {step}: lower --lr or use "
+                "--optimizer adam; the last checkpoint is intact"
+            )
+
+
+def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
+    saved = state.get("fingerprint", {})
+    for key in ("seq_len", "n_seq", "data_digest"):
+        if saved.get(key) != fingerprint[key]:
+            raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
+                            "resume with the same --data and --seq-len, or drop --resume")
+    for key, value in fingerprint["config"].items():
+        if saved.get("config", {}).get(key) != value:
+            raise LensError(f"{path} was written with {key}={saved.get('config', {}).get(key)!r}, now {value!r}: "
+                            "resume with the same options, or drop --resume")
