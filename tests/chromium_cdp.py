@@ -174,3 +174,29 @@ class Chromium:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- static check of saved pages --------------------------------------------------------------
+import re  # noqa: E402
+
+_FETCHING = [
+    r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//",
+    r"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//",
+    r"<(?:img|iframe|source|video|audio|embed)\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//",
+    r"@import\s+(?:url\()?[\"']?(?:https?:)?//",
+    r"url\(\s*[\"']?(?:https?:)?//",
+    r"\bfetch\(\s*[\"'`](?:https?:)?//",
+    r"\bimport\(\s*[\"'`](?:https?:)?//",
+    r"\bfrom\s+[\"'](?:https?:)?//",
+    r"\.src\s*=\s*[\"'`](?:https?:)?//",
+]
+
+
+def fetchable_urls(page: str) -> list[str]:
+    """Network URLs a browser would fetch on loading ``page`` (script/link/img sources, CSS
+    imports and url(), fetch/import of absolute URLs): excerpts of every match."""
+    hits = []
+    for pattern in _FETCHING:
+        for m in re.finditer(pattern, page, flags=re.IGNORECASE):
+            hits.append(page[m.start():m.end() + 60])
+    return hits

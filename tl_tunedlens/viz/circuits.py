@@ -152,8 +152,9 @@ def colored_tokens_view(traj: PredictionTrajectory, stat: str = "kl", index: int
 
 def top_k_view(traj: PredictionTrajectory, layer: int = -1, index: int = 0) -> CircuitsView:
     """Lens layer ``layer``'s top-k predictions at every token of prompt ``index`` (hover a token)."""
+    props = top_k_props(traj, layer, index)
     label = traj.layer_labels[layer]
-    return CircuitsView([("TokenLogProbs", top_k_props(traj, layer, index))],
+    return CircuitsView([("TokenLogProbs", props)],
                         title=f"{traj.lens_name}: top-{traj.top_k_indices.shape[-1]} predictions at layer {label}")
 
 

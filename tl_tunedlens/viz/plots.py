@@ -16,6 +16,7 @@ import html
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -239,9 +240,24 @@ def metric_curves(metrics: Mapping[str, Any] | str | os.PathLike, *, keys: Seque
 
 
 # --- saving -------------------------------------------------------------------------------------
+# plotly.js builds one absolute URL of its own: map-symbol icons from a CDN (map traces only, which
+# these pages never draw). Point it at an empty data: URL so a saved page names no network address.
+_PLOTLY_CDN_ICONS = re.compile(r"https://cdn\.jsdelivr\.net/npm/@mapbox/maki@[0-9.]+/icons/")
+
+
+def offline_html(page: str) -> str:
+    """``page`` (plotly HTML with plotly.js inlined) with plotly.js's CDN icon URL neutralised."""
+    return _PLOTLY_CDN_ICONS.sub("data:,", page)
+
+
+def figure_html(fig: go.Figure, *, full_html: bool = True, include_plotlyjs: bool = True, **kwargs: Any) -> str:
+    """HTML of a figure with plotly.js inlined (``include_plotlyjs``), no MathJax, no CDN."""
+    return offline_html(fig.to_html(include_plotlyjs=include_plotlyjs, full_html=full_html, include_mathjax=False, **kwargs))
+
+
 def write_html(fig: go.Figure, path: str | os.PathLike) -> Path:
     """A standalone HTML page with plotly.js inlined (works offline), written atomically."""
-    write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True, include_mathjax=False))
+    write_text_atomic(path, figure_html(fig))
     return Path(path)
 
 

@@ -13,14 +13,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import plotly.io as pio
 import torch
 
 from .._files import write_text_atomic
 from ..errors import LensError
 from ..trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
 from .circuits import circuitsvis_bundle, lens_view
-from .plots import compare_heatmaps
+from .plots import compare_heatmaps, figure_html
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
@@ -82,7 +81,7 @@ def report_html(model, lens, text: str | torch.Tensor, *, logit_lens=None, stats
         fig = compare_heatmaps([logit, tuned], stat, top_k=top_k)
         parts.append(f"<h2>{html.escape(fig.layout.title.text or stat)}</h2>")
         fig.update_layout(title=None, width=None, autosize=True, margin={"t": 40})
-        parts.append(pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False, include_mathjax=False,
+        parts.append(figure_html(fig, include_plotlyjs=(i == 0), full_html=False,
                                  div_id=f"heatmap-{stat}", default_width="100%", config={"responsive": True}))
     parts.append("<h2>Per-layer averages over positions (nats)</h2>")
     parts.append(_summary_table(logit, tuned, comparison.mean("js")))
