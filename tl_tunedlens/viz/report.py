@@ -63,7 +63,8 @@ def report_html(model, lens, text: str | torch.Tensor, *, logit_lens=None, stats
     tokens = _tokens(model, text)
     logit_lens = logit_lens or LogitLens.from_model(model)
     logit, tuned, comparison = trajectory_pair(logit_lens, lens, model, tokens, top_k=max(top_k, 10))
-    if getattr(lens, "lens_type", "") == "tuned_lens" and not getattr(lens, "training_info", None):
+    params = list(lens.parameters())
+    if params and all(not p.detach().any() for p in params):  # zero translators: the logit lens exactly
         tuned.lens_name = "tuned lens (untrained = logit lens)"
     name = getattr(model.cfg, "model_name", "model")
     shown = text if isinstance(text, str) else " ".join(tuned.input_strings(0))
