@@ -86,7 +86,7 @@ def load_documents(source: str | os.PathLike, *, text_field: str = "text", hf_sp
             docs = _read_jsonl(path, text_field)
         elif path.is_file():
             docs = [_read_txt(path)]
-        elif path.suffix in (".txt", ".jsonl") or os.sep in source_str or source_str.startswith("."):
+        elif path.suffix in (".txt", ".jsonl") or source_str.startswith((".", "/", "~")) or source_str.count("/") > 1:
             raise LensError(f"data file {source_str} does not exist: pass an existing .txt, .jsonl or folder")
         else:
             docs = _read_hf_dataset(source_str, text_field, hf_split, max_documents)

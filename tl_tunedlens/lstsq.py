@@ -104,12 +104,18 @@ def lstsq_init_(lens, model, sequences: Int[Tensor, "n_seq seq_len"], *, ridge: 
                 layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False) -> dict:
     """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict."""
     stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress)
-    for layer, (w, b) in zip(stats.layers, solve_ridge(stats, ridge, bias=lens.bias)):
+    set_translators_(lens, stats.layers, solve_ridge(stats, ridge, bias=lens.bias))
+    return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}
+
+
+@torch.no_grad()
+def set_translators_(lens, layers: list[int], solution: list[tuple[Tensor, Tensor]]) -> None:
+    """Write ``h_final ~= W h + b`` solutions into the translators: ``A = W - I``, bias ``b``."""
+    eye = torch.eye(lens.d_model, dtype=torch.float64)
+    for layer, (w, b) in zip(layers, solution):
         translator = lens.translators[layer]
-        eye = torch.eye(lens.d_model, dtype=torch.float64)
         translator.weight.copy_((w - eye).to(translator.weight))
         if translator.bias is not None:
             translator.bias.copy_(b.to(translator.bias))
         if not torch.isfinite(translator.weight).all():
             raise LensError(f"the least-squares start gave non-finite weights at layer {layer}: raise --ridge")
-    return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}

@@ -1,0 +1,132 @@
+"""Data pipeline: sources, document split, tokenising into sequences, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tl_tunedlens import LensError
+from tl_tunedlens.data import (Document, bits_per_byte, load_documents, load_tokens, split_documents,
+                               tokenize)
+
+
+class CharTokenizer:
+    """A tiny tokenizer: one token per character (ids 1..36), EOS = 0."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False, verbose=False):
+        return {"input_ids": [1 + (ord(c) % 36) for c in text]}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "texts"
+    d.mkdir()
+    for i in range(10):
+        (d / f"doc{i:02d}.txt").write_text(f"document {i} " + "abc " * 20, encoding="utf-8")
+    (d / "ignored.md").write_text("not a txt")
+    return d
+
+
+def test_folder_one_document_per_txt_file(folder):
+    docs = load_documents(folder)
+    assert [d.name for d in docs] == [f"doc{i:02d}.txt" for i in range(10)]
+
+
+def test_txt_file_and_jsonl_field(tmp_path):
+    txt = tmp_path / "a.txt"
+    txt.write_text("hello world")
+    assert load_documents(txt) == [Document("a.txt", "hello world")]
+    jl = tmp_path / "d.jsonl"
+    jl.write_text(json.dumps({"body": "one"}) + "\n\n" + json.dumps({"body": "two"}) + "\n")
+    assert [d.text for d in load_documents(jl, text_field="body")] == ["one", "two"]
+
+
+def test_jsonl_unknown_field_is_one_clear_line(tmp_path):
+    jl = tmp_path / "d.jsonl"
+    jl.write_text(json.dumps({"body": "one"}) + "\n")
+    with pytest.raises(LensError, match="no field 'text'.*--text-field") as err:
+        load_documents(jl)
+    assert "\n" not in str(err.value)
+
+
+def test_empty_and_missing_data(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(LensError, match="is empty"):
+        load_documents(empty)
+    with pytest.raises(LensError, match="does not exist"):
+        load_documents(tmp_path / "nope.txt")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(LensError, match="no .txt files"):
+        load_documents(tmp_path / "none")
+
+
+def test_hf_dataset_name_with_hub_unreachable(monkeypatch):
+    import tl_tunedlens.models as models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(LensError, match="hub is unreachable"):
+        load_documents("some-user/some-dataset")
+
+
+def test_split_is_by_document_disjoint_and_seeded(folder):
+    docs = load_documents(folder)
+    train = split_documents(docs, "train", held_out=0.2, seed=0)
+    held = split_documents(docs, "heldout", held_out=0.2, seed=0)
+    assert len(held) == 2 and len(train) == 8
+    assert {d.name for d in train}.isdisjoint({d.name for d in held})
+    assert held == split_documents(docs, "heldout", held_out=0.2, seed=0)
+    others = [split_documents(docs, "heldout", held_out=0.2, seed=s) for s in range(1, 6)]
+    assert any(o != held for o in others)
+    assert split_documents(docs, "all") == docs
+
+
+def test_single_document_split_by_position():
+    doc = Document("a.txt", "\n".join(f"line {i}" for i in range(100)))
+    train = split_documents([doc], "train", held_out=0.1)[0].text
+    held = split_documents([doc], "heldout", held_out=0.1)[0].text
+    assert train + held == doc.text and 0 < len(held) < len(doc.text) // 5
+
+
+def test_tokenize_joins_with_eos_and_cuts_sequences():
+    tok = CharTokenizer()
+    docs = [Document("a", "abcde"), Document("b", "fghij")]
+    data = tokenize(docs, tok, seq_len=4)
+    stream = [1 + ord(c) % 36 for c in "abcde"] + [0] + [1 + ord(c) % 36 for c in "fghij"]
+    assert data.sequences.tolist() == [stream[0:4], stream[4:8]]
+    assert data.bytes_per_token == pytest.approx(1.0)
+    assert data.n_tokens == 8 and len(data) == 2
+
+
+def test_tokenize_max_tokens_and_bytes_per_token():
+    tok = CharTokenizer()
+    docs = [Document(str(i), "é" * 50) for i in range(10)]   # 2 bytes per char
+    data = tokenize(docs, tok, seq_len=10, max_tokens=35)
+    assert data.sequences.shape == (3, 10)
+    assert data.bytes_per_token == pytest.approx(2.0)
+
+
+def test_too_little_data_and_seq_len_over_n_ctx():
+    tok = CharTokenizer()
+    with pytest.raises(LensError, match="fewer than one sequence of 64"):
+        tokenize([Document("a", "short")], tok, seq_len=64)
+    with pytest.raises(LensError, match="exceeds the model's context n_ctx=32"):
+        tokenize([Document("a", "x" * 100)], tok, seq_len=64, n_ctx=32)
+
+
+def test_load_tokens_train_and_heldout_disjoint(folder):
+    tok = CharTokenizer()
+    train = load_tokens(folder, tok, 16, split="train", held_out=0.2)
+    held = load_tokens(folder, tok, 16, split="heldout", held_out=0.2)
+    assert set(train.documents).isdisjoint(held.documents)
+
+
+def test_bits_per_byte():
+    assert bits_per_byte(math.log(2), 1.0) == pytest.approx(1.0)
+    assert bits_per_byte(2 * math.log(2), 4.0) == pytest.approx(0.5)

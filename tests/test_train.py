@@ -1,0 +1,219 @@
+"""Trainer: exact loss and gradient, optimisation, micro-batches, resume bit for bit, divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from tl_tunedlens import LensError, TunedLens
+from tl_tunedlens.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tl_tunedlens.optim import lr_factor, make_optimizer
+from tl_tunedlens.residuals import capture_residuals
+from tl_tunedlens.train import (TrainConfig, TrainingDivergedError, accumulate_lens_grads, step_sequences,
+                                train_lens)
+
+
+def _random_lens(model, scale=0.2, seed=3):
+    lens = TunedLens.from_model(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=gen))
+    return lens
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_model("RMS", n_layers=3, d_model=16, d_vocab=37)
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    return torch.randint(0, 37, (24, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _direct(lens, resids, layers, labels=None):
+    """Mean loss per layer by plain autograd through log_softmax."""
+    final = lens.unembed(resids[-1]).log_softmax(-1)
+    out = []
+    for layer in layers:
+        lq = lens(resids[layer], layer).log_softmax(-1)
+        if labels is None:
+            out.append((final.exp() * (final - lq)).sum(-1).mean())
+        else:
+            out.append(torch.nn.functional.cross_entropy(lq, labels))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("loss", ["kl", "ce"])
+def test_loss_and_gradient_equal_direct_computation(tiny_model, tiny_tokens, loss):
+    lens = _random_lens(tiny_model)
+    resids = capture_residuals(tiny_model, tiny_tokens, lens.hook_names)
+    labels = None
+    if loss == "ce":
+        resids, labels = resids[:, :, :-1], tiny_tokens[:, 1:].flatten()
+    resids = resids.flatten(1, 2)
+    n, layers = resids.shape[1], [0, 1, 2]
+    lens.requires_grad_(True)
+    sums = accumulate_lens_grads(lens, resids, layers, labels=labels, scale=1.0 / n, chunk_tokens=7)
+    ours = [p.grad.clone() for p in lens.parameters()]
+    lens.zero_grad(set_to_none=True)
+    direct = _direct(lens, resids, layers, labels)
+    direct.sum().backward()
+    torch.testing.assert_close(sums.float() / n, direct.detach(), rtol=1e-5, atol=1e-6)
+    for a, p in zip(ours, lens.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_of_identity_lens_at_final_layer_is_zero(model, seqs):
+    lens = TunedLens.from_model(model)
+    resids = capture_residuals(model, seqs[:2], lens.hook_names).flatten(1, 2)
+    final = lens.unembed(resids[-1]).log_softmax(-1)
+    direct = (final.exp() * (final - lens(resids[0], 0).log_softmax(-1))).sum(-1).sum()
+    sums = accumulate_lens_grads(lens.requires_grad_(True), resids, [0])
+    assert float(sums[0]) == pytest.approx(float(direct.detach()), rel=1e-5)
+
+
+def test_loss_decreases(model, seqs):
+    lens = TunedLens.from_model(model)
+    res = train_lens(model, lens, seqs, TrainConfig(steps=25, tokens_per_step=64, checkpoint_every=0), progress=False)
+    assert res.losses[-1] < 0.8 * res.losses[0]
+    assert res.tokens_seen == 25 * 64 and res.info["tokens_seen"] == 25 * 64
+    assert all(not p.requires_grad for p in lens.parameters())
+
+
+def test_adam_and_ce_train(model, seqs):
+    lens = TunedLens.from_model(model)
+    res = train_lens(model, lens, seqs, TrainConfig(steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2,
+                                                    loss="ce", checkpoint_every=0), progress=False)
+    assert res.losses[-1] < res.losses[0]
+    assert res.info["tokens_per_step"] == 4 * 15   # ce scores seq_len - 1 positions per sequence
+
+
+def test_micro_batches_accumulate_to_the_full_batch(model, seqs):
+    results = []
+    for micro in (1, 4):
+        lens = TunedLens.from_model(model)
+        train_lens(model, lens, seqs, TrainConfig(steps=3, tokens_per_step=64, micro_batch=micro,
+                                                  checkpoint_every=0), progress=False)
+        results.append(lens.state_dict())
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-6)
+
+
+def test_only_chosen_layers_change(model, seqs):
+    lens = TunedLens.from_model(model)
+    train_lens(model, lens, seqs, TrainConfig(steps=2, tokens_per_step=32, layers=[1], checkpoint_every=0),
+               progress=False)
+    assert lens.translators[0].weight.abs().sum() == 0 and lens.translators[2].weight.abs().sum() == 0
+    assert lens.translators[1].weight.abs().sum() > 0
+
+
+def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch):
+    cfg = dict(steps=6, tokens_per_step=32, micro_batch=1, checkpoint_every=2, init="lstsq", lstsq_tokens=64)
+    full = TunedLens.from_model(model)
+    train_lens(model, full, seqs, TrainConfig(**cfg), out_dir=tmp_path / "a", progress=False)
+
+    import tl_tunedlens.train as train_mod
+
+    calls = {"n": 0}
+    real = train_mod.capture_residuals
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3 * 2:   # two micro-batches per step: stop during step 3
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "capture_residuals", interrupting)
+    part = TunedLens.from_model(model)
+    with pytest.raises(KeyboardInterrupt):
+        train_lens(model, part, seqs, TrainConfig(**cfg), out_dir=tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 2
+    monkeypatch.setattr(train_mod, "capture_residuals", real)
+    resumed = TunedLens.from_model(model)
+    res = train_lens(model, resumed, seqs, TrainConfig(**cfg), out_dir=tmp_path / "b", resume=True, progress=False)
+    assert len(res.losses) == 6
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_resume_refuses_other_options(model, seqs, tmp_path):
+    cfg = dict(steps=2, tokens_per_step=32, checkpoint_every=1)
+    train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**cfg), out_dir=tmp_path, progress=False)
+    with pytest.raises(LensError, match="steps=2, now 3"):
+        train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**{**cfg, "steps": 3}), out_dir=tmp_path,
+                   resume=True, progress=False)
+    with pytest.raises(LensError, match="other data"):
+        train_lens(model, TunedLens.from_model(model), seqs[:8], TrainConfig(**cfg), out_dir=tmp_path,
+                   resume=True, progress=False)
+    with pytest.raises(LensError, match="no checkpoint"):
+        train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**cfg), out_dir=tmp_path / "x",
+                   resume=True, progress=False)
+
+
+def test_non_finite_stops_with_layer_and_step_and_keeps_checkpoint(model, seqs, tmp_path, monkeypatch):
+    import tl_tunedlens.train as train_mod
+
+    real = train_mod.capture_residuals
+    calls = {"n": 0}
+
+    def poisoned(m, tokens, names):
+        calls["n"] += 1
+        out = real(m, tokens, names)
+        if calls["n"] > 3:            # step 3 (one micro-batch per step)
+            out[2] = float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "capture_residuals", poisoned)
+    cfg = TrainConfig(steps=5, tokens_per_step=32, micro_batch=2, checkpoint_every=2)
+    with pytest.raises(TrainingDivergedError, match="layer 2 at step 3") as err:
+        train_lens(model, TunedLens.from_model(model), seqs, cfg, out_dir=tmp_path, progress=False)
+    assert "\n" not in str(err.value)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["lens"].values())
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_exploding_weights_are_caught(model, seqs):
+    with pytest.raises(TrainingDivergedError, match="layer . (became|at step)"):
+        train_lens(model, TunedLens.from_model(model), seqs,
+                   TrainConfig(steps=3, tokens_per_step=32, lr=1e39, clip=None, checkpoint_every=0), progress=False)
+
+
+def test_bad_configs(model, seqs):
+    lens = TunedLens.from_model(model)
+    for kwargs, pattern in [
+        (dict(steps=0), "at least 1 step"),
+        (dict(tokens_per_step=8), "below one sequence"),
+        (dict(optimizer="rmsprop"), "unknown optimizer"),
+        (dict(loss="mse"), "unknown loss"),
+        (dict(init="random"), "unknown init"),
+        (dict(steps=3, warmup_steps=3), "warmup"),
+    ]:
+        with pytest.raises(LensError, match=pattern):
+            train_lens(model, lens, seqs, TrainConfig(**{"tokens_per_step": 32, **kwargs}), progress=False)
+    long = torch.zeros(2, 40, dtype=torch.long)
+    with pytest.raises(LensError, match="n_ctx=32"):
+        train_lens(model, lens, long, TrainConfig(tokens_per_step=80), progress=False)
+
+
+def test_schedule_and_sgd_convention():
+    steps = [lr_factor(s, 10) for s in range(10)]
+    assert steps[0] == 1.0 and steps[-1] == pytest.approx(0.1) and all(a > b for a, b in zip(steps, steps[1:]))
+    warm = [lr_factor(s, 10, warmup=3) for s in range(10)]
+    assert warm[:3] == pytest.approx([0.25, 0.5, 0.75]) and warm[3] == 1.0 and warm[-1] > 0
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(2))], "sgd", lr=1.0)
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(0.1) and group["nesterov"] and group["momentum"] == 0.9
+    assert group["weight_decay"] == 1e-3
+    adam = make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adam").param_groups[0]
+    assert adam["lr"] == 1e-3 and adam["amsgrad"]
+
+
+def test_data_order_is_seeded_and_covers_epochs():
+    first = step_sequences(10, 5, 0, seed=0) + step_sequences(10, 5, 1, seed=0)
+    assert sorted(first) == list(range(10))
+    assert step_sequences(10, 5, 0, seed=0) == step_sequences(10, 5, 0, seed=0)
+    assert step_sequences(10, 5, 0, seed=0) != step_sequences(10, 5, 0, seed=1)
