@@ -227,7 +227,9 @@ def test_a_different_model_is_refused(tiny_tokens):
 
 @pytest.mark.parametrize("norm", ["LN", "RMS"])
 def test_the_same_model_processed_differently_is_accepted(norm):
-    raw, processed = make_tiny_model(norm), make_tiny_model(norm, process=True)
+    raw, processed = make_tiny_model(norm), make_tiny_model(norm)
+    state = {k: v.clone() for k, v in processed.state_dict().items()}  # fold_ln + center_unembed keep the stream
+    processed.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=False, center_unembed=True)
     lens = TunedLens.from_model(raw)
     assert lens.unembed_sha256 != TunedLens.from_model(processed).unembed_sha256
     lens.check_model(processed)  # same function: the fingerprint matches
@@ -255,3 +257,13 @@ def test_hooks_need_something_to_do(model):
 def test_not_a_hooked_transformer_is_a_clear_error():
     with pytest.raises(LensError, match="expected a TransformerLens HookedTransformer"):
         TunedLens.from_model(torch.nn.Linear(2, 2))
+
+
+def test_a_lens_for_the_centred_stream_is_refused_on_the_raw_one():
+    centred = make_tiny_model("LN", process=True)  # center_writing_weights on a LayerNorm model
+    raw = make_tiny_model("LN", process=False)
+    lens = TunedLens.from_model(centred)
+    assert lens.residual_stream == "centred" and TunedLens.from_model(raw).residual_stream == "raw"
+    with pytest.raises(LensError, match="trained on a centred residual stream but the model's is raw"):
+        lens.check_model(raw)
+    TunedLens.from_model(make_tiny_model("RMS", process=True)).check_model(make_tiny_model("RMS"))

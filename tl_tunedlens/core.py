@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .errors import LensError
 from .layers import normalize_layer, resid_hook_names
+from .residual_basis import residual_stream_kind
 from .unembed import Unembed
 
 
@@ -118,6 +119,15 @@ class Lens(nn.Module):
         """Raise ``UnembedMismatchError`` unless ``model`` has this lens's unembedding."""
         unembed, n_layers, _ = self._model_facts(model)
         self.check_unembed(unembed, n_layers)
+        kind = getattr(self, "residual_stream", None)  # set by TunedLens (see residual_basis)
+        if kind is not None and not unembed.same_modules(self.unembed):
+            model_kind = residual_stream_kind(model)
+            if model_kind != kind:
+                raise LensError(
+                    f"this {type(self).__name__} was trained on a {kind} residual stream but the model's is "
+                    f"{model_kind} (center_writing_weights differs): load the model with the processing the "
+                    "lens was trained with, or save the lens and TunedLens.load it for this model"
+                )
 
     def check_unembed(self, unembed: Unembed, n_layers: int) -> None:
         if n_layers != self.n_layers:
