@@ -89,6 +89,7 @@ class TrainResult:
     layer_losses: list[float]         # per-layer mean loss (nats) of the last step
     seconds: float
     info: dict
+    step_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each step run here
 
 
 # --- the loss and its gradient on one chunk of tokens --------------------------------------
@@ -226,6 +227,7 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
         })
 
     last_layer_losses: list[float] = []
+    step_seconds: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not progress, dynamic_ncols=True)
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
@@ -250,6 +252,7 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
         last_layer_losses = layer_means
         dt = time.perf_counter() - t0
         elapsed += dt
+        step_seconds.append(dt)
         done = step + 1
         if ckpt_path is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             checkpoint(done)
@@ -266,7 +269,7 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
         "layers_trained": layers, "seed": cfg.seed, "lr": cfg.lr, "seconds": round(elapsed, 2),
         **(data_info or {}),
     })
-    return TrainResult(cfg.steps, cfg.steps * step_tokens, losses, last_layer_losses, elapsed, info)
+    return TrainResult(cfg.steps, cfg.steps * step_tokens, losses, last_layer_losses, elapsed, info, step_seconds)
 
 
 def _check_weights(lens, layers: list[int], step: int) -> None:

@@ -1,0 +1,193 @@
+"""Training throughput and peak memory: tl_tunedlens vs the reference ``tuned-lens==0.2.0``.
+
+All 30 layers of SmolLM2-135M, sequences of 256 Shakespeare tokens, SGD-Nesterov (paper defaults),
+the same tokens for both. Each side runs in its own subprocess (clean peak memory); a third
+subprocess measures this machine's fp32 matmul rate on the unembedding shape, which gives the
+FLOP bound. Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
+
+The reference needs ``pip install --no-deps tuned-lens==0.2.0`` (only its lens classes are used;
+its training loop semantics are reproduced below: one forward with ``output_hidden_states``,
+the model's log-softmax as target, per-layer KL with ``backward`` layer by layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+
+WORKERS = ("matmul", "ours", "ref")
+
+
+class PeakRSS:
+    """Samples the resident set size every few ms in a thread; ``peak`` in MiB."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0.0, threading.Event()
+
+    def sample(self) -> float:
+        return self.proc.memory_info().rss / 2**20
+
+    def __enter__(self):
+        self.base = self.sample()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def _tokens(seq_len: int, n_tokens: int):
+    from transformers import AutoTokenizer
+
+    from tl_tunedlens.data import load_tokens
+    from tl_tunedlens.models import _smollm2_cache_folder
+
+    tok = AutoTokenizer.from_pretrained(str(_smollm2_cache_folder() / "tokenizer"))
+    return load_tokens("shakespeare", tok, seq_len, split="train", max_tokens=n_tokens).sequences
+
+
+def worker_matmul(args) -> dict:
+    import torch
+
+    a, w = torch.randn(512, 576), torch.randn(576, 49152)
+    rates = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ w
+        rates.append(2 * 512 * 576 * 49152 / (time.perf_counter() - t0) / 1e9)
+    return {"gflops": max(rates)}
+
+
+def worker_ours(args, seqs) -> dict:
+    from tl_tunedlens import TunedLens, load_model
+    from tl_tunedlens.train import TrainConfig, train_lens
+
+    model = load_model("smollm2-135m")
+    lens = TunedLens.from_model(model)
+    cfg = TrainConfig(steps=args.warmup + args.steps, tokens_per_step=args.tokens_per_step,
+                      micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0)
+    with PeakRSS() as mem:
+        res = train_lens(model, lens, seqs, cfg, progress=False)
+    timed = res.step_seconds[args.warmup:]
+    return {"tok_s": args.steps * res.info["tokens_per_step"] / sum(timed), "peak_mib": mem.peak,
+            "base_mib": mem.base, "loss": res.losses[-1]}
+
+
+def worker_ref(args, seqs) -> dict:
+    import torch
+    from tuned_lens.nn import TunedLens as RefTunedLens
+
+    from tl_tunedlens.models import load_hf_smollm2
+
+    hf_model, _ = load_hf_smollm2(torch.float32)
+    hf_model.requires_grad_(False)
+    lens = RefTunedLens.from_model(hf_model, bias=True)
+    total = args.warmup + args.steps
+    opt = torch.optim.SGD(lens.parameters(), lr=1.0 * (1 - 0.9), momentum=0.9, nesterov=True, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (total - s) / total)
+    per_step = args.tokens_per_step // seqs.shape[1]
+    n_micro = -(-per_step // args.micro_batch)
+    times, loss_total = [], 0.0
+    with PeakRSS() as mem:
+        for step in range(total):
+            t0 = time.perf_counter()
+            batch_ids = seqs[step * per_step:(step + 1) * per_step]
+            loss_total = 0.0
+            for m in range(0, per_step, args.micro_batch):
+                ids = batch_ids[m:m + args.micro_batch]
+                with torch.no_grad():
+                    out = hf_model(ids, output_hidden_states=True)
+                    target = out.logits.log_softmax(-1)
+                for i, h in enumerate(out.hidden_states[:-1]):
+                    lp = lens(h, idx=i).log_softmax(-1)
+                    loss = torch.sum(target.exp() * (target - lp), dim=-1).mean() / n_micro
+                    loss.backward()
+                    loss_total += float(loss)
+            torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+            times.append(time.perf_counter() - t0)
+    return {"tok_s": args.steps * per_step * seqs.shape[1] / sum(times[args.warmup:]), "peak_mib": mem.peak,
+            "base_mib": mem.base, "loss": loss_total}
+
+
+def flops_per_token(n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> float:
+    """FLOPs of one training token: model forward (+attention), target + every layer's unembedding
+    forward, input-gradient backward through the unembedding, translator forward/backward."""
+    model = 2 * n_params_blocks + n_layers * 4 * seq_len * d
+    unembed = (n_layers + 1) * 2 * d * vocab + n_layers * 2 * d * vocab
+    translators = n_layers * 3 * 2 * d * d
+    return model + unembed + translators
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--tokens-per-step", type=int, default=512)
+    parser.add_argument("--micro-batch", type=int, default=2, help="sequences per forward pass, both sides")
+    parser.add_argument("--chunk-tokens", type=int, default=512, help="ours: tokens per logits block")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--only", choices=WORKERS, nargs="+", default=list(WORKERS))
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    if args.worker:
+        seqs = None if args.worker == "matmul" else _tokens(args.seq_len, (args.warmup + args.steps) * args.tokens_per_step)
+        result = worker_matmul(args) if args.worker == "matmul" else globals()[f"worker_{args.worker}"](args, seqs)
+        print("RESULT " + json.dumps(result))
+        return 0
+
+    results = {}
+    for name in args.only:
+        cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:] if a not in args.only and a != "--only"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        results[name] = json.loads(line[-1][7:])
+        print(f"{name}: {results[name]}", file=sys.stderr)
+    fpt = flops_per_token(seq_len=args.seq_len)
+    print(f"SmolLM2-135M, all 30 layers, seq {args.seq_len}, {args.tokens_per_step} tokens/step, "
+          f"micro-batch {args.micro_batch} sequences, {args.steps} timed steps, 2 threads")
+    if "matmul" in results:
+        bound = results["matmul"]["gflops"] * 1e9 / fpt
+        print(f"matmul rate {results['matmul']['gflops']:.1f} GFLOP/s; {fpt / 1e9:.2f} GFLOP per training token "
+              f"-> FLOP bound {bound:.1f} tokens/s")
+    rows = []
+    for name in ("ours", "ref"):
+        if name in results:
+            r = results[name]
+            frac = f"{r['tok_s'] / bound:.2f}" if "matmul" in results else "-"
+            rows.append((name, f"{r['tok_s']:.2f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] - r['base_mib']:.0f}", frac))
+    print(f"{'impl':6} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} {'of FLOP bound':>14}")
+    for row in rows:
+        print(f"{row[0]:6} {row[1]:>9} {row[2]:>13} {row[3]:>14} {row[4]:>14}")
+    if "ours" in results and "ref" in results:
+        o, r = results["ours"], results["ref"]
+        print(f"ours/ref: speed {o['tok_s'] / r['tok_s']:.2f}x (target >= 1.5x), peak RSS {o['peak_mib'] / r['peak_mib']:.2f}x, "
+              f"training memory above the loaded model {(o['peak_mib'] - o['base_mib']) / max(r['peak_mib'] - r['base_mib'], 1):.2f}x "
+              f"(target <= 0.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
