@@ -14,6 +14,7 @@ from .plots import (
     load_metrics,
     metric_curves,
     trajectory_heatmap,
+    use_offline_renderer,
     write_html,
     write_metric_curves,
     write_png,
@@ -23,5 +24,5 @@ from .report import report_html, write_report
 __all__ = [
     "CircuitsView", "colored_tokens_view", "top_k_view", "lens_view", "save_html",
     "trajectory_heatmap", "compare_heatmaps", "comparison_heatmap", "metric_curves", "load_metrics",
-    "write_html", "write_png", "write_metric_curves", "report_html", "write_report",
+    "use_offline_renderer", "write_html", "write_png", "write_metric_curves", "report_html", "write_report",
 ]

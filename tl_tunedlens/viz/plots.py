@@ -255,6 +255,29 @@ def figure_html(fig: go.Figure, *, full_html: bool = True, include_plotlyjs: boo
     return offline_html(fig.to_html(include_plotlyjs=include_plotlyjs, full_html=full_html, include_mathjax=False, **kwargs))
 
 
+class OfflineNotebookRenderer:
+    """A plotly renderer for Jupyter that inlines plotly.js in every figure's HTML output: no CDN,
+    no MathJax (plotly's own ``notebook`` renderer loads MathJax from a CDN). About 5 MB per figure."""
+
+    def __new__(cls):
+        from plotly.io.base_renderers import MimetypeRenderer
+
+        class _Renderer(MimetypeRenderer):
+            def to_mimebundle(self, fig_dict):
+                return {"text/html": figure_html(go.Figure(fig_dict), full_html=False)}
+
+        return _Renderer()
+
+
+def use_offline_renderer(name: str = "tl_offline") -> None:
+    """Register :class:`OfflineNotebookRenderer` as ``name`` and make it plotly's default renderer,
+    so figures shown in Jupyter work without internet."""
+    import plotly.io as pio
+
+    pio.renderers[name] = OfflineNotebookRenderer()
+    pio.renderers.default = name
+
+
 def write_html(fig: go.Figure, path: str | os.PathLike) -> Path:
     """A standalone HTML page with plotly.js inlined (works offline), written atomically."""
     write_text_atomic(path, figure_html(fig))
