@@ -52,7 +52,7 @@ def test_lens_from_exact_fit_matches_final_distribution():
 def test_ridge_without_bias_has_no_intercept():
     x, y = _synthetic()
     x0 = x[0] - x[0].mean(0)            # a linear relation through the origin
-    stats = RidgeStats([0], 16)
+    stats = RidgeStats([0], 16, centre=False)
     stats.update(x0[None], y - y.mean(0))
     ((w, b),) = solve_ridge(stats, ridge=0.0, bias=False)
     assert torch.equal(b, torch.zeros(16, dtype=torch.float64))
@@ -76,6 +76,15 @@ def test_stats_hold_only_d_model_sized_sums():
     lens = TunedLens.from_model(model)
     stats = collect_stats(model, lens, torch.randint(0, 37, (2, 8)))
     assert stats.sxx.shape == (2, 16, 16) and stats.sxy.shape == (2, 16, 16) and stats.n == 16
+
+
+def test_shifted_sums_do_not_lose_precision_with_a_large_mean():
+    x, y = _synthetic()
+    stats = RidgeStats([0, 1, 2], 16)
+    for i in range(0, 400, 50):
+        stats.update(x[:, i:i + 50] + 1e4, y[i:i + 50])
+    for i, (w, b) in enumerate(solve_ridge(stats, ridge=0.0)):
+        torch.testing.assert_close((((x[i] + 1e4).double() @ w.T) + b).float(), y, atol=2e-2, rtol=1e-3)
 
 
 def test_too_few_tokens():

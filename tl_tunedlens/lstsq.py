@@ -5,7 +5,7 @@ For every lens layer ``l < n_layers`` the translator is set to the ridge solutio
     h_final ~= W h_l + b        (h_final = input of ln_final = residual at ``lens.hook_names[-1]``)
 
 so that ``h + A h + b`` with ``A = W - I`` reproduces it. One pass over a sample accumulates, per
-layer, the sums ``sum x``, ``sum x x^T`` and ``sum x y^T`` in fp64 (cost ``O(n_layers d_model^2)``
+layer, the sums ``sum x``, ``sum x x^T`` and ``sum x y^T`` (fp32 products of shifted values, fp64 sums) (cost ``O(n_layers d_model^2)``
 per token, independent of the vocabulary); :func:`solve_ridge` then solves ``d_model x d_model``
 systems. Ridge strength is relative: ``lambda = ridge * trace(Cov x) / d_model``.
 """
@@ -26,15 +26,22 @@ DEFAULT_RIDGE = 1e-4
 
 @dataclass
 class RidgeStats:
-    """Running fp64 sums over tokens for each regressed layer (``layer`` = rows of ``layers``)."""
+    """Running sums over tokens for each regressed layer (``layer`` = rows of ``layers``).
+
+    Sums are of *shifted* values ``x - shift_x``, ``y - shift_y`` (shifts = the first batch's means,
+    or zero with ``centre=False``): the covariances are unchanged, cancellation is avoided, so each
+    batch's products can run in fp32 while the running sums are kept in fp64."""
 
     layers: list[int]
     d_model: int
+    centre: bool = True
     n: int = 0
     sx: Tensor = field(init=False)    # [layer d]
     sy: Tensor = field(init=False)    # [d]
     sxx: Tensor = field(init=False)   # [layer d d]
     sxy: Tensor = field(init=False)   # [layer d d]
+    shift_x: Tensor | None = None     # [layer d]
+    shift_y: Tensor | None = None     # [d]
 
     def __post_init__(self) -> None:
         k, d = len(self.layers), self.d_model
@@ -46,13 +53,18 @@ class RidgeStats:
     @torch.no_grad()
     def update(self, x: Float[Tensor, "layer n d_model"], y: Float[Tensor, "n d_model"]) -> None:
         """Add ``n`` tokens: ``x[i]`` is the residual of ``layers[i]``, ``y`` the final residual."""
-        x = x.detach().to("cpu", torch.float64)
-        y = y.detach().to("cpu", torch.float64)
+        x = x.detach().to("cpu", torch.float32)
+        y = y.detach().to("cpu", torch.float32)
+        if self.shift_x is None:
+            self.shift_x = x.mean(1) if self.centre else torch.zeros(x.shape[0], x.shape[2])
+            self.shift_y = y.mean(0) if self.centre else torch.zeros(y.shape[1])
+        x = x - self.shift_x[:, None]
+        y = y - self.shift_y
         self.n += y.shape[0]
-        self.sx += x.sum(1)
-        self.sy += y.sum(0)
-        self.sxx += x.transpose(1, 2) @ x
-        self.sxy += x.transpose(1, 2) @ y
+        self.sx += x.sum(1, dtype=torch.float64)
+        self.sy += y.sum(0, dtype=torch.float64)
+        self.sxx += (x.transpose(1, 2) @ x).double()
+        self.sxy += (x.transpose(1, 2) @ y).double()
 
 
 @torch.no_grad()
@@ -66,13 +78,16 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
     n, d = stats.n, stats.d_model
     eye = torch.eye(d, dtype=torch.float64)
     out = []
+    if not bias and stats.centre:
+        raise LensError("a lens without bias needs RidgeStats(centre=False): the fit has no intercept")
     for i in range(len(stats.layers)):
         cxx = stats.sxx[i] / n
         cxy = stats.sxy[i] / n
-        mx, my = stats.sx[i] / n, stats.sy / n
+        mx, my = stats.sx[i] / n, stats.sy / n          # means of the shifted values
         if bias:
             cxx = cxx - torch.outer(mx, mx)
             cxy = cxy - torch.outer(mx, my)
+            mx, my = mx + stats.shift_x[i].double(), my + stats.shift_y.double()
         lam = ridge * float(cxx.diagonal().sum()) / d
         lam = max(lam, 1e-12 * max(float(cxx.abs().max()), 1.0))
         w_t = torch.linalg.solve(cxx + lam * eye, cxy)   # [d_in d_out]
@@ -84,12 +99,12 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
 
 @torch.no_grad()
 def collect_stats(model, lens, sequences: Int[Tensor, "n_seq seq_len"], *, layers: list[int] | None = None,
-                  micro_batch: int = 1, progress: bool = False) -> RidgeStats:
+                  micro_batch: int = 1, progress: bool = False, centre: bool = True) -> RidgeStats:
     """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`."""
     from tqdm.auto import tqdm
 
     layers = list(range(lens.n_layers)) if layers is None else list(layers)
-    stats = RidgeStats(layers, lens.d_model)
+    stats = RidgeStats(layers, lens.d_model, centre=centre)
     names = [lens.hook_names[i] for i in layers] + [lens.hook_names[-1]]
     batches = range(0, len(sequences), max(1, micro_batch))
     for start in tqdm(batches, desc="lstsq stats", disable=not progress, leave=False):
@@ -103,7 +118,8 @@ def collect_stats(model, lens, sequences: Int[Tensor, "n_seq seq_len"], *, layer
 def lstsq_init_(lens, model, sequences: Int[Tensor, "n_seq seq_len"], *, ridge: float = DEFAULT_RIDGE,
                 layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False) -> dict:
     """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict."""
-    stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress)
+    stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress,
+                          centre=lens.bias)
     set_translators_(lens, stats.layers, solve_ridge(stats, ridge, bias=lens.bias))
     return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}
 
