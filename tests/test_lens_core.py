@@ -267,3 +267,17 @@ def test_a_lens_for_the_centred_stream_is_refused_on_the_raw_one():
     with pytest.raises(LensError, match="trained on a centred residual stream but the model's is raw"):
         lens.check_model(raw)
     TunedLens.from_model(make_tiny_model("RMS", process=True)).check_model(make_tiny_model("RMS"))
+
+
+def test_cached_unembedding_is_bit_identical_and_follows_weight_changes(model, tiny_tokens):
+    lens = TunedLens.from_model(model)
+    _, cache = model.run_with_cache(tiny_tokens)
+    h = cache["ln_final.hook_normalized"]
+    assert torch.equal(lens.unembed._unembed(h), model.unembed(h))
+    with torch.no_grad():
+        model.unembed.W_U.mul_(2.0)  # in-place change: the cached transpose must be refreshed
+    assert torch.equal(lens.unembed._unembed(h), model.unembed(h))
+    model.unembed.W_U.requires_grad_(True)  # trainable unembedding: the module itself is called
+    out = lens.unembed._unembed(h)
+    out.sum().backward()
+    assert model.unembed.W_U.grad is not None

@@ -18,7 +18,9 @@ import hashlib
 
 import torch
 from jaxtyping import Float
+import torch.nn.functional as F
 from torch import Tensor, nn
+from transformer_lens.components import Unembed as TLUnembed
 from transformer_lens.hook_points import HookPoint
 
 from .errors import UnembedMismatchError
@@ -60,18 +62,33 @@ class Unembed:
         self.d_vocab: int = cfg.d_vocab_out if getattr(cfg, "d_vocab_out", -1) > 0 else cfg.d_vocab
         self.dtype: torch.dtype = model.unembed.W_U.dtype
         self._sha256: str | None = None
+        self._w_u_t: tuple | None = None  # (key, W_U.T.contiguous()) cache, see _unembed
         self._fingerprint: list[float] | None = None
 
     @property
     def device(self) -> torch.device:
         return self.unembed.W_U.device
 
+    def _unembed(self, h: Tensor) -> Tensor:
+        """``model.unembed(h)``; for TransformerLens's own ``Unembed`` with frozen weights, the same
+        ``F.linear`` call with its transposed ``W_U`` cached (TL copies 4 * d_model * d_vocab bytes on
+        every call otherwise). Bit-identical to the module: same kernel, same memory layout."""
+        module = self.unembed
+        w_u = getattr(module, "W_U", None)
+        if type(module) is not TLUnembed or w_u is None or w_u.requires_grad:
+            with _hooks_silenced(module):
+                return module(h)
+        key = (w_u.data_ptr(), w_u._version, w_u.device, w_u.dtype, tuple(w_u.shape))
+        if self._w_u_t is None or self._w_u_t[0] != key:
+            self._w_u_t = (key, w_u.detach().T.contiguous())
+        return F.linear(h, self._w_u_t[1], module.b_U)
+
     def __call__(self, h: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
         h = h.to(self.dtype)
         with _hooks_silenced(self.ln_final):
             if self.ln_final is not None:
                 h = self.ln_final(h)
-            logits = self.unembed(h)
+        logits = self._unembed(h)
         if self.softcap is not None and self.softcap > 0:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
