@@ -38,7 +38,7 @@ def evaluate_lenses(model, sequences: Int[Tensor, "n_seq seq_len"], *, tuned=Non
                     progress: bool = False) -> dict:
     """Metrics of the logit lens (and ``tuned``, if given) on ``sequences``; see the module docstring.
 
-    ``max_tokens``: evaluate only the first sequences, up to this many scored positions.
+    ``max_tokens``: evaluate only the first ``ceil(max_tokens / (seq_len - 1))`` sequences.
     Returns the metrics dict (JSON-ready, nats, plus ``bits_per_byte`` entries)."""
     from tqdm.auto import tqdm
 

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--lens", help="folder of a trained tuned lens (default: evaluate the logit lens only)")
     add_data_args(parser, default_split="heldout")
     parser.add_argument("--tokens", type=int, default=4096,
-                        help="scored positions, taken from the first sequences in order (default: %(default)s)")
+                        help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
     parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
