@@ -56,8 +56,9 @@ def evaluate_lenses(model, sequences: Int[Tensor, "n_seq seq_len"], *, tuned=Non
     sequences = sequences[:n_seq]
     micro = micro_batch or max(1, chunk_tokens // sequences.shape[1])
 
-    sums = {name: torch.zeros(n_layers, len(METRICS), dtype=torch.float64) for name in lenses}
-    base = torch.zeros(2, dtype=torch.float64)
+    device = logit.unembed.device
+    sums = {name: torch.zeros(n_layers, len(METRICS), dtype=torch.float64, device=device) for name in lenses}
+    base = torch.zeros(2, dtype=torch.float64, device=device)
     count = 0
     for start in tqdm(range(0, n_seq, micro), desc="eval", disable=not progress, leave=False):
         batch = sequences[start:start + micro]

@@ -12,6 +12,8 @@ systems. Ridge strength is relative: ``lambda = ridge * trace(Cov x) / d_model``
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 
 import torch
@@ -53,11 +55,13 @@ class RidgeStats:
     @torch.no_grad()
     def update(self, x: Float[Tensor, "layer n d_model"], y: Float[Tensor, "n d_model"]) -> None:
         """Add ``n`` tokens: ``x[i]`` is the residual of ``layers[i]``, ``y`` the final residual."""
-        x = x.detach().to("cpu", torch.float32)
-        y = y.detach().to("cpu", torch.float32)
+        x = x.detach().float()  # products on the model's device, sums in fp64 there
+        y = y.detach().float()
+        if self.sx.device != x.device:
+            self.sx, self.sy, self.sxx, self.sxy = (t.to(x.device) for t in (self.sx, self.sy, self.sxx, self.sxy))
         if self.shift_x is None:
-            self.shift_x = x.mean(1) if self.centre else torch.zeros(x.shape[0], x.shape[2])
-            self.shift_y = y.mean(0) if self.centre else torch.zeros(y.shape[1])
+            self.shift_x = x.mean(1) if self.centre else x.new_zeros(x.shape[0], x.shape[2])
+            self.shift_y = y.mean(0) if self.centre else y.new_zeros(y.shape[1])
         x = x - self.shift_x[:, None]
         y = y - self.shift_y
         self.n += y.shape[0]
@@ -76,6 +80,9 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
     if ridge < 0:
         raise LensError(f"ridge {ridge} must be >= 0")
     n, d = stats.n, stats.d_model
+    src, stats = stats, dataclasses.replace(stats)  # a CPU copy: the solves run in fp64 on the CPU
+    for name in ("sx", "sy", "sxx", "sxy", "shift_x", "shift_y"):
+        setattr(stats, name, getattr(src, name).cpu())
     eye = torch.eye(d, dtype=torch.float64)
     out = []
     if not bias and stats.centre:

@@ -102,7 +102,7 @@ def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers
     ``labels``: next-token ids for cross-entropy; ``None`` for KL to the final layer's output.
     Returns ``[len(layers)]`` loss *sums* over the ``n`` tokens (nats)."""
     n = resids.shape[1]
-    sums = torch.zeros(len(layers), dtype=torch.float64)
+    sums = torch.zeros(len(layers), dtype=torch.float64, device=resids.device)
     for start in range(0, n, chunk_tokens):
         sl = slice(start, start + chunk_tokens)
         target = neg_entropy = None
@@ -135,7 +135,7 @@ def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers
                 grad.mul_(scale)
             logits.backward(grad.to(logits.dtype))
             del logits, z, grad
-    return sums
+    return sums.cpu()
 
 
 # --- data order ------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def step_sequences(n_seq: int, per_step: int, step: int, seed: int) -> list[int]
 
 
 def _data_digest(sequences: Tensor) -> str:
-    return hashlib.sha256(sequences.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(sequences.to("cpu", torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 # --- the trainer -------------------------------------------------------------------------------
