@@ -15,26 +15,18 @@ from pathlib import Path
 import torch
 
 from tl_tunedlens import LogitLens, TunedLens, load_model
+from tl_tunedlens.lstsq import lstsq_init_
 from tl_tunedlens.trajectory import trajectory_pair
 from tl_tunedlens.viz import compare_heatmaps, lens_view, trajectory_heatmap, write_html, write_png, write_report
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
 
 
-@torch.no_grad()
 def quick_fit(lens: TunedLens, model, tokens: torch.Tensor, ridge: float = 0.1) -> TunedLens:
-    """Set each translator so that ``h + A h + b`` best predicts the last residual stream (ridge
-    least squares on ``tokens``): a cheap closed-form tuned lens, good enough for a demo."""
-    _, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
-    resids = lens.residuals_from_cache(cache).flatten(1, 2).double()  # [layer n d_model]
-    target = resids[-1]
-    for i, translator in enumerate(lens.translators):
-        x = torch.cat([resids[i], torch.ones_like(resids[i][:, :1])], dim=1)  # [n d_model+1]
-        gram = x.T @ x
-        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-        w = torch.linalg.solve(gram, x.T @ (target - resids[i]))  # [d_model+1 d_model]
-        translator.weight.copy_(w[:-1].T)
-        translator.bias.copy_(w[-1])
+    """Set each translator so that ``h + A h + b`` best predicts the last residual stream: the
+    project's closed-form start (ridge least squares, :func:`tl_tunedlens.lstsq.lstsq_init_`) on
+    ``tokens``. With few tokens a strong ridge keeps it stable; good enough for a demo."""
+    lstsq_init_(lens, model, tokens, ridge=ridge)
     return lens
 
 
