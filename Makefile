@@ -39,5 +39,8 @@ test-unit: setup
 test-integration: setup
 	$(BIN)/python -m pytest -m integration
 
+bench: setup
+	$(BIN)/python bench/bench_train.py
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -11,12 +11,20 @@ from .errors import LensError, ModelLoadError, UnembedMismatchError
 from .hooks import LensRecord
 from .lens import LogitLens, TunedLens
 from .models import load_model
+from .train import TrainConfig, TrainingDivergedError, train_lens
+from .evaluate import evaluate_lenses
+from .data import load_tokens
 
 __all__ = [
     "TunedLens",
     "LogitLens",
     "LensRecord",
     "load_model",
+    "train_lens",
+    "TrainConfig",
+    "TrainingDivergedError",
+    "evaluate_lenses",
+    "load_tokens",
     "LensError",
     "UnembedMismatchError",
     "ModelLoadError",
