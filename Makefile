@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 OUT    ?= demo-out
 
-.PHONY: setup demo test test-unit test-integration bench clean
+.PHONY: setup browser demo test test-unit test-integration bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,17 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 setup: $(STAMP)
 
+# headless Chromium (Debian package) for the browser test and PNG export; installed when running as root
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "note: install chromium (apt-get install chromium) for the browser test and PNG export"; fi; }
+
 demo: setup
 	$(BIN)/tl-tunedlens demo --out $(OUT)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 test-unit: setup
