@@ -2,8 +2,8 @@
 
 All 30 layers of SmolLM2-135M, sequences of 256 Shakespeare tokens, SGD-Nesterov (paper defaults),
 the same tokens for both. Each side runs in its own subprocess (clean peak memory); a third
-subprocess measures this machine's fp32 matmul rate on the unembedding shape, which gives the
-FLOP bound. Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
+subprocess measures this machine's fp32 and bf16 matmul rates on the unembedding shape, which give
+the FLOP bounds (ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound). Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
 
 The reference needs ``pip install --no-deps tuned-lens==0.2.0`` (only its lens classes are used;
 its training loop semantics are reproduced below: one forward with ``output_hidden_states``,
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-WORKERS = ("matmul", "ours", "ref")
+WORKERS = ("matmul", "ours", "ours_bf16", "ref")
 
 
 class PeakRSS:
@@ -61,25 +61,36 @@ def _tokens(seq_len: int, n_tokens: int):
 
 
 def worker_matmul(args) -> dict:
+    """Best of 5 rates of the unembedding-shaped product (F.linear with a contiguous transposed
+    weight, as the lenses run it), in fp32 and in bf16."""
     import torch
+    import torch.nn.functional as F
 
-    a, w = torch.randn(512, 576), torch.randn(576, 49152)
-    rates = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ w
-        rates.append(2 * 512 * 576 * 49152 / (time.perf_counter() - t0) / 1e9)
-    return {"gflops": max(rates)}
+    out = {}
+    for name, dtype in (("gflops", torch.float32), ("gflops_bf16", torch.bfloat16)):
+        a, w = torch.randn(512, 576, dtype=dtype), torch.randn(49152, 576, dtype=dtype)
+        rates = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            F.linear(a, w)
+            rates.append(2 * 512 * 576 * 49152 / (time.perf_counter() - t0) / 1e9)
+        out[name] = max(rates)
+    return out
 
 
-def worker_ours(args, seqs) -> dict:
+def worker_ours_bf16(args, seqs) -> dict:
+    return worker_ours(args, seqs, matmul_dtype="bfloat16")
+
+
+def worker_ours(args, seqs, matmul_dtype: str = "float32") -> dict:
     from tl_tunedlens import TunedLens, load_model
     from tl_tunedlens.train import TrainConfig, train_lens
 
     model = load_model("smollm2-135m")
     lens = TunedLens.from_model(model)
     cfg = TrainConfig(steps=args.warmup + args.steps, tokens_per_step=args.tokens_per_step,
-                      micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0)
+                      micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0,
+                      matmul_dtype=matmul_dtype)
     with PeakRSS() as mem:
         res = train_lens(model, lens, seqs, cfg, progress=False)
     timed = res.step_seconds[args.warmup:]
@@ -167,25 +178,34 @@ def main() -> int:
         print(f"{name}: {results[name]}", file=sys.stderr)
     fpt = flops_per_token(seq_len=args.seq_len)
     print(f"SmolLM2-135M, all 30 layers, seq {args.seq_len}, {args.tokens_per_step} tokens/step, "
-          f"micro-batch {args.micro_batch} sequences, {args.steps} timed steps, 2 threads")
+          f"micro-batch {args.micro_batch} sequences, chunk {args.chunk_tokens} tokens (ours), "
+          f"{args.steps} timed steps, 2 threads")
+    bounds = {}
     if "matmul" in results:
-        bound = results["matmul"]["gflops"] * 1e9 / fpt
-        print(f"matmul rate {results['matmul']['gflops']:.1f} GFLOP/s; {fpt / 1e9:.2f} GFLOP per training token "
-              f"-> FLOP bound {bound:.1f} tokens/s")
-    rows = []
-    for name in ("ours", "ref"):
+        m = results["matmul"]
+        bounds = {"fp32": m["gflops"] * 1e9 / fpt, "bf16": m["gflops_bf16"] * 1e9 / fpt}
+        print(f"matmul rate (512x576 @ 576x49152): fp32 {m['gflops']:.1f} GFLOP/s, bf16 {m['gflops_bf16']:.1f} GFLOP/s; "
+              f"{fpt / 1e9:.2f} GFLOP per training token -> FLOP bound {bounds['fp32']:.1f} tokens/s (fp32), "
+              f"{bounds['bf16']:.1f} tokens/s (bf16; vocabulary matmuls only are bf16, so this bound is optimistic)")
+    labels = {"ours": ("ours", "fp32"), "ours_bf16": ("ours", "bf16 matmul"), "ref": ("reference", "fp32")}
+    print(f"{'impl':10} {'precision':11} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} "
+          f"{'of FLOP bound':>14} {'last loss':>10}")
+    for name in ("ours", "ours_bf16", "ref"):
         if name in results:
             r = results[name]
-            frac = f"{r['tok_s'] / bound:.2f}" if "matmul" in results else "-"
-            rows.append((name, f"{r['tok_s']:.2f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] - r['base_mib']:.0f}", frac))
-    print(f"{'impl':6} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} {'of FLOP bound':>14}")
-    for row in rows:
-        print(f"{row[0]:6} {row[1]:>9} {row[2]:>13} {row[3]:>14} {row[4]:>14}")
-    if "ours" in results and "ref" in results:
-        o, r = results["ours"], results["ref"]
-        print(f"ours/ref: speed {o['tok_s'] / r['tok_s']:.2f}x (target >= 1.5x), peak RSS {o['peak_mib'] / r['peak_mib']:.2f}x, "
-              f"training memory above the loaded model {(o['peak_mib'] - o['base_mib']) / max(r['peak_mib'] - r['base_mib'], 1):.2f}x "
-              f"(target <= 0.5x)")
+            bound = bounds.get("bf16" if name == "ours_bf16" else "fp32")
+            frac = f"{r['tok_s'] / bound:.2f}" if bound else "-"
+            impl, prec = labels[name]
+            print(f"{impl:10} {prec:11} {r['tok_s']:>9.2f} {r['peak_mib']:>13.0f} {r['peak_mib'] - r['base_mib']:>14.0f} "
+                  f"{frac:>14} {r['loss']:>10.3f}")
+    if "ref" in results:
+        r = results["ref"]
+        for name in ("ours", "ours_bf16"):
+            if name in results:
+                o = results[name]
+                print(f"{name}/ref: speed {o['tok_s'] / r['tok_s']:.2f}x (target >= 1.5x), peak RSS "
+                      f"{o['peak_mib'] / r['peak_mib']:.2f}x, training memory above the loaded model "
+                      f"{(o['peak_mib'] - o['base_mib']) / max(r['peak_mib'] - r['base_mib'], 1):.2f}x (target <= 0.5x)")
     return 0
 
 

@@ -35,6 +35,7 @@ from .residuals import capture_residuals
 
 LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class TrainingDivergedError(LensError):
@@ -62,6 +63,7 @@ class TrainConfig:
     lstsq_tokens: int = 8192
     ridge: float = 1e-4
     layers: list[int] | None = None   # translators to train (default: all)
+    matmul_dtype: str = "float32"     # vocabulary matmuls of the lens: "float32" or "bfloat16"
 
     def check(self, seq_len: int) -> None:
         if self.steps < 1:
@@ -75,6 +77,8 @@ class TrainConfig:
             raise LensError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         if self.init not in INITS:
             raise LensError(f"unknown init {self.init!r}: use one of {', '.join(INITS)}")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise LensError(f"unknown matmul dtype {self.matmul_dtype!r}: use one of {', '.join(MATMUL_DTYPES)}")
         if self.chunk_tokens < 1 or (self.micro_batch is not None and self.micro_batch < 1):
             raise LensError("chunk_tokens and micro_batch must be positive")
         if not 0 <= self.warmup_steps < self.steps:
@@ -93,37 +97,54 @@ class TrainResult:
 
 
 # --- the loss and its gradient on one chunk of tokens --------------------------------------
+def _log_softmax_(z: Tensor) -> Tensor:
+    """``log_softmax(z, -1)`` written over ``z`` on CPU (the kernel finishes each row's max and sum
+    before writing it; saves a ``[chunk, d_vocab]`` buffer); out of place elsewhere."""
+    if z.device.type == "cpu":
+        return torch._log_softmax(z, -1, False, out=z)
+    return z.log_softmax(-1)
+
+
 def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers: list[int], *,
                           labels: Int[Tensor, " n"] | None = None, scale: float = 1.0,
-                          chunk_tokens: int = 512, step: int | None = None) -> Float[Tensor, " layer"]:
+                          chunk_tokens: int = 512, step: int | None = None,
+                          matmul_dtype: torch.dtype | None = None) -> Float[Tensor, " layer"]:
     """Add ``scale * d(loss)/d(params)`` to the translators' ``.grad``; return per-layer loss sums.
 
     ``resids[i]``: residual at lens layer ``i`` for ``n`` tokens (all ``n_layers + 1`` layers).
     ``labels``: next-token ids for cross-entropy; ``None`` for KL to the final layer's output.
-    Returns ``[len(layers)]`` loss *sums* over the ``n`` tokens (nats)."""
+    ``matmul_dtype``: dtype of the lens's vocabulary matmuls (forward logits and the backward
+    product with the gradient w.r.t. the logits), e.g. ``torch.bfloat16``; ``None``: the model's.
+    The target distribution, the softmax, the loss and its gradient stay fp32 either way.
+    Returns ``[len(layers)]`` loss *sums* over the ``n`` tokens (nats).
+
+    Buffers per chunk: the scaled target ``-scale * p`` (fp32), the lens logits (``matmul_dtype``,
+    reused for the gradient) and one fp32 copy of them (log-probs, then probabilities, in place)."""
     n = resids.shape[1]
+    s = scale if scale != 0 else 1.0
     sums = torch.zeros(len(layers), dtype=torch.float64, device=resids.device)
     for start in range(0, n, chunk_tokens):
         sl = slice(start, start + chunk_tokens)
-        target = neg_entropy = None
+        neg_target = neg_entropy = None
         if labels is None:
-            with torch.no_grad():
-                target = lens.unembed(resids[-1, sl]).float().log_softmax(-1)
-                neg_entropy = torch.linalg.vecdot(target.exp(), target)
-                target = target.exp_()                                  # p, in place
+            with torch.no_grad():  # the target stays in the model's precision (1 matmul in 61)
+                logp = _log_softmax_(lens.unembed(resids[-1, sl]).float())
+                neg_target = logp.exp()                                 # p
+                neg_entropy = torch.linalg.vecdot(neg_target, logp)
+                del logp
+                neg_target.mul_(-s)                                     # -s * p
         for j, layer in enumerate(layers):
-            logits = lens(resids[layer, sl], layer)
+            logits = lens.unembed(lens.transform(resids[layer, sl], layer), matmul_dtype)
             with torch.no_grad():
-                z = logits.detach().float()
-                lse = z.logsumexp(-1)
-                grad = (z - lse[:, None]).exp_()                        # q
+                out = logits.detach()
+                z = out.float()                                         # fp32: the logits themselves
+                lq = _log_softmax_(z)                                   # on CPU in place (not needed again)
                 if labels is None:
-                    loss = neg_entropy - torch.linalg.vecdot(target, z) + lse
-                    grad.sub_(target)
+                    # KL = sum p log p - sum p log q; vecdot(-s p, lq) = -s sum p log q
+                    loss = neg_entropy + torch.linalg.vecdot(neg_target, lq) / s
                 else:
                     lab = labels[sl].to(z.device)
-                    loss = lse - z.gather(-1, lab[:, None]).squeeze(-1)
-                    grad.scatter_add_(-1, lab[:, None], torch.full_like(lse[:, None], -1.0))
+                    loss = -lq.gather(-1, lab[:, None]).squeeze(-1)
                 total = loss.double().sum()
                 if not torch.isfinite(total):
                     where = f" at step {step}" if step is not None else ""
@@ -132,9 +153,17 @@ def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers
                         "the last checkpoint is intact"
                     )
                 sums[j] += total
-                grad.mul_(scale)
-            logits.backward(grad.to(logits.dtype))
-            del logits, z, grad
+                q = lq.exp_()                                           # q, in place
+                if labels is None:
+                    torch.add(neg_target, q, alpha=s, out=out)          # s * (q - p), in matmul dtype
+                    if scale == 0:
+                        out.zero_()
+                else:
+                    q.mul_(scale).scatter_add_(-1, lab[:, None], torch.full_like(loss[:, None], -scale))
+                    out.copy_(q)
+                del z, lq, q
+            logits.backward(out)
+            del logits, out
     return sums.cpu()
 
 
@@ -182,6 +211,9 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
     for p in params:
         p.requires_grad_(True)
 
+    matmul_dtype = MATMUL_DTYPES[cfg.matmul_dtype]
+    if matmul_dtype == lens.unembed.dtype:
+        matmul_dtype = None
     per_step = max(1, cfg.tokens_per_step // seq_len)
     micro = cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len)
     tokens_per_position = seq_len - 1 if cfg.loss == "ce" else seq_len
@@ -241,7 +273,9 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
             if cfg.loss == "ce":
                 resids, labels = resids[:, :, :-1], batch[:, 1:].flatten()
             sums += accumulate_lens_grads(lens, resids.flatten(1, 2), layers, labels=labels,
-                                          scale=1.0 / step_tokens, chunk_tokens=cfg.chunk_tokens, step=step)
+                                          scale=1.0 / step_tokens, chunk_tokens=cfg.chunk_tokens, step=step,
+                                          matmul_dtype=matmul_dtype)
+            del resids
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         optimizer.step()
@@ -259,6 +293,7 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4g}", tok_s=f"{step_tokens / dt:.0f}")
     bar.close()
+    lens.unembed._w_u_t_low = None  # the low-precision W_U copy is only for training
     for p in params:
         p.requires_grad_(False)
         p.grad = None
@@ -267,6 +302,7 @@ def train_lens(model, lens, sequences: Int[Tensor, "n_seq seq_len"], config: Tra
         "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": cfg.steps, "tokens_per_step": step_tokens,
         "seq_len": seq_len, "tokens_seen": cfg.steps * step_tokens, "final_loss": losses[-1] if losses else None,
         "layers_trained": layers, "seed": cfg.seed, "lr": cfg.lr, "seconds": round(elapsed, 2),
+        "matmul_dtype": cfg.matmul_dtype,
         **(data_info or {}),
     })
     return TrainResult(cfg.steps, cfg.steps * step_tokens, losses, last_layer_losses, elapsed, info, step_seconds)
@@ -287,7 +323,8 @@ def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
         if saved.get(key) != fingerprint[key]:
             raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
                             "resume with the same --data and --seq-len, or drop --resume")
+    saved_config = {"matmul_dtype": "float32", **saved.get("config", {})}  # checkpoints from before the option
     for key, value in fingerprint["config"].items():
-        if saved.get("config", {}).get(key) != value:
-            raise LensError(f"{path} was written with {key}={saved.get('config', {}).get(key)!r}, now {value!r}: "
+        if saved_config.get(key) != value:
+            raise LensError(f"{path} was written with {key}={saved_config.get(key)!r}, now {value!r}: "
                             "resume with the same options, or drop --resume")

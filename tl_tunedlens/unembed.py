@@ -63,32 +63,50 @@ class Unembed:
         self.dtype: torch.dtype = model.unembed.W_U.dtype
         self._sha256: str | None = None
         self._w_u_t: tuple | None = None  # (key, W_U.T.contiguous()) cache, see _unembed
+        self._w_u_t_low: tuple | None = None  # (key, W_U.T.contiguous().to(matmul_dtype)), see _unembed
         self._fingerprint: list[float] | None = None
 
     @property
     def device(self) -> torch.device:
         return self.unembed.W_U.device
 
-    def _unembed(self, h: Tensor) -> Tensor:
+    def _unembed(self, h: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
         """``model.unembed(h)``; for TransformerLens's own ``Unembed`` with frozen weights, the same
         ``F.linear`` call with its transposed ``W_U`` cached (TL copies 4 * d_model * d_vocab bytes on
-        every call otherwise). Bit-identical to the module: same kernel, same memory layout."""
+        every call otherwise). Bit-identical to the module: same kernel, same memory layout.
+
+        ``matmul_dtype`` (e.g. ``torch.bfloat16``, for training): the product runs in that dtype with
+        a cached converted copy of the transposed ``W_U`` (and ``b_U``); the logits come back in that
+        dtype. Other unembedding modules get ``h`` and their output cast instead (no speed-up)."""
         module = self.unembed
         w_u = getattr(module, "W_U", None)
         if type(module) is not TLUnembed or w_u is None or w_u.requires_grad:
             with _hooks_silenced(module):
-                return module(h)
+                if matmul_dtype is None or matmul_dtype == self.dtype:
+                    return module(h)
+                return module(h).to(matmul_dtype)
         key = (w_u.data_ptr(), w_u._version, w_u.device, w_u.dtype, tuple(w_u.shape))
+        if matmul_dtype is not None and matmul_dtype != w_u.dtype:
+            b_u = module.b_U
+            key = key + (matmul_dtype, b_u.data_ptr(), b_u._version)
+            if self._w_u_t_low is None or self._w_u_t_low[0] != key:
+                self._w_u_t_low = None  # free the old copy first
+                self._w_u_t_low = (key, w_u.detach().T.contiguous().to(matmul_dtype),
+                                   b_u.detach().to(matmul_dtype))
+            return F.linear(h.to(matmul_dtype), self._w_u_t_low[1], self._w_u_t_low[2])
         if self._w_u_t is None or self._w_u_t[0] != key:
             self._w_u_t = (key, w_u.detach().T.contiguous())
         return F.linear(h, self._w_u_t[1], module.b_U)
 
-    def __call__(self, h: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
+    def __call__(self, h: Float[Tensor, "*batch d_model"], matmul_dtype: torch.dtype | None = None
+                 ) -> Float[Tensor, "*batch d_vocab"]:
+        """Logits of ``h``. ``matmul_dtype``: dtype of the vocabulary matmul (default: the model's);
+        ``ln_final`` always runs in the model's dtype, the logits come back in ``matmul_dtype``."""
         h = h.to(self.dtype)
         with _hooks_silenced(self.ln_final):
             if self.ln_final is not None:
                 h = self.ln_final(h)
-        logits = self._unembed(h)
+        logits = self._unembed(h, matmul_dtype)
         if self.softcap is not None and self.softcap > 0:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits

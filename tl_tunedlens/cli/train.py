@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     opt.add_argument("--layers", type=int, nargs="+", default=None, help="train only these translators (default: all)")
     opt.add_argument("--micro-batch", type=int, default=None, help="sequences per forward pass (default: ~--chunk-tokens tokens)")
     opt.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block; bounds memory (default: %(default)s)")
+    opt.add_argument("--matmul-dtype", default="float32", choices=["float32", "bfloat16"],
+                     help="precision of the lens's vocabulary matmuls; bfloat16 is ~4x faster on CPUs with "
+                          "bf16 instructions, the softmax, loss and translators stay fp32 (default: %(default)s)")
     opt.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints, 0 for none (default: %(default)s)")
     opt.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt with the same options")
     opt.add_argument("--seed", type=int, default=0, help="seed of the data order (default: %(default)s)")
@@ -81,6 +84,7 @@ def train_config_from_args(args: argparse.Namespace):
         warmup_steps=args.warmup, loss=args.loss, seed=args.seed, micro_batch=args.micro_batch,
         chunk_tokens=args.chunk_tokens, checkpoint_every=args.checkpoint_every, init=args.init,
         lstsq_tokens=args.lstsq_tokens, ridge=args.ridge, layers=args.layers,
+        matmul_dtype=args.matmul_dtype,
     )
 
 
