@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tokens-per-step", type=int, default=512, help="(default: %(default)s)")
     parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam"], help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=None, help="(default: the optimiser's)")
+    parser.add_argument("--matmul-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="precision of the vocabulary matmuls in the KL steps; evaluation is always fp32 "
+                             "(default: %(default)s)")
     parser.add_argument("--eval-tokens", type=int, default=1024, help="held-out positions scored (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     # lstsq data first (step_sequences of the first lstsq_tokens), then fresh sequences for KL steps
     lens = TunedLens.from_model(model)
     cfg = TrainConfig(steps=args.steps, tokens_per_step=args.tokens_per_step, optimizer=args.optimizer, lr=args.lr,
-                      init="lstsq", lstsq_tokens=args.lstsq_tokens, checkpoint_every=0)
+                      init="lstsq", lstsq_tokens=args.lstsq_tokens, checkpoint_every=0,
+                      matmul_dtype=args.matmul_dtype)
     t0 = time.perf_counter()
     result = train_lens(model, lens, train.sequences, cfg, progress=not args.no_progress,
                         data_info={"data": "shakespeare", "split": "train", "held_out": 0.1, "split_seed": 0,
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     )
     timing = (f"least-squares start on {result.info.get('lstsq_tokens')} tokens "
               f"({result.info.get('lstsq_seconds')} s), {result.steps} KL steps x {result.info['tokens_per_step']} "
-              f"tokens ({args.optimizer}); training {train_s:.0f} s, evaluation on {metrics['tokens']} held-out "
+              f"tokens ({args.optimizer}, {args.matmul_dtype} vocabulary matmuls); training {train_s:.0f} s, evaluation on {metrics['tokens']} held-out "
               f"tokens {eval_s:.0f} s, total {total_s:.0f} s")
     print(table)
     print(summary)
