@@ -217,3 +217,26 @@ def test_data_order_is_seeded_and_covers_epochs():
     assert sorted(first) == list(range(10))
     assert step_sequences(10, 5, 0, seed=0) == step_sequences(10, 5, 0, seed=0)
     assert step_sequences(10, 5, 0, seed=0) != step_sequences(10, 5, 0, seed=1)
+
+
+@pytest.mark.parametrize("loss", ["kl", "ce"])
+def test_autograd_path_for_a_softcapped_unembedding_equals_direct_computation(tiny_tokens, loss):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("RMS", output_logits_soft_cap=3.0)  # the fused vocabulary path does not apply
+    lens = _random_lens(model)
+    assert lens.unembed.softcapped
+    resids = capture_residuals(model, tiny_tokens, lens.hook_names)
+    labels = None
+    if loss == "ce":
+        resids, labels = resids[:, :, :-1], tiny_tokens[:, 1:].flatten()
+    resids = resids.flatten(1, 2)
+    n, layers = resids.shape[1], [0, 2]
+    lens.requires_grad_(True)
+    sums = accumulate_lens_grads(lens, resids, layers, labels=labels, scale=1.0 / n, chunk_tokens=5)
+    ours = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in lens.parameters()]
+    lens.zero_grad(set_to_none=True)
+    _direct(lens, resids, layers, labels).sum().backward()
+    torch.testing.assert_close(sums.float() / n, _direct(lens, resids, layers, labels).detach(), rtol=1e-5, atol=1e-6)
+    for a, p in zip(ours, lens.parameters()):
+        torch.testing.assert_close(a, p.grad if p.grad is not None else torch.zeros_like(p), rtol=1e-4, atol=1e-6)

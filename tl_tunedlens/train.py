@@ -120,6 +120,10 @@ def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers
 
     Buffers per chunk: the scaled target ``-scale * p`` (fp32), the lens logits (``matmul_dtype``,
     reused for the gradient) and one fp32 copy of them (log-probs, then probabilities, in place)."""
+    fused = _fused_weights(lens, matmul_dtype)
+    if fused is not None:
+        return _accumulate_fused(lens, resids, layers, fused, labels=labels, scale=scale,
+                                 chunk_tokens=chunk_tokens, step=step)
     n = resids.shape[1]
     s = scale if scale != 0 else 1.0
     sums = torch.zeros(len(layers), dtype=torch.float64, device=resids.device)
@@ -164,6 +168,94 @@ def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers
                 del z, lq, q
             logits.backward(out)
             del logits, out
+    return sums.cpu()
+
+
+def _fused_weights(lens, matmul_dtype: torch.dtype | None):
+    """Weights for :func:`_accumulate_fused`: ``(target (W^T, b), lens (W^T, b))`` or ``None`` when
+    the unembedding is not TransformerLens's plain frozen ``Unembed`` (then autograd does it all)."""
+    unembed = lens.unembed
+    if unembed.softcapped:
+        return None
+    exact = unembed.vocab_weights(None)
+    low = unembed.vocab_weights(matmul_dtype) if matmul_dtype is not None else exact
+    if exact is None or low is None:
+        return None
+    return exact, low
+
+
+def _abort(total: Tensor, layer: int, step: int | None) -> None:
+    if not torch.isfinite(total):
+        where = f" at step {step}" if step is not None else ""
+        raise TrainingDivergedError(
+            f"the loss became non-finite at layer {layer}{where}: lower --lr or use --optimizer adam; "
+            "the last checkpoint is intact"
+        )
+
+
+def _accumulate_fused(lens, resids: Tensor, layers: list[int], weights, *, labels: Tensor | None,
+                      scale: float, chunk_tokens: int, step: int | None) -> Tensor:
+    """:func:`accumulate_lens_grads` without autograd over the vocabulary.
+
+    Autograd runs only up to the ``[chunk, d_model]`` output of ``ln_final``; the two vocabulary
+    products (logits ``x W_U + b_U`` and the gradient ``g W_U^T``) are explicit ``addmm``/``mm``
+    calls into ``[chunk, d_vocab]`` buffers allocated once per call and reused for every layer and
+    chunk (fresh 100 MB blocks per layer cost as much in page faults as the arithmetic)."""
+    (w_exact, b_exact), (w_low, b_low) = weights
+    low = w_low.dtype if w_low.dtype != torch.float32 else None
+    n, device = resids.shape[1], resids.device
+    c = min(chunk_tokens, n)
+    vocab = w_exact.shape[0]
+    s = scale if scale != 0 else 1.0
+    sums = torch.zeros(len(layers), dtype=torch.float64, device=device)
+    z_buf = torch.empty(c, vocab, dtype=torch.float32, device=device)
+    p_buf = torch.empty(c, vocab, dtype=torch.float32, device=device) if labels is None else None
+    low_buf = torch.empty(c, vocab, dtype=low, device=device) if low is not None else None
+
+    def logits_into(x: Tensor, m: int, exact: bool) -> Tensor:
+        z = z_buf[:m]
+        if exact or low is None:
+            w, b = (w_exact, b_exact) if exact else (w_low, b_low)
+            if w.dtype == torch.float32:
+                return torch.addmm(b, x.float(), w.T, out=z)
+            return z.copy_(torch.addmm(b, x.to(w.dtype), w.T))
+        torch.addmm(b_low, x.to(low), w_low.T, out=low_buf[:m])
+        return z.copy_(low_buf[:m])
+
+    for start in range(0, n, chunk_tokens):
+        sl = slice(start, start + chunk_tokens)
+        m = resids[0, sl].shape[0]
+        neg_target = neg_entropy = lab = None
+        with torch.no_grad():
+            if labels is None:  # the target in the model's own precision
+                logp = _log_softmax_(logits_into(lens.unembed.normalize(resids[-1, sl]), m, exact=True))
+                neg_target = torch.exp(logp, out=p_buf[:m])                  # p
+                neg_entropy = torch.linalg.vecdot(neg_target, logp)
+                neg_target.mul_(-s)                                          # -s * p
+            else:
+                lab = labels[sl].to(device)[:, None]
+        for j, layer in enumerate(layers):
+            x = lens.unembed.normalize(lens.transform(resids[layer, sl], layer))   # autograd from here down
+            with torch.no_grad():
+                lq = _log_softmax_(logits_into(x.detach(), m, exact=False))
+                if labels is None:
+                    loss = neg_entropy + torch.linalg.vecdot(neg_target, lq) / s  # KL(p || q) per token
+                else:
+                    loss = -lq.gather(-1, lab).squeeze(-1)
+                total = loss.double().sum()
+                _abort(total, layer, step)
+                sums[j] += total
+                g = lq.exp_()                                                # q, in place
+                if scale == 0:
+                    g.zero_()
+                elif labels is None:
+                    torch.add(neg_target, g, alpha=s, out=g)                 # s * (q - p)
+                else:
+                    g.mul_(scale).scatter_add_(-1, lab, torch.full_like(loss[:, None], -scale))
+                if low is not None:
+                    g = low_buf[:m].copy_(g)
+                grad_x = torch.mm(g, w_low if low is not None else w_exact)  # [m, d_model]
+            x.backward(grad_x.to(x.dtype))
     return sums.cpu()
 
 

@@ -70,44 +70,59 @@ class Unembed:
     def device(self) -> torch.device:
         return self.unembed.W_U.device
 
-    def _unembed(self, h: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
-        """``model.unembed(h)``; for TransformerLens's own ``Unembed`` with frozen weights, the same
-        ``F.linear`` call with its transposed ``W_U`` cached (TL copies 4 * d_model * d_vocab bytes on
-        every call otherwise). Bit-identical to the module: same kernel, same memory layout.
-
-        ``matmul_dtype`` (e.g. ``torch.bfloat16``, for training): the product runs in that dtype with
-        a cached converted copy of the transposed ``W_U`` (and ``b_U``); the logits come back in that
-        dtype. Other unembedding modules get ``h`` and their output cast instead (no speed-up)."""
+    def vocab_weights(self, matmul_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor] | None:
+        """``(W_U.T.contiguous() [d_vocab d_model], b_U [d_vocab])`` in ``matmul_dtype`` (default: the
+        model's), cached, when the unembedding is TransformerLens's own ``Unembed`` with frozen weights
+        and no output soft-cap (so ``logits = normalize(h) @ W_U + b_U`` exactly); else ``None``.
+        TL itself copies ``W_U.T`` on every call; the trainer uses these for its fused path."""
         module = self.unembed
         w_u = getattr(module, "W_U", None)
         if type(module) is not TLUnembed or w_u is None or w_u.requires_grad:
-            with _hooks_silenced(module):
-                if matmul_dtype is None or matmul_dtype == self.dtype:
-                    return module(h)
-                return module(h).to(matmul_dtype)
+            return None
         key = (w_u.data_ptr(), w_u._version, w_u.device, w_u.dtype, tuple(w_u.shape))
-        if matmul_dtype is not None and matmul_dtype != w_u.dtype:
-            b_u = module.b_U
-            key = key + (matmul_dtype, b_u.data_ptr(), b_u._version)
-            if self._w_u_t_low is None or self._w_u_t_low[0] != key:
-                self._w_u_t_low = None  # free the old copy first
-                self._w_u_t_low = (key, w_u.detach().T.contiguous().to(matmul_dtype),
-                                   b_u.detach().to(matmul_dtype))
-            return F.linear(h.to(matmul_dtype), self._w_u_t_low[1], self._w_u_t_low[2])
-        if self._w_u_t is None or self._w_u_t[0] != key:
-            self._w_u_t = (key, w_u.detach().T.contiguous())
-        return F.linear(h, self._w_u_t[1], module.b_U)
+        if matmul_dtype is None or matmul_dtype == w_u.dtype:
+            if self._w_u_t is None or self._w_u_t[0] != key:
+                self._w_u_t = (key, w_u.detach().T.contiguous())
+            return self._w_u_t[1], module.b_U.detach()
+        b_u = module.b_U
+        key = key + (matmul_dtype, b_u.data_ptr(), b_u._version)
+        if self._w_u_t_low is None or self._w_u_t_low[0] != key:
+            self._w_u_t_low = None  # free the old copy first
+            self._w_u_t_low = (key, w_u.detach().T.contiguous().to(matmul_dtype), b_u.detach().to(matmul_dtype))
+        return self._w_u_t_low[1], self._w_u_t_low[2]
+
+    def _unembed(self, h: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
+        """``model.unembed(h)``: for TransformerLens's own ``Unembed`` with frozen weights, the same
+        ``F.linear`` call with the cached transposed ``W_U`` (bit-identical to the module: same kernel,
+        same memory layout). ``matmul_dtype`` (e.g. ``torch.bfloat16``, for training): the product runs
+        in that dtype with converted weights; the logits come back in that dtype. Other unembedding
+        modules get their output cast instead (no speed-up)."""
+        weights = self.vocab_weights(matmul_dtype)
+        if weights is None:
+            with _hooks_silenced(self.unembed):
+                out = self.unembed(h)
+            return out if matmul_dtype is None else out.to(matmul_dtype)
+        w_t, b_u = weights
+        return F.linear(h.to(w_t.dtype), w_t, b_u)
+
+    def normalize(self, h: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
+        """The model's own ``ln_final`` (hooks silenced), in the model's dtype."""
+        h = h.to(self.dtype)
+        if self.ln_final is None:
+            return h
+        with _hooks_silenced(self.ln_final):
+            return self.ln_final(h)
+
+    @property
+    def softcapped(self) -> bool:
+        return self.softcap is not None and self.softcap > 0
 
     def __call__(self, h: Float[Tensor, "*batch d_model"], matmul_dtype: torch.dtype | None = None
                  ) -> Float[Tensor, "*batch d_vocab"]:
         """Logits of ``h``. ``matmul_dtype``: dtype of the vocabulary matmul (default: the model's);
         ``ln_final`` always runs in the model's dtype, the logits come back in ``matmul_dtype``."""
-        h = h.to(self.dtype)
-        with _hooks_silenced(self.ln_final):
-            if self.ln_final is not None:
-                h = self.ln_final(h)
-        logits = self._unembed(h, matmul_dtype)
-        if self.softcap is not None and self.softcap > 0:
+        logits = self._unembed(self.normalize(h), matmul_dtype)
+        if self.softcapped:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
