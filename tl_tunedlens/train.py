@@ -172,16 +172,19 @@ def accumulate_lens_grads(lens, resids: Float[Tensor, "layer n d_model"], layers
 
 
 def _fused_weights(lens, matmul_dtype: torch.dtype | None):
-    """Weights for :func:`_accumulate_fused`: ``(target (W^T, b), lens (W^T, b))`` or ``None`` when
-    the unembedding is not TransformerLens's plain frozen ``Unembed`` (then autograd does it all)."""
+    """``(exact, lens)`` weight pairs for :func:`_accumulate_fused`, each ``(F [d_model d_vocab],
+    B [d_vocab d_model], b_U)`` with ``logits = x F + b_U`` and ``grad_x = g B``; ``None`` when the
+    unembedding is not TransformerLens's plain frozen ``Unembed`` (then autograd does it all).
+    The model-precision pair is a view of the model's own ``W_U``: no copy of it is made."""
     unembed = lens.unembed
-    if unembed.softcapped:
+    if unembed.softcapped or unembed.vocab_weights(matmul_dtype or unembed.dtype, cache=False) is None:
         return None
-    exact = unembed.vocab_weights(None)
-    low = unembed.vocab_weights(matmul_dtype) if matmul_dtype is not None else exact
-    if exact is None or low is None:
-        return None
-    return exact, low
+    w_u, b_u = unembed.unembed.W_U.detach(), unembed.unembed.b_U.detach()
+    exact = (w_u, w_u.T, b_u)
+    if matmul_dtype is None or matmul_dtype == w_u.dtype:
+        return exact, exact
+    w_t, b_low = unembed.vocab_weights(matmul_dtype)
+    return exact, (w_t.T, w_t, b_low)
 
 
 def _abort(total: Tensor, layer: int, step: int | None) -> None:
@@ -201,11 +204,11 @@ def _accumulate_fused(lens, resids: Tensor, layers: list[int], weights, *, label
     products (logits ``x W_U + b_U`` and the gradient ``g W_U^T``) are explicit ``addmm``/``mm``
     calls into ``[chunk, d_vocab]`` buffers allocated once per call and reused for every layer and
     chunk (fresh 100 MB blocks per layer cost as much in page faults as the arithmetic)."""
-    (w_exact, b_exact), (w_low, b_low) = weights
-    low = w_low.dtype if w_low.dtype != torch.float32 else None
+    (f_exact, _, b_exact), (f_low, b_mat, b_low) = weights
+    low = f_low.dtype if f_low.dtype != torch.float32 else None
     n, device = resids.shape[1], resids.device
     c = min(chunk_tokens, n)
-    vocab = w_exact.shape[0]
+    vocab = f_exact.shape[1]
     s = scale if scale != 0 else 1.0
     sums = torch.zeros(len(layers), dtype=torch.float64, device=device)
     z_buf = torch.empty(c, vocab, dtype=torch.float32, device=device)
@@ -215,11 +218,11 @@ def _accumulate_fused(lens, resids: Tensor, layers: list[int], weights, *, label
     def logits_into(x: Tensor, m: int, exact: bool) -> Tensor:
         z = z_buf[:m]
         if exact or low is None:
-            w, b = (w_exact, b_exact) if exact else (w_low, b_low)
-            if w.dtype == torch.float32:
-                return torch.addmm(b, x.float(), w.T, out=z)
-            return z.copy_(torch.addmm(b, x.to(w.dtype), w.T))
-        torch.addmm(b_low, x.to(low), w_low.T, out=low_buf[:m])
+            f, b = (f_exact, b_exact) if exact else (f_low, b_low)
+            if f.dtype == torch.float32:
+                return torch.addmm(b, x.float(), f, out=z)
+            return z.copy_(torch.addmm(b, x.to(f.dtype), f))
+        torch.addmm(b_low, x.to(low), f_low, out=low_buf[:m])
         return z.copy_(low_buf[:m])
 
     for start in range(0, n, chunk_tokens):
@@ -254,7 +257,7 @@ def _accumulate_fused(lens, resids: Tensor, layers: list[int], weights, *, label
                     g.mul_(scale).scatter_add_(-1, lab, torch.full_like(loss[:, None], -scale))
                 if low is not None:
                     g = low_buf[:m].copy_(g)
-                grad_x = torch.mm(g, w_low if low is not None else w_exact)  # [m, d_model]
+                grad_x = torch.mm(g.to(b_mat.dtype), b_mat)                 # [m, d_model]
             x.backward(grad_x.to(x.dtype))
     return sums.cpu()
 

@@ -70,15 +70,19 @@ class Unembed:
     def device(self) -> torch.device:
         return self.unembed.W_U.device
 
-    def vocab_weights(self, matmul_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor] | None:
+    def vocab_weights(self, matmul_dtype: torch.dtype | None = None, *, cache: bool = True
+                      ) -> tuple[Tensor, Tensor] | None:
         """``(W_U.T.contiguous() [d_vocab d_model], b_U [d_vocab])`` in ``matmul_dtype`` (default: the
         model's), cached, when the unembedding is TransformerLens's own ``Unembed`` with frozen weights
         and no output soft-cap (so ``logits = normalize(h) @ W_U + b_U`` exactly); else ``None``.
-        TL itself copies ``W_U.T`` on every call; the trainer uses these for its fused path."""
+        TL itself copies ``W_U.T`` on every call. ``cache=False``: return ``(W_U, b_U)`` uncopied, or
+        ``None``: just whether the fast path applies."""
         module = self.unembed
         w_u = getattr(module, "W_U", None)
         if type(module) is not TLUnembed or w_u is None or w_u.requires_grad:
             return None
+        if not cache:  # only asking whether the fast path applies
+            return w_u, module.b_U
         key = (w_u.data_ptr(), w_u._version, w_u.device, w_u.dtype, tuple(w_u.shape))
         if matmul_dtype is None or matmul_dtype == w_u.dtype:
             if self._w_u_t is None or self._w_u_t[0] != key:

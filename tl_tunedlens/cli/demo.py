@@ -2,7 +2,8 @@
 
 Train a tuned lens for every layer (least-squares start, then a short KL refinement) on the
 training plays, evaluate it against the logit lens on held-out plays, print the per-layer table,
-and write the lens, ``metrics.json`` and ``report.md`` under ``--out``. Exits 1 if the tuned lens
+and write the lens, ``metrics.json``, ``report.md``, the offline trajectory page ``report.html`` and
+the per-layer metric curves (``metric_curves.html``/``.png``) under ``--out``. Exits 1 if the tuned lens
 does not beat the logit lens in KL at every layer.
 """
 
@@ -105,7 +106,17 @@ def run(args: argparse.Namespace) -> int:
     from .predict import DEFAULT_TEXT
 
     write_report(out / "report.html", model, lens, DEFAULT_TEXT)
-    print(f"lens, metrics.json, report.md and report.html (offline trajectory page) written to {out}")
+    from ..errors import LensError
+    from ..viz.plots import write_metric_curves, write_png
+
+    curves = write_metric_curves(metrics, out / "metric_curves.html")
+    written = "lens, metrics.json, report.md, report.html (offline trajectory page), metric_curves.html"
+    try:
+        write_png(curves, out / "metric_curves.png")
+        written += ", metric_curves.png"
+    except LensError as err:  # PNG export needs kaleido + a Chromium; the HTML is always written
+        print(f"note: metric_curves.png skipped: {err}")
+    print(f"{written} written to {out}")
     if worse:
         print(f"the tuned lens does not beat the logit lens in KL at layers {worse}")
         return 1
