@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tokens-per-step", type=int, default=16384)
+    parser.add_argument("--matmul-dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -77,7 +78,8 @@ def main() -> int:
     check("hook route == cache route", diff <= 1e-5, f"max |diff| {diff:.1e}")
 
     train_cfg = TrainConfig(steps=args.steps, tokens_per_step=args.tokens_per_step, init="lstsq",
-                            lstsq_tokens=8192, checkpoint_every=0, chunk_tokens=4096)
+                            lstsq_tokens=8192, checkpoint_every=0, chunk_tokens=4096,
+                            matmul_dtype=args.matmul_dtype)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -99,7 +101,8 @@ def main() -> int:
     tok_s = result.info["tokens_per_step"] / (sum(kl_steps) / len(kl_steps))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-    print(f"device: {name}; model: {args.layers} layers, d_model {args.d_model}, vocab {args.vocab}")
+    print(f"device: {name}; model: {args.layers} layers, d_model {args.d_model}, vocab {args.vocab}; "
+          f"vocabulary matmuls in {args.matmul_dtype}")
     print(f"train: {args.steps} steps x {result.info['tokens_per_step']} tokens in {seconds:.1f} s "
           f"(lstsq {result.info.get('lstsq_seconds')} s); KL step throughput {tok_s:,.0f} tokens/s; "
           f"peak GPU memory {peak:.2f} GiB")

@@ -92,7 +92,7 @@ class Unembed:
         key = key + (matmul_dtype, b_u.data_ptr(), b_u._version)
         if self._w_u_t_low is None or self._w_u_t_low[0] != key:
             self._w_u_t_low = None  # free the old copy first
-            self._w_u_t_low = (key, w_u.detach().T.contiguous().to(matmul_dtype), b_u.detach().to(matmul_dtype))
+            self._w_u_t_low = (key, w_u.detach().to(matmul_dtype).T.contiguous(), b_u.detach().to(matmul_dtype))
         return self._w_u_t_low[1], self._w_u_t_low[2]
 
     def _unembed(self, h: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
