@@ -38,7 +38,7 @@ def test_hub_model_offline_and_not_cached_fails_fast(monkeypatch, tmp_path):
     start = time.perf_counter()
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1.*not in the local Hugging Face cache"):
         load_model("gpt2")
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 5
 
 
 # --- the real model ----------------------------------------------------------------------------

@@ -165,6 +165,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo_id``'s ``config.json`` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -215,6 +222,11 @@ def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs):
         raise ModelLoadError(
             f"cannot load {official!r}: the Hugging Face hub is unreachable; connect to the internet, set "
             "HF_HUB_OFFLINE=1 to use a cached copy, or use the offline model 'smollm2-135m'"
+        )
+    if _offline() and not _in_hub_cache(official):
+        raise ModelLoadError(
+            f"cannot load {official!r} with HF_HUB_OFFLINE=1: it is not in the local Hugging Face cache "
+            "(unset HF_HUB_OFFLINE with the internet on to download it)"
         )
     if n_ctx is not None:
         kwargs["n_ctx"] = n_ctx
