@@ -16,7 +16,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train and evaluate a tuned lens for the embedded SmolLM2-135M on Shakespeare (offline, ~10 min)",
+        "demo", help="train and evaluate a tuned lens for the embedded SmolLM2-135M on Shakespeare (offline, ~4 min on 2 cores)",
         description="The main job on the embedded default: SmolLM2-135M and the Shakespeare texts, all layers. "
                     "A least-squares start plus a short KL refinement on the training plays, evaluation against "
                     "the logit lens on held-out plays, lens + metrics.json + report.md written to --out.",
