@@ -55,6 +55,18 @@ def make_tiny_model(
     return model.eval()
 
 
+def random_tuned_lens(model, scale: float = 0.2, seed: int = 3):
+    """A ``TunedLens`` for ``model`` with seeded random (non-zero) translators."""
+    from tl_tunedlens import TunedLens
+
+    lens = TunedLens.from_model(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return lens
+
+
 @pytest.fixture(params=["LN", "RMS"])
 def tiny_model(request):
     """A tiny random model, once with LayerNorm and once with RMSNorm."""

@@ -5,19 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, random_tuned_lens
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.residuals import capture_residuals
 from tl_tunedlens.train import TrainConfig, accumulate_lens_grads, train_lens
-
-
-def _lens(model, scale=0.2, seed=3):
-    lens = TunedLens.from_model(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lens.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=gen))
-    return lens
 
 
 def _grads(lens, resids, layers, matmul_dtype, labels=None):
@@ -40,7 +31,7 @@ def test_bf16_gradients_close_to_fp32(norm, loss):
     times 2^-9. Measured (this model, 93-96 tokens): 0.09-0.30% over layers, parameters, LN/RMS and
     KL/CE (worst 0.30%, CE); bound 2%, ~7x the worst case, still far below what would bias training."""
     model = make_tiny_model(norm, n_layers=3, d_model=32, d_vocab=512, n_ctx=64)
-    lens = _lens(model)
+    lens = random_tuned_lens(model)
     tokens = torch.randint(0, 512, (3, 32), generator=torch.Generator().manual_seed(0))
     resids = capture_residuals(model, tokens, lens.hook_names)
     labels = None
@@ -57,7 +48,7 @@ def test_bf16_gradients_close_to_fp32(norm, loss):
 
 def test_default_logits_unchanged_and_bf16_logits_close():
     model = make_tiny_model("RMS", d_model=32, d_vocab=512)
-    lens = _lens(model)
+    lens = random_tuned_lens(model)
     h = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
     ref = model.unembed(model.ln_final(lens.transform(h, 1)))
     assert torch.equal(lens(h, 1), ref)

@@ -5,22 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, random_tuned_lens
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tl_tunedlens.optim import lr_factor, make_optimizer
 from tl_tunedlens.residuals import capture_residuals
 from tl_tunedlens.train import (TrainConfig, TrainingDivergedError, accumulate_lens_grads, step_sequences,
                                 train_lens)
-
-
-def _random_lens(model, scale=0.2, seed=3):
-    lens = TunedLens.from_model(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lens.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=gen))
-    return lens
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def _direct(lens, resids, layers, labels=None):
 
 @pytest.mark.parametrize("loss", ["kl", "ce"])
 def test_loss_and_gradient_equal_direct_computation(tiny_model, tiny_tokens, loss):
-    lens = _random_lens(tiny_model)
+    lens = random_tuned_lens(tiny_model)
     resids = capture_residuals(tiny_model, tiny_tokens, lens.hook_names)
     labels = None
     if loss == "ce":
@@ -224,7 +215,7 @@ def test_autograd_path_for_a_softcapped_unembedding_equals_direct_computation(ti
     from conftest import make_tiny_model
 
     model = make_tiny_model("RMS", output_logits_soft_cap=3.0)  # the fused vocabulary path does not apply
-    lens = _random_lens(model)
+    lens = random_tuned_lens(model)
     assert lens.unembed.softcapped
     resids = capture_residuals(model, tiny_tokens, lens.hook_names)
     labels = None
