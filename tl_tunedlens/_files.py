@@ -1,13 +1,29 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename."""
+"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+
+``write_folder_atomic`` writes several files of a folder all-or-nothing: a new folder is built under
+a temporary name beside it and renamed into place; in an existing folder every file is staged as a
+hidden temporary file and the renames happen only once all of them were written. Any error removes
+what was staged and leaves the folder as it was.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from .errors import LensError
+
+Writer = Callable[[Path], None]
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def cache_dir() -> Path:
@@ -25,8 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -40,3 +55,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_folder_atomic(folder: str | os.PathLike, writers: dict[str, Writer]) -> Path:
+    """Create/update ``folder`` with one file per ``writers`` entry (``name -> writer(tmp_path)``)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LensError(f"cannot save a lens to {folder}: it is a file, not a folder; pass a folder path")
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            for name, write in writers.items():
+                write(staging / name)
+                _fsync(staging / name)
+            os.rename(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            staged[name] = Path(tmp)
+            write(staged[name])
+            _fsync(staged[name])
+        for name, tmp in staged.items():
+            os.replace(tmp, folder / name)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    return folder

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._folder import write_folder_atomic
+from ._files import write_folder_atomic
 from .errors import LensError
 
 FORMAT = "tl-tunedlens"
@@ -108,11 +108,6 @@ def validate_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
     if config.get("layer_convention", LAYER_CONVENTION) != LAYER_CONVENTION:
         raise LensError(f"{cfg_file} has layer_convention {config['layer_convention']!r}, expected {LAYER_CONVENTION!r}")
     return config
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate ``config.json`` of one of our lens folders."""
-    return validate_config(read_json_config(path), Path(path) / CONFIG_NAME)
 
 
 def read_weights(path: str | os.PathLike, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._folder import write_folder_atomic
+from ._files import write_folder_atomic
 from .errors import LensError, UnembedMismatchError
 from .residual_basis import _rows_centred
 
