@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import stats
 from .errors import LensError
+from .residuals import as_token_batch, to_tokens
 
 # name -> (title, unit); the order is the order figures offer them in
 STATISTICS: dict[str, tuple[str, str]] = {
@@ -47,18 +48,6 @@ COMPARISONS: dict[str, tuple[str, str]] = {
 }
 
 
-def _as_batch(tokens: Tensor | None) -> Tensor | None:
-    if tokens is None:
-        return None
-    if not isinstance(tokens, Tensor) or tokens.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
-        raise LensError("tokens must be an integer tensor of shape [pos] or [batch pos]")
-    if tokens.ndim == 1:
-        tokens = tokens.unsqueeze(0)
-    if tokens.ndim != 2:
-        raise LensError(f"tokens must have shape [pos] or [batch pos], got {tuple(tokens.shape)}")
-    return tokens.long()
-
-
 def next_token_targets(tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
     """``targets[:, t] = tokens[:, t + 1]``; the last position has no target (``-1``)."""
     targets = torch.full_like(tokens, -1)
@@ -73,11 +62,11 @@ class _Builder:
         if final.ndim != 3:
             raise LensError(f"each row of log-probs must be [batch pos vocab], got {tuple(final.shape)}")
         batch, n_pos, vocab = final.shape
-        tokens = _as_batch(tokens)
+        tokens = as_token_batch(tokens)
         if tokens is not None and tuple(tokens.shape) != (batch, n_pos):
             raise LensError(f"tokens have shape {tuple(tokens.shape)} but the log-probs are for [batch pos]=[{batch}, {n_pos}]")
         self.tokens = torch.full((batch, n_pos), -1, dtype=torch.long) if tokens is None else tokens
-        self.targets = next_token_targets(self.tokens) if targets is None else _as_batch(targets)
+        self.targets = next_token_targets(self.tokens) if targets is None else as_token_batch(targets)
         if tuple(self.targets.shape) != (batch, n_pos):
             raise LensError(f"targets have shape {tuple(self.targets.shape)}, expected [{batch}, {n_pos}]")
         self.final, self.k, self.keep = final, max(1, min(int(top_k), vocab)), keep_log_probs
@@ -206,7 +195,7 @@ class PredictionTrajectory:
         """Run ``model`` on ``tokens`` (ids ``[pos]``/``[batch pos]``, or a string) once, caching only the
         lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
         lens.check_model(model)
-        tokens = _tokens_of(model, tokens)
+        tokens = to_tokens(model, tokens)
         logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
         kwargs.setdefault("tokenizer", getattr(model, "tokenizer", None))
         return cls.from_cache(lens, cache, logits, tokens, **kwargs)
@@ -351,14 +340,6 @@ def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryCompa
                          names=(a.lens_name, b.lens_name), layer_labels=list(a.layer_labels))
 
 
-def _tokens_of(model, tokens: Tensor | str) -> Tensor:
-    if isinstance(tokens, str):
-        if getattr(model, "tokenizer", None) is None:
-            raise LensError("this model has no tokenizer: pass token ids instead of a string")
-        tokens = model.to_tokens(tokens)
-    return _as_batch(tokens).to(model.cfg.device)
-
-
 @torch.no_grad()
 def trajectory_pair(lens_a, lens_b, model, tokens: Tensor | str, *, targets: Tensor | None = None, top_k: int = 10,
                     keep_log_probs: bool = False) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
@@ -368,7 +349,7 @@ def trajectory_pair(lens_a, lens_b, model, tokens: Tensor | str, *, targets: Ten
     lens_b.check_model(model)
     if lens_a.n_layers != lens_b.n_layers:
         raise LensError(f"the lenses have {lens_a.n_layers} and {lens_b.n_layers} layers: use lenses of one model")
-    tokens = _tokens_of(model, tokens)
+    tokens = to_tokens(model, tokens)
     logits, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
     resids = lens_a.residuals_from_cache(cache)
     n = lens_a.n_layers

@@ -21,15 +21,3 @@ def load_model_from_args(args: argparse.Namespace):
     from ..models import load_model
 
     return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
-
-
-def encode(model, text: str) -> torch.Tensor:
-    """``[1, pos]`` token ids of ``text`` with the model's tokenizer (no BOS added)."""
-    from ..errors import LensError
-
-    if not text:
-        raise LensError("the text is empty: pass --text 'some words'")
-    ids = model.tokenizer.encode(text, add_special_tokens=False)
-    if not ids:
-        raise LensError("the text tokenises to nothing: pass a longer --text")
-    return torch.tensor([ids], device=model.cfg.device)

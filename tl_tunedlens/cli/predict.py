@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, encode, load_model_from_args
+from .common import add_model_args, load_model_from_args
 
 DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
 
@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    tokens = encode(model, args.text)
+    from ..residuals import to_tokens
+
+    tokens = to_tokens(model, args.text)
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
     print(f"text:  {args.text!r}  ({tokens.shape[1]} tokens; decoding position {args.position})")
     label = "tuned" if args.lens else "tuned(untrained)"

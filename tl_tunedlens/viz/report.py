@@ -17,6 +17,7 @@ import torch
 
 from .._files import write_text_atomic
 from ..errors import LensError
+from ..residuals import to_tokens
 from ..trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
 from .circuits import circuitsvis_bundle, lens_view
 from .plots import compare_heatmaps, figure_html
@@ -27,19 +28,6 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 .meta { color: #555; } .text { background: #f6f6f6; padding: 8px 12px; white-space: pre-wrap; }
 table.summary { border-collapse: collapse; } table.summary td, table.summary th { padding: 2px 10px; text-align: right; }
 """
-
-
-def _tokens(model, text: str | torch.Tensor) -> torch.Tensor:
-    if isinstance(text, torch.Tensor):
-        return text if text.ndim == 2 else text.unsqueeze(0)
-    if not isinstance(text, str) or not text:
-        raise LensError("the text is empty: pass some words")
-    if getattr(model, "tokenizer", None) is None:
-        raise LensError("this model has no tokenizer: pass token ids instead of a string")
-    ids = model.tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) < 2:
-        raise LensError("the text must be at least two tokens long")
-    return torch.tensor([ids], device=model.cfg.device)
 
 
 def _summary_table(logit: PredictionTrajectory, tuned: PredictionTrajectory, js_mean: torch.Tensor) -> str:
@@ -60,7 +48,7 @@ def report_html(model, lens, text: str | torch.Tensor, *, logit_lens=None, stats
     for stat in stats:
         if stat not in STATISTICS and not stat.startswith("delta_"):
             raise LensError(f"unknown statistic {stat!r}: use some of {', '.join(STATISTICS)}")
-    tokens = _tokens(model, text)
+    tokens = to_tokens(model, text, min_tokens=2)
     logit_lens = logit_lens or LogitLens.from_model(model)
     logit, tuned, comparison = trajectory_pair(logit_lens, lens, model, tokens, top_k=max(top_k, 10))
     params = list(lens.parameters())
