@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# which need nothing beyond torch/numpy/transformers/huggingface_hub, so skip its training deps
 	$(PIP) install -q --no-deps -c constraints.txt tuned-lens
 	# the embedded default corpus, unpacked into the user cache (never committed)
-	$(BIN)/python -m tl_tunedlens.corpora
+	$(BIN)/python -m tl_tunedlens.data.corpora
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -54,9 +54,9 @@ def _tokens(seq_len: int, n_tokens: int):
     from transformers import AutoTokenizer
 
     from tl_tunedlens.data import load_tokens
-    from tl_tunedlens.models import _smollm2_cache_folder
+    from tl_tunedlens.models.embedded import ensure_smollm2_cache
 
-    tok = AutoTokenizer.from_pretrained(str(_smollm2_cache_folder() / "tokenizer"))
+    tok = AutoTokenizer.from_pretrained(str(ensure_smollm2_cache() / "tokenizer"))
     return load_tokens("shakespeare", tok, seq_len, split="train", max_tokens=n_tokens).sequences
 
 
@@ -84,13 +84,13 @@ def worker_ours_bf16(args, seqs) -> dict:
 
 def worker_ours(args, seqs, matmul_dtype: str = "float32") -> dict:
     from tl_tunedlens import TunedLens, load_model
-    from tl_tunedlens.train import TrainConfig, train_lens
+    from tl_tunedlens.training import TrainConfig, train_lens
 
     model = load_model("smollm2-135m")
     lens = TunedLens.from_model(model)
-    cfg = TrainConfig(steps=args.warmup + args.steps, tokens_per_step=args.tokens_per_step,
-                      micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0,
-                      matmul_dtype=matmul_dtype)
+    cfg = TrainConfig.preset("paper", steps=args.warmup + args.steps, tokens_per_step=args.tokens_per_step,
+                             micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0,
+                             matmul_dtype=matmul_dtype)
     with PeakRSS() as mem:
         res = train_lens(model, lens, seqs, cfg, progress=False)
     timed = res.step_seconds[args.warmup:]
@@ -102,7 +102,7 @@ def worker_ref(args, seqs) -> dict:
     import torch
     from tuned_lens.nn import TunedLens as RefTunedLens
 
-    from tl_tunedlens.models import load_hf_smollm2
+    from tl_tunedlens.models.embedded import load_hf_smollm2
 
     hf_model, _ = load_hf_smollm2(torch.float32)
     hf_model.requires_grad_(False)
@@ -155,6 +155,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--only", choices=WORKERS, nargs="+", default=list(WORKERS))
+    parser.add_argument("--force-bf16", action="store_true", help="run ours_bf16 even where bf16 matmuls are slow")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -168,7 +169,13 @@ def main() -> int:
 
     results = {}
     for name in args.only:
-        cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:] if a not in args.only and a != "--only"]
+        slow_bf16 = "matmul" in results and results["matmul"]["gflops_bf16"] < results["matmul"]["gflops"]
+        if name == "ours_bf16" and slow_bf16 and not args.force_bf16:
+            print("ours_bf16: skipped, bf16 matmuls are slower than fp32 on this CPU (no bf16 instructions); "
+                  "--force-bf16 runs it anyway", file=sys.stderr)
+            continue
+        cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:]
+                                                             if a not in args.only and a not in ("--only", "--force-bf16")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:

@@ -37,8 +37,8 @@ def main() -> int:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from tl_tunedlens import LensRecord, LogitLens, TunedLens
-    from tl_tunedlens.evaluate import evaluate_lenses
-    from tl_tunedlens.train import TrainConfig, train_lens
+    from tl_tunedlens.analysis import evaluate_lenses
+    from tl_tunedlens.training import TrainConfig, train_lens
 
     dev = torch.device(args.device)
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from tl_tunedlens import LogitLens, TunedLens, load_model
-from tl_tunedlens.lstsq import lstsq_init_
-from tl_tunedlens.trajectory import trajectory_pair
+from tl_tunedlens.training.lstsq import lstsq_init_
+from tl_tunedlens.analysis.trajectory import trajectory_pair
 from tl_tunedlens.viz import compare_heatmaps, lens_view, trajectory_heatmap, write_html, write_png, write_report
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
@@ -24,7 +24,7 @@ TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mi
 
 def quick_fit(lens: TunedLens, model, tokens: torch.Tensor, ridge: float = 0.1) -> TunedLens:
     """Set each translator so that ``h + A h + b`` best predicts the last residual stream: the
-    project's closed-form start (ridge least squares, :func:`tl_tunedlens.lstsq.lstsq_init_`) on
+    project's closed-form start (ridge least squares, :func:`tl_tunedlens.training.lstsq_init_`) on
     ``tokens``. With few tokens a strong ridge keeps it stable; good enough for a demo."""
     lstsq_init_(lens, model, tokens, ridge=ridge)
     return lens
@@ -32,7 +32,7 @@ def quick_fit(lens: TunedLens, model, tokens: torch.Tensor, ridge: float = 0.1) 
 
 def training_tokens(model, n_tokens: int = 512) -> torch.Tensor:
     """``n_tokens`` tokens of Shakespeare (the embedded corpus) as a ``[batch 128]`` batch."""
-    from tl_tunedlens.corpora import shakespeare_files
+    from tl_tunedlens.data.corpora import shakespeare_files
 
     text = shakespeare_files()[0].read_text(encoding="utf-8", errors="ignore")[20000:40000]
     ids = model.tokenizer.encode(text, add_special_tokens=False)[:n_tokens]

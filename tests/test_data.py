@@ -67,9 +67,9 @@ def test_empty_and_missing_data(tmp_path):
 
 
 def test_hf_dataset_name_with_hub_unreachable(monkeypatch):
-    import tl_tunedlens.models as models
+    import tl_tunedlens.artifacts.hub as hub
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(LensError, match="hub is unreachable"):
         load_documents("some-user/some-dataset")

@@ -9,8 +9,8 @@ import torch
 
 from conftest import make_tiny_model
 from tl_tunedlens import LensError, TunedLens
-from tl_tunedlens.evaluate import evaluate_lenses, mean_kl
-from tl_tunedlens.tables import metrics_table
+from tl_tunedlens.analysis import evaluate_lenses, mean_kl
+from tl_tunedlens.analysis.tables import metrics_table
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def test_quickstart_fit_beats_logit_lens(monkeypatch):
 
     from conftest import make_tiny_model
     from tl_tunedlens import LogitLens, TunedLens
-    from tl_tunedlens.trajectory import trajectory_pair
+    from tl_tunedlens.analysis.trajectory import trajectory_pair
 
     model = make_tiny_model("RMS", n_layers=3)
     gen = torch.Generator().manual_seed(0)

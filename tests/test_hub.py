@@ -16,7 +16,7 @@ import torch
 from conftest import make_tiny_model
 
 from tl_tunedlens import LensError, TunedLens
-from tl_tunedlens import hub
+from tl_tunedlens.artifacts import hub
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 

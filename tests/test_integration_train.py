@@ -6,8 +6,8 @@ import pytest
 
 from tl_tunedlens import TunedLens
 from tl_tunedlens.data import load_tokens
-from tl_tunedlens.evaluate import evaluate_lenses
-from tl_tunedlens.train import TrainConfig, train_lens
+from tl_tunedlens.analysis import evaluate_lenses
+from tl_tunedlens.training import TrainConfig, train_lens
 
 pytestmark = pytest.mark.integration
 

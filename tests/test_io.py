@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_model
 
 from tl_tunedlens import LensError, TunedLens, UnembedMismatchError
-from tl_tunedlens import io as lens_io
+from tl_tunedlens.artifacts import native
 
 TRAINING = {"tokens_seen": 4096, "data": "shakespeare/train", "loss": 1.25, "steps": 7}
 
@@ -177,7 +177,7 @@ def test_failed_save_writes_nothing(tmp_path, monkeypatch):
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(lens_io, "save_file", exploding_save_file)
+    monkeypatch.setattr(native, "save_file", exploding_save_file)
     with pytest.raises(OSError, match="disk full"):
         lens.save(tmp_path / "new")
     assert listing(tmp_path) == []  # no folder, no temp files
@@ -186,7 +186,7 @@ def test_failed_save_writes_nothing(tmp_path, monkeypatch):
     old = trained_lens(model, seed=9)
     old.save(tmp_path / "old")
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
-    monkeypatch.setattr(lens_io, "save_file", exploding_save_file)
+    monkeypatch.setattr(native, "save_file", exploding_save_file)
     with pytest.raises(OSError):
         lens.save(tmp_path / "old")
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_tiny_model
 from tl_tunedlens import LensError, LensRecord, LogitLens, TunedLens, UnembedMismatchError
-from tl_tunedlens.layers import normalize_layer, resid_hook_names
+from tl_tunedlens.core.layers import normalize_layer, resid_hook_names
 
 
 def randomize(lens: TunedLens, scale: float = 0.2, seed: int = 0) -> TunedLens:
@@ -273,11 +273,11 @@ def test_cached_unembedding_is_bit_identical_and_follows_weight_changes(model, t
     lens = TunedLens.from_model(model)
     _, cache = model.run_with_cache(tiny_tokens)
     h = cache["ln_final.hook_normalized"]
-    assert torch.equal(lens.unembed._unembed(h), model.unembed(h))
+    assert torch.equal(lens.unembed.project(h), model.unembed(h))
     with torch.no_grad():
         model.unembed.W_U.mul_(2.0)  # in-place change: the cached transpose must be refreshed
-    assert torch.equal(lens.unembed._unembed(h), model.unembed(h))
+    assert torch.equal(lens.unembed.project(h), model.unembed(h))
     model.unembed.W_U.requires_grad_(True)  # trainable unembedding: the module itself is called
-    out = lens.unembed._unembed(h)
+    out = lens.unembed.project(h)
     out.sum().backward()
     assert model.unembed.W_U.grad is not None

@@ -7,8 +7,8 @@ import torch
 
 from conftest import make_tiny_model
 from tl_tunedlens import LensError, TunedLens
-from tl_tunedlens.evaluate import evaluate_lenses, mean_kl
-from tl_tunedlens.lstsq import RidgeStats, collect_stats, lstsq_init_, set_translators_, solve_ridge
+from tl_tunedlens.analysis import evaluate_lenses, mean_kl
+from tl_tunedlens.training.lstsq import RidgeStats, collect_stats, lstsq_init_, set_translators_, solve_ridge
 
 
 def _synthetic(d=16, n=400, layers=3, seed=0):

@@ -7,8 +7,9 @@ import torch
 
 from conftest import make_tiny_model, random_tuned_lens
 from tl_tunedlens import LensError, TunedLens
-from tl_tunedlens.residuals import capture_residuals
-from tl_tunedlens.train import TrainConfig, accumulate_lens_grads, train_lens
+from tl_tunedlens.core.backend import capture_residuals
+from tl_tunedlens.training import TrainConfig, train_lens
+from tl_tunedlens.training.loss import accumulate_lens_grads
 
 
 def _grads(lens, resids, layers, matmul_dtype, labels=None):
@@ -63,13 +64,13 @@ def test_bf16_training_lowers_the_loss_and_is_recorded():
     model = make_tiny_model("LN", n_layers=3, d_model=32, d_vocab=128, n_ctx=32)
     seqs = torch.randint(0, 128, (32, 16), generator=torch.Generator().manual_seed(0))
     lens = TunedLens.from_model(model)
-    cfg = TrainConfig(steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2, checkpoint_every=0,
-                      matmul_dtype="bfloat16", chunk_tokens=32)
+    cfg = TrainConfig.preset("paper", steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2, checkpoint_every=0,
+                             matmul_dtype="bfloat16", chunk_tokens=32)
     result = train_lens(model, lens, seqs, cfg, progress=False)
     assert result.losses[-1] < 0.7 * result.losses[0]
     assert result.info["matmul_dtype"] == "bfloat16"
     assert all(p.dtype == torch.float32 for p in lens.parameters())
-    assert lens.unembed._w_u_t_low is None  # the bf16 copy of W_U is dropped after training
+    assert "training" not in lens.unembed._transposed  # the bf16 copy of W_U is dropped after training
 
 
 def test_bad_matmul_dtype_is_a_clear_error():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tl_tunedlens import LogitLens, ModelLoadError, TunedLens, load_model
-from tl_tunedlens.models import _hub_reachable
+from tl_tunedlens.artifacts.hub import hub_reachable
 
 SENTENCE = "The capital of France is Paris, and the capital of Germany is Berlin. The capital of Italy is"
 
@@ -23,7 +23,7 @@ def test_bad_dtype_is_a_clear_error():
         load_model("smollm2-135m", dtype="float13")
 
 
-@pytest.mark.skipif(_hub_reachable(), reason="needs a machine without access to the hub")
+@pytest.mark.skipif(hub_reachable(), reason="needs a machine without access to the hub")
 def test_hub_model_without_network_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     start = time.perf_counter()
@@ -46,7 +46,7 @@ def test_hub_model_offline_and_not_cached_fails_fast(monkeypatch, tmp_path):
 
 @pytest.mark.integration
 def test_smollm2_matches_hugging_face(smollm2):
-    from tl_tunedlens.models import load_hf_smollm2
+    from tl_tunedlens.models.embedded import load_hf_smollm2
 
     hf_model, tokenizer = load_hf_smollm2()
     ids = torch.tensor([tokenizer.encode(SENTENCE)])

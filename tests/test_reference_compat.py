@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tl_tunedlens import LensError, TunedLens, UnembedMismatchError
-from tl_tunedlens.layers import resid_hook_name
+from tl_tunedlens.core.layers import resid_hook_name
 
 ref = pytest.importorskip("tuned_lens.nn", reason="the oracle needs `pip install --no-deps tuned-lens==0.2.0`")
 

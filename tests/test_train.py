@@ -7,11 +7,17 @@ import torch
 
 from conftest import make_tiny_model, random_tuned_lens
 from tl_tunedlens import LensError, TunedLens
-from tl_tunedlens.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from tl_tunedlens.optim import lr_factor, make_optimizer
-from tl_tunedlens.residuals import capture_residuals
-from tl_tunedlens.train import (TrainConfig, TrainingDivergedError, accumulate_lens_grads, step_sequences,
-                                train_lens)
+from tl_tunedlens.artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tl_tunedlens.training.optim import lr_factor, make_optimizer
+from tl_tunedlens.core.backend import capture_residuals
+from tl_tunedlens.training import TrainConfig, TrainingDivergedError, train_lens
+from tl_tunedlens.training.loss import accumulate_lens_grads
+from tl_tunedlens.training.order import step_sequences
+
+
+def paper(**overrides) -> TrainConfig:
+    """The paper's settings (identity start, SGD-Nesterov), which these tests were written for."""
+    return TrainConfig.preset("paper", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_kl_of_identity_lens_at_final_layer_is_zero(model, seqs):
 
 def test_loss_decreases(model, seqs):
     lens = TunedLens.from_model(model)
-    res = train_lens(model, lens, seqs, TrainConfig(steps=25, tokens_per_step=64, checkpoint_every=0), progress=False)
+    res = train_lens(model, lens, seqs, paper(steps=25, tokens_per_step=64, checkpoint_every=0), progress=False)
     assert res.losses[-1] < 0.8 * res.losses[0]
     assert res.tokens_seen == 25 * 64 and res.info["tokens_seen"] == 25 * 64
     assert all(not p.requires_grad for p in lens.parameters())
@@ -76,7 +82,7 @@ def test_loss_decreases(model, seqs):
 
 def test_adam_and_ce_train(model, seqs):
     lens = TunedLens.from_model(model)
-    res = train_lens(model, lens, seqs, TrainConfig(steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2,
+    res = train_lens(model, lens, seqs, paper(steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2,
                                                     loss="ce", checkpoint_every=0), progress=False)
     assert res.losses[-1] < res.losses[0]
     assert res.info["tokens_per_step"] == 4 * 15   # ce scores seq_len - 1 positions per sequence
@@ -86,7 +92,7 @@ def test_micro_batches_accumulate_to_the_full_batch(model, seqs):
     results = []
     for micro in (1, 4):
         lens = TunedLens.from_model(model)
-        train_lens(model, lens, seqs, TrainConfig(steps=3, tokens_per_step=64, micro_batch=micro,
+        train_lens(model, lens, seqs, paper(steps=3, tokens_per_step=64, micro_batch=micro,
                                                   checkpoint_every=0), progress=False)
         results.append(lens.state_dict())
     for key in results[0]:
@@ -95,7 +101,7 @@ def test_micro_batches_accumulate_to_the_full_batch(model, seqs):
 
 def test_only_chosen_layers_change(model, seqs):
     lens = TunedLens.from_model(model)
-    train_lens(model, lens, seqs, TrainConfig(steps=2, tokens_per_step=32, layers=[1], checkpoint_every=0),
+    train_lens(model, lens, seqs, paper(steps=2, tokens_per_step=32, layers=[1], checkpoint_every=0),
                progress=False)
     assert lens.translators[0].weight.abs().sum() == 0 and lens.translators[2].weight.abs().sum() == 0
     assert lens.translators[1].weight.abs().sum() > 0
@@ -104,9 +110,9 @@ def test_only_chosen_layers_change(model, seqs):
 def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch):
     cfg = dict(steps=6, tokens_per_step=32, micro_batch=1, checkpoint_every=2, init="lstsq", lstsq_tokens=64)
     full = TunedLens.from_model(model)
-    train_lens(model, full, seqs, TrainConfig(**cfg), out_dir=tmp_path / "a", progress=False)
+    train_lens(model, full, seqs, paper(**cfg), out_dir=tmp_path / "a", progress=False)
 
-    import tl_tunedlens.train as train_mod
+    import tl_tunedlens.training.trainer as train_mod
 
     calls = {"n": 0}
     real = train_mod.capture_residuals
@@ -120,11 +126,11 @@ def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "capture_residuals", interrupting)
     part = TunedLens.from_model(model)
     with pytest.raises(KeyboardInterrupt):
-        train_lens(model, part, seqs, TrainConfig(**cfg), out_dir=tmp_path / "b", progress=False)
+        train_lens(model, part, seqs, paper(**cfg), out_dir=tmp_path / "b", progress=False)
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 2
     monkeypatch.setattr(train_mod, "capture_residuals", real)
     resumed = TunedLens.from_model(model)
-    res = train_lens(model, resumed, seqs, TrainConfig(**cfg), out_dir=tmp_path / "b", resume=True, progress=False)
+    res = train_lens(model, resumed, seqs, paper(**cfg), out_dir=tmp_path / "b", resume=True, progress=False)
     assert len(res.losses) == 6
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -132,20 +138,20 @@ def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch):
 
 def test_resume_refuses_other_options(model, seqs, tmp_path):
     cfg = dict(steps=2, tokens_per_step=32, checkpoint_every=1)
-    train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**cfg), out_dir=tmp_path, progress=False)
+    train_lens(model, TunedLens.from_model(model), seqs, paper(**cfg), out_dir=tmp_path, progress=False)
     with pytest.raises(LensError, match="steps=2, now 3"):
-        train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**{**cfg, "steps": 3}), out_dir=tmp_path,
+        train_lens(model, TunedLens.from_model(model), seqs, paper(**{**cfg, "steps": 3}), out_dir=tmp_path,
                    resume=True, progress=False)
     with pytest.raises(LensError, match="other data"):
-        train_lens(model, TunedLens.from_model(model), seqs[:8], TrainConfig(**cfg), out_dir=tmp_path,
+        train_lens(model, TunedLens.from_model(model), seqs[:8], paper(**cfg), out_dir=tmp_path,
                    resume=True, progress=False)
     with pytest.raises(LensError, match="no checkpoint"):
-        train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**cfg), out_dir=tmp_path / "x",
+        train_lens(model, TunedLens.from_model(model), seqs, paper(**cfg), out_dir=tmp_path / "x",
                    resume=True, progress=False)
 
 
 def test_non_finite_stops_with_layer_and_step_and_keeps_checkpoint(model, seqs, tmp_path, monkeypatch):
-    import tl_tunedlens.train as train_mod
+    import tl_tunedlens.training.trainer as train_mod
 
     real = train_mod.capture_residuals
     calls = {"n": 0}
@@ -158,7 +164,7 @@ def test_non_finite_stops_with_layer_and_step_and_keeps_checkpoint(model, seqs, 
         return out
 
     monkeypatch.setattr(train_mod, "capture_residuals", poisoned)
-    cfg = TrainConfig(steps=5, tokens_per_step=32, micro_batch=2, checkpoint_every=2)
+    cfg = paper(steps=5, tokens_per_step=32, micro_batch=2, checkpoint_every=2)
     with pytest.raises(TrainingDivergedError, match="layer 2 at step 3") as err:
         train_lens(model, TunedLens.from_model(model), seqs, cfg, out_dir=tmp_path, progress=False)
     assert "\n" not in str(err.value)
@@ -170,7 +176,7 @@ def test_non_finite_stops_with_layer_and_step_and_keeps_checkpoint(model, seqs, 
 def test_exploding_weights_are_caught(model, seqs):
     with pytest.raises(TrainingDivergedError, match="layer . (became|at step)"):
         train_lens(model, TunedLens.from_model(model), seqs,
-                   TrainConfig(steps=3, tokens_per_step=32, lr=1e39, clip=None, checkpoint_every=0), progress=False)
+                   paper(steps=3, tokens_per_step=32, lr=1e39, clip=None, checkpoint_every=0), progress=False)
 
 
 def test_bad_configs(model, seqs):
@@ -184,10 +190,10 @@ def test_bad_configs(model, seqs):
         (dict(steps=3, warmup_steps=3), "warmup"),
     ]:
         with pytest.raises(LensError, match=pattern):
-            train_lens(model, lens, seqs, TrainConfig(**{"tokens_per_step": 32, **kwargs}), progress=False)
+            train_lens(model, lens, seqs, paper(**{"tokens_per_step": 32, **kwargs}), progress=False)
     long = torch.zeros(2, 40, dtype=torch.long)
     with pytest.raises(LensError, match="n_ctx=32"):
-        train_lens(model, lens, long, TrainConfig(tokens_per_step=80), progress=False)
+        train_lens(model, lens, long, paper(tokens_per_step=80), progress=False)
 
 
 def test_schedule_and_sgd_convention():
@@ -195,11 +201,11 @@ def test_schedule_and_sgd_convention():
     assert steps[0] == 1.0 and steps[-1] == pytest.approx(0.1) and all(a > b for a, b in zip(steps, steps[1:]))
     warm = [lr_factor(s, 10, warmup=3) for s in range(10)]
     assert warm[:3] == pytest.approx([0.25, 0.5, 0.75]) and warm[3] == 1.0 and warm[-1] > 0
-    opt = make_optimizer([torch.nn.Parameter(torch.zeros(2))], "sgd", lr=1.0)
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(2))], paper(lr=1.0))
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(0.1) and group["nesterov"] and group["momentum"] == 0.9
     assert group["weight_decay"] == 1e-3
-    adam = make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adam").param_groups[0]
+    adam = make_optimizer([torch.nn.Parameter(torch.zeros(2))], paper(optimizer="adam", lr=None)).param_groups[0]
     assert adam["lr"] == 1e-3 and adam["amsgrad"]
 
 

@@ -10,8 +10,8 @@ import torch
 
 from conftest import make_tiny_model
 from tl_tunedlens import LensError, LensRecord, LogitLens, TunedLens
-from tl_tunedlens import stats
-from tl_tunedlens.trajectory import PredictionTrajectory, compare, compare_lenses, trajectory_pair
+from tl_tunedlens.analysis import stats
+from tl_tunedlens.analysis.trajectory import PredictionTrajectory, compare, compare_lenses, trajectory_pair
 
 LN2 = math.log(2.0)
 

@@ -14,7 +14,7 @@ from chromium_cdp import fetchable_urls
 from conftest import make_tiny_model
 from tl_tunedlens import LensError, LogitLens, TunedLens
 from tl_tunedlens.cli import main as cli_main
-from tl_tunedlens.trajectory import PredictionTrajectory, compare_lenses
+from tl_tunedlens.analysis.trajectory import PredictionTrajectory, compare_lenses
 from tl_tunedlens.viz import (
     CircuitsView, colored_tokens_view, compare_heatmaps, comparison_heatmap, lens_view, metric_curves, save_html,
     top_k_view, trajectory_heatmap, write_html, write_metric_curves, write_png, write_report,

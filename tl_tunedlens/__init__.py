@@ -5,26 +5,41 @@
 >>> lens = TunedLens.from_model(model)          # identity translators == logit lens
 >>> logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
 >>> lens.logits_from_cache(cache).shape         # [n_layers + 1, batch, pos, d_vocab]
+
+The package is built in floors, each importing only from the floors below it:
+
+- :mod:`~tl_tunedlens.core`: layer indexing, the model backend, the frozen decoder, cache/hook routes;
+- :mod:`~tl_tunedlens.artifacts`: lens files (ours and the reference's), the hub, checkpoints, atomic writes;
+- :mod:`~tl_tunedlens.lens`: what a lens is (``Lens``, ``LogitLens``, ``TunedLens``);
+- :mod:`~tl_tunedlens.models` and :mod:`~tl_tunedlens.data`: loading models and text;
+- :mod:`~tl_tunedlens.training`: fitting a tuned lens;
+- :mod:`~tl_tunedlens.analysis`: evaluation, trajectories, statistics, tables;
+- :mod:`~tl_tunedlens.viz`: circuitsvis displays, plotly figures, the offline report;
+- :mod:`~tl_tunedlens.cli`: the ``tl-tunedlens`` command.
 """
 
-from .errors import LensError, ModelLoadError, UnembedMismatchError
-from .hooks import LensRecord
-from .lens import LogitLens, TunedLens
+from .analysis import PredictionTrajectory, evaluate_lenses
+from .core.hooks import LensRecord
+from .data import TokenData, load_tokens
+from .errors import LensError, ModelLoadError, TrainingDivergedError, UnembedMismatchError
+from .lens import Lens, LogitLens, TunedLens
 from .models import load_model
-from .train import TrainConfig, TrainingDivergedError, train_lens
-from .evaluate import evaluate_lenses
-from .data import load_tokens
+from .training import TrainConfig, TrainResult, train_lens
 
 __all__ = [
+    "Lens",
     "TunedLens",
     "LogitLens",
     "LensRecord",
     "load_model",
     "train_lens",
     "TrainConfig",
+    "TrainResult",
     "TrainingDivergedError",
     "evaluate_lenses",
+    "PredictionTrajectory",
     "load_tokens",
+    "TokenData",
     "LensError",
     "UnembedMismatchError",
     "ModelLoadError",

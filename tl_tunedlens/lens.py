@@ -1,55 +1,219 @@
-"""Public lens classes: ``TunedLens`` and ``LogitLens`` (core + hooks + save/load)."""
+"""What a lens is: ``Lens`` (layer indexing + decoding), ``LogitLens`` and ``TunedLens``.
+
+A lens maps the residual stream at lens layer ``i`` (see :mod:`tl_tunedlens.core.layers`) to
+next-token logits through the model's own frozen ``ln_final`` and ``unembed``::
+
+    lens.transform(h, i)  ->  h'                      (identity for the logit lens)
+    lens(h, i)            ->  unembed(ln_final(h'))   logits, [... d_vocab]
+
+``TunedLens`` translators are residual affine maps ``h' = h + A h + b`` with ``A, b``
+initialised to zero, so an untrained tuned lens equals the logit lens exactly. Layer
+``n_layers`` has no translator: it decodes the final residual stream like the model does.
+The TransformerLens routes (``run_with_cache`` readers, ``lens.hooks(...)`` for
+``run_with_hooks``) come from :class:`tl_tunedlens.core.hooks.HooksMixin`; saving and loading
+from :mod:`tl_tunedlens.artifacts`.
+
+>>> model = load_model("smollm2-135m")
+>>> lens = TunedLens.from_model(model)             # untrained: equals the logit lens
+>>> lens(torch.randn(2, 576), layer=10).shape      # [2, 49152] logits
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 
 from . import artifacts
-from .core import LogitLensCore, TunedLensCore
-from .hooks import HooksMixin
-from .hub import upload_lens
-from .reference_format import model_unembed_hash
-from .residual_basis import residual_stream_kind
-from .unembed import Unembed
+from .artifacts.reference import model_unembed_hash
+from .core.backend import model_facts
+from .core.basis import residual_stream_kind
+from .core.hooks import HooksMixin
+from .core.layers import normalize_layer, resid_hook_names
+from .core.unembed import Unembed, to_log_probs
+from .errors import LensError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
-class LogitLens(HooksMixin, LogitLensCore):
+def default_lens_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """Translators train in fp32 unless the model is fp64."""
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
+
+
+class Lens(HooksMixin, nn.Module):
+    """Base class: ``transform(h, layer)`` plus a frozen :class:`~tl_tunedlens.core.unembed.Unembed`;
+    ``forward`` decodes. Subclasses override :meth:`_transform`."""
+
+    lens_type: str = "lens"
+    #: residual stream the translators were trained on: "raw" (Hugging Face hidden states),
+    #: "centred" (center_writing_weights on a LayerNorm model) or None (unknown, or no translators)
+    residual_stream: str | None = None
+
+    def __init__(self, unembed: Unembed, n_layers: int, model_name: str | None = None):
+        super().__init__()
+        self.unembed = unembed  # a plain object: not a submodule, never in state_dict
+        self.n_layers = int(n_layers)
+        self.d_model = unembed.d_model
+        self.d_vocab = unembed.d_vocab
+        self.model_name = model_name
+        # identity of the unembedding this lens was built for (see Unembed.check)
+        self.unembed_sha256: str = unembed.sha256
+        self.unembed_fingerprint: list[float] = unembed.fingerprint
+
+    # --- layer indexing ---------------------------------------------------------------
+    @property
+    def hook_names(self) -> list[str]:
+        """Hook name read by each lens layer ``0..n_layers`` (usable as ``names_filter``)."""
+        return resid_hook_names(self.n_layers)
+
+    @property
+    def layers(self) -> list[int]:
+        return list(range(self.n_layers + 1))
+
+    def layer_index(self, layer: int) -> int:
+        """Normalise ``layer`` (negative counts from the end) to ``0..n_layers``."""
+        return normalize_layer(layer, self.n_layers)
+
+    def hook_name(self, layer: int) -> str:
+        return self.hook_names[self.layer_index(layer)]
+
+    def _check_resid(self, h: Tensor) -> None:
+        if not isinstance(h, Tensor):
+            raise LensError(f"expected a residual-stream tensor, got {type(h).__name__}")
+        if h.ndim == 0 or h.shape[-1] != self.d_model:
+            raise LensError(
+                f"residual stream has last dimension {tuple(h.shape)[-1:] or '()'} but this lens "
+                f"expects d_model={self.d_model}: pass activations of shape [..., {self.d_model}]"
+            )
+
+    # --- the lens itself --------------------------------------------------------------
+    def _transform(self, h: Tensor, layer: int) -> Tensor:
+        """Translator of a normalised ``layer``; ``h`` is already checked."""
+        return h
+
+    def transform(self, h: Float[Tensor, "*batch d_model"], layer: int) -> Float[Tensor, "*batch d_model"]:
+        """The translated residual stream at lens layer ``layer`` (same shape and dtype)."""
+        self._check_resid(h)
+        return self._transform(h, self.layer_index(layer))
+
+    def forward(self, h: Float[Tensor, "*batch d_model"], layer: int) -> Float[Tensor, "*batch d_vocab"]:
+        """Logits of lens layer ``layer``: ``unembed(ln_final(transform(h, layer)))``."""
+        return self.unembed(self.transform(h, layer))
+
+    def log_probs(self, h: Float[Tensor, "*batch d_model"], layer: int) -> Float[Tensor, "*batch d_vocab"]:
+        """Log-probabilities (nats) of lens layer ``layer``, computed in fp32 or better."""
+        return to_log_probs(self(h, layer))
+
+    def forward_all(
+        self, resids: Float[Tensor, "layer *batch d_model"] | Sequence[Tensor]
+    ) -> Float[Tensor, "layer *batch d_vocab"]:
+        """Logits of every layer at once: ``resids[i]`` is the residual at lens layer ``i``.
+
+        Takes ``n_layers + 1`` residuals (stacked or as a list); returns them stacked."""
+        if len(resids) != self.n_layers + 1:
+            raise LensError(
+                f"forward_all needs one residual per lens layer ({self.n_layers + 1}), got "
+                f"{len(resids)}: pass lens.residuals_from_cache(cache) or a list ordered like lens.hook_names"
+            )
+        return torch.stack([self(h, i) for i, h in enumerate(resids)])
+
+    # --- the right model --------------------------------------------------------------
+    def check_model(self, model: "HookedTransformer") -> None:
+        """Raise ``UnembedMismatchError`` unless ``model`` has this lens's unembedding (and, for a
+        lens with translators, the residual stream they were trained on)."""
+        unembed = Unembed(model)
+        self.check_unembed(unembed, model_facts(model).n_layers)
+        if self.residual_stream is not None and not unembed.same_modules(self.unembed):
+            model_kind = residual_stream_kind(model)
+            if model_kind != self.residual_stream:
+                raise LensError(
+                    f"this {type(self).__name__} was trained on a {self.residual_stream} residual stream but the "
+                    f"model's is {model_kind} (center_writing_weights differs): load the model with the processing "
+                    "the lens was trained with, or save the lens and TunedLens.load it for this model"
+                )
+
+    def check_unembed(self, unembed: Unembed, n_layers: int) -> None:
+        if n_layers != self.n_layers:
+            raise LensError(
+                f"this lens has {self.n_layers} layers but the model has {n_layers}: "
+                "use the model the lens was trained on"
+            )
+        if unembed.same_modules(self.unembed):
+            return
+        unembed.check(
+            d_model=self.d_model, d_vocab=self.d_vocab, sha256=self.unembed_sha256,
+            fingerprint=self.unembed_fingerprint, what=f"this {type(self).__name__}",
+        )
+
+    def extra_repr(self) -> str:
+        return f"n_layers={self.n_layers}, d_model={self.d_model}, d_vocab={self.d_vocab}"
+
+
+class LogitLens(Lens):
     """The logit lens: decode every layer's residual stream with the model's final norm and unembedding."""
 
-    @classmethod
-    def from_model(cls, model: nn.Module) -> "LogitLens":
-        unembed, n_layers, name = cls._model_facts(model)
-        return cls(unembed, n_layers, model_name=name)
-
-
-class TunedLens(HooksMixin, TunedLensCore):
-    """A tuned lens: one residual affine translator per layer ``0..n_layers-1`` (Belrose et al. 2023)."""
-
-    training_info: dict[str, Any]
-    #: residual stream the translators were trained on: "raw" (Hugging Face hidden states),
-    #: "centred" (center_writing_weights on a LayerNorm model) or None (unknown)
-    residual_stream: str | None = None
-    #: the reference package's hash of the Hugging Face unembedding, when known
-    reference_unembed_hash: str | None = None
-
-    def __init__(self, unembed: Unembed, n_layers: int, *, bias: bool = True,
-                 dtype: torch.dtype | None = None, model_name: str | None = None):
-        super().__init__(unembed, n_layers, bias=bias, dtype=dtype, model_name=model_name)
-        self.training_info = {}
+    lens_type = "logit_lens"
 
     @classmethod
-    def from_model(cls, model: nn.Module, *, bias: bool = True, dtype: torch.dtype | None = None) -> "TunedLens":
+    def from_model(cls, model: "HookedTransformer") -> "LogitLens":
+        facts = model_facts(model)
+        return cls(Unembed(model), facts.n_layers, model_name=facts.model_name)
+
+
+class TunedLens(Lens):
+    """A tuned lens (Belrose et al. 2023): residual affine translators ``h + A h + b`` for layers
+    ``0..n_layers-1``, zero-initialised, kept in fp32 (fp64 for an fp64 model).
+
+    Saved metadata, set here and written by :meth:`save`: ``residual_stream`` (see
+    :mod:`tl_tunedlens.core.basis`), ``reference_unembed_hash`` (the reference package's hash of
+    the Hugging Face unembedding, when known) and ``training_info`` (how it was trained)."""
+
+    lens_type = "tuned_lens"
+
+    def __init__(self, unembed: Unembed, n_layers: int, *, bias: bool = True, dtype: torch.dtype | None = None,
+                 model_name: str | None = None, residual_stream: str | None = None,
+                 reference_unembed_hash: str | None = None, training_info: dict[str, Any] | None = None):
+        super().__init__(unembed, n_layers, model_name)
+        self.bias = bool(bias)
+        self.residual_stream = residual_stream
+        self.reference_unembed_hash = reference_unembed_hash
+        self.training_info: dict[str, Any] = dict(training_info or {})
+        dtype = dtype or default_lens_dtype(unembed.dtype)
+        self.translators = nn.ModuleList(
+            nn.Linear(self.d_model, self.d_model, bias=self.bias, device=unembed.device, dtype=dtype)
+            for _ in range(self.n_layers)
+        )
+        self.reset_parameters()
+
+    @classmethod
+    def from_model(cls, model: "HookedTransformer", *, bias: bool = True,
+                   dtype: torch.dtype | None = None) -> "TunedLens":
         """An untrained (identity) tuned lens for ``model``: equal to the logit lens exactly."""
-        unembed, n_layers, name = cls._model_facts(model)
-        lens = cls(unembed, n_layers, bias=bias, dtype=dtype, model_name=name)
-        lens.residual_stream = residual_stream_kind(model)
-        lens.reference_unembed_hash = model_unembed_hash(unembed)
-        return lens
+        facts = model_facts(model)
+        unembed = Unembed(model)
+        return cls(unembed, facts.n_layers, bias=bias, dtype=dtype, model_name=facts.model_name,
+                   residual_stream=residual_stream_kind(model), reference_unembed_hash=model_unembed_hash(unembed))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Zero every translator: the lens becomes the logit lens exactly."""
+        for translator in self.translators:
+            translator.weight.zero_()
+            if translator.bias is not None:
+                translator.bias.zero_()
+
+    def _transform(self, h: Tensor, layer: int) -> Tensor:
+        if layer == self.n_layers:
+            return h
+        translator = self.translators[layer]
+        x = h.to(translator.weight.dtype)
+        return (x + translator(x)).to(h.dtype)
 
     # --- save / load / hub (see tl_tunedlens.artifacts) ------------------------------
     def save(self, path: str | os.PathLike, *, training: dict[str, Any] | None = None,
@@ -57,20 +221,22 @@ class TunedLens(HooksMixin, TunedLensCore):
         """Write the lens into folder ``path`` atomically.
 
         ``format="tl-tunedlens"``: ``config.json`` + ``lens.safetensors`` (``training`` metadata
-        included); ``format="tuned-lens"``: the reference package's ``config.json`` + ``params.pt``."""
+        included, default :attr:`training_info`); ``format="tuned-lens"``: the reference package's
+        ``config.json`` + ``params.pt``."""
         return artifacts.save(self, path, format=format, training=training)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: nn.Module, *, dtype: torch.dtype | None = None) -> "TunedLens":
+    def load(cls, path: str | os.PathLike, model: "HookedTransformer", *,
+             dtype: torch.dtype | None = None) -> "TunedLens":
         """Load a lens folder (ours or the reference's) for ``model``, checked against its
         unembedding, ``n_layers``, ``d_model`` and residual stream."""
         return artifacts.load(cls, path, model, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: nn.Module, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None,
-                        repo_type: str | None = None, subfolder: str | None = None,
-                        token: str | bool | None = None) -> "TunedLens":
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: "HookedTransformer",
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None, *,
+                        dtype: torch.dtype | None = None, repo_type: str | None = None,
+                        subfolder: str | None = None, token: str | bool | None = None) -> "TunedLens":
         """Load from a local folder, a hub repo, or the reference space ``AlignmentResearch/tuned-lens``
         (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used."""
         return artifacts.from_pretrained(cls, path_or_repo_id, model, revision=revision, cache_dir=cache_dir,
@@ -81,6 +247,6 @@ class TunedLens(HooksMixin, TunedLensCore):
                     private: bool | None = None, token: str | None = None,
                     commit_message: str | None = None) -> str:
         """Save the lens (``format``) and upload it to ``repo_id`` (created if needed); returns the commit URL."""
-        return upload_lens(lambda folder: self.save(folder, training=training, format=format), repo_id,
-                           repo_type=repo_type, path_in_repo=path_in_repo, revision=revision, private=private,
-                           token=token, commit_message=commit_message)
+        return artifacts.upload_lens(lambda folder: self.save(folder, training=training, format=format), repo_id,
+                                     repo_type=repo_type, path_in_repo=path_in_repo, revision=revision,
+                                     private=private, token=token, commit_message=commit_message)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, load_model_from_args
-from .train import add_data_args, load_data_from_args
+from .common import add_data_args, add_model_args, add_progress_arg, load_data_from_args, load_model_from_args
 
 
 def register(subparsers) -> None:
@@ -23,16 +22,21 @@ def register(subparsers) -> None:
                         help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
     parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_arg(parser)
     parser.set_defaults(func=run)
 
 
+def eval_tokens_needed(positions: int, seq_len: int) -> int:
+    """Tokens to read so that ``positions`` next-token positions can be scored (whole sequences)."""
+    return -(-positions // (seq_len - 1)) * seq_len
+
+
 def run(args: argparse.Namespace) -> int:
-    from .._files import write_json_atomic
+    from ..analysis import evaluate_lenses
+    from ..analysis.tables import metrics_table
+    from ..artifacts.files import write_json_atomic
     from ..errors import LensError
-    from ..evaluate import evaluate_lenses
     from ..lens import TunedLens
-    from ..tables import metrics_table
 
     if args.tokens < 1:
         raise LensError(f"--tokens {args.tokens} must be positive")
@@ -40,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise LensError(f"--seq-len {args.seq_len} is too short: use at least 2")
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else None
-    need = -(-args.tokens // (args.seq_len - 1)) * args.seq_len
-    data = load_data_from_args(args, model, need)
+    data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
     metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
                               max_tokens=args.tokens, chunk_tokens=args.chunk_tokens, progress=not args.no_progress)
     print(metrics_table(metrics))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, load_model_from_args
-
-DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+from .common import DEFAULT_TEXT, add_model_args, load_model_from_args
 
 
 def register(subparsers) -> None:
@@ -24,13 +22,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.tables import prediction_table
+    from ..core.backend import to_tokens
     from ..lens import LogitLens, TunedLens
-    from ..tables import prediction_table
 
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    from ..residuals import to_tokens
-
     tokens = to_tokens(model, args.text)
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
     print(f"text:  {args.text!r}  ({tokens.shape[1]} tokens; decoding position {args.position})")

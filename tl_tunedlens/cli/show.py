@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, load_model_from_args
-from .predict import DEFAULT_TEXT
+from .common import DEFAULT_TEXT, add_model_args, load_model_from_args
 
 
 def register(subparsers) -> None:

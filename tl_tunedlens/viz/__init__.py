@@ -1,6 +1,13 @@
 """Visual side of tl_tunedlens: circuitsvis displays, plotly figures and the offline HTML report.
 
->>> from tl_tunedlens.trajectory import PredictionTrajectory
+- :mod:`.circuits`: circuitsvis views of a trajectory, inline in Jupyter and savable offline;
+- :mod:`.plots`: plotly heatmaps of trajectories and curves of evaluation metrics, saved offline (HTML, PNG);
+- :mod:`.report`: one offline HTML page per text (what ``tl-tunedlens show`` writes).
+
+May import: :mod:`tl_tunedlens.analysis`, :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`,
+:mod:`tl_tunedlens.artifacts` (atomic files) and :mod:`tl_tunedlens.errors`.
+
+>>> from tl_tunedlens.analysis import PredictionTrajectory
 >>> from tl_tunedlens.viz import trajectory_heatmap, lens_view, write_report
 >>> traj = PredictionTrajectory.from_model(lens, model, tokens)
 >>> trajectory_heatmap(traj, "kl")     # plotly figure, top-1 token per cell, top-k on hover

@@ -24,9 +24,9 @@ from typing import Any
 
 from circuitsvis.utils.render import RenderedHTML
 
-from .._files import write_text_atomic
+from ..analysis.trajectory import STATISTICS, PredictionTrajectory
+from ..artifacts.files import write_text_atomic
 from ..errors import LensError
-from ..trajectory import STATISTICS, PredictionTrajectory
 
 
 @lru_cache(maxsize=1)
@@ -113,14 +113,8 @@ class CircuitsView(RenderedHTML):
         return Path(path)
 
 
-def _check_index(traj: PredictionTrajectory, index: int) -> int:
-    if not -traj.batch <= index < traj.batch:
-        raise LensError(f"prompt index {index} is out of range for a batch of {traj.batch}")
-    return index % traj.batch
-
-
 def colored_tokens_props(traj: PredictionTrajectory, stat: str = "kl", index: int = 0) -> dict[str, Any]:
-    index = _check_index(traj, index)
+    index = traj.prompt_index(index)
     values = traj.statistic(stat)[:, index].nan_to_num(0.0)  # [row pos]
     labels = [f"{stat} @ layer {label}" for label in traj.row_labels(stat)]
     return {"tokens": traj.input_strings(index), "values": values.T.tolist(), "labels": labels}
@@ -128,7 +122,7 @@ def colored_tokens_props(traj: PredictionTrajectory, stat: str = "kl", index: in
 
 def top_k_props(traj: PredictionTrajectory, layer: int = -1, index: int = 0) -> dict[str, Any]:
     """Props of circuitsvis ``TokenLogProbs`` for one lens layer (its first token is not shown)."""
-    index = _check_index(traj, index)
+    index = traj.prompt_index(index)
     if not -traj.n_rows <= layer < traj.n_rows:
         raise LensError(f"layer {layer} is out of range: the trajectory has rows 0..{traj.n_rows - 1}")
     if traj.n_pos < 2:

@@ -23,9 +23,10 @@ from typing import Any, Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .._files import atomic_path, write_text_atomic
-from ..errors import LensError
-from ..trajectory import COMPARISONS, STATISTICS, PredictionTrajectory, TrajectoryComparison
+from ..analysis.metrics import LENS_NAMES
+from ..analysis.trajectory import COMPARISONS, STATISTICS, PredictionTrajectory, TrajectoryComparison
+from ..artifacts.files import atomic_path, write_text_atomic
+from ..errors import LensError, first_line
 
 
 def display_token(text: str) -> str:
@@ -60,8 +61,7 @@ def _color_args(stat: str, z: list[list[float | None]]) -> dict[str, Any]:
 
 
 def _heatmap(traj: PredictionTrajectory, stat: str, index: int, top_k: int, coloraxis: str | None) -> go.Heatmap:
-    if not -traj.batch <= index < traj.batch:
-        raise LensError(f"prompt index {index} is out of range for a batch of {traj.batch}")
+    index = traj.prompt_index(index)
     values = traj.statistic(stat)[:, index].float()  # [row pos]
     delta = stat.startswith("delta_") or stat == "kl_step"
     rows = list(range(1, traj.n_rows)) if delta else list(range(traj.n_rows))  # which layer's top-k to show
@@ -216,7 +216,7 @@ def metric_curves(metrics: Mapping[str, Any] | str | os.PathLike, *, keys: Seque
     colors = {"logit": "#d62728", "tuned": "#1f77b4"}
     layers = [int(r["layer"]) for r in data["layers"]]
     for col, key in enumerate(keys, start=1):
-        for lens in ("logit", "tuned"):
+        for lens in LENS_NAMES:
             ys = [_metric(r[lens], key, unit) if isinstance(r.get(lens), Mapping) else None for r in data["layers"]]
             if all(y is None for y in ys):
                 continue
@@ -296,8 +296,7 @@ def write_png(fig: go.Figure, path: str | os.PathLike, *, scale: float = 1.0) ->
     except (RuntimeError, ValueError, OSError) as err:
         if isinstance(err, LensError):
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LensError(f"PNG export failed ({first}): kaleido needs Chrome/Chromium, e.g. apt-get install chromium, "
+        raise LensError(f"PNG export failed ({first_line(err)}): kaleido needs Chrome/Chromium, e.g. apt-get install chromium, "
                         "or set BROWSER_PATH") from None
     return Path(path)
 

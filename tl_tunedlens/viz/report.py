@@ -11,16 +11,22 @@ import datetime
 import html
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .._files import write_text_atomic
+from ..analysis.trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
+from ..artifacts.files import write_text_atomic
+from ..core.backend import to_tokens
 from ..errors import LensError
-from ..residuals import to_tokens
-from ..trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
+from ..lens import LogitLens
 from .circuits import circuitsvis_bundle, lens_view
 from .plots import compare_heatmaps, figure_html
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from ..lens import Lens
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
@@ -40,11 +46,10 @@ def _summary_table(logit: PredictionTrajectory, tuned: PredictionTrajectory, js_
 
 
 @torch.no_grad()
-def report_html(model, lens, text: str | torch.Tensor, *, logit_lens=None, stats: Sequence[str] = ("kl", "entropy", "ce"),
+def report_html(model: "HookedTransformer", lens: "Lens", text: str | torch.Tensor, *,
+                logit_lens: "Lens | None" = None, stats: Sequence[str] = ("kl", "entropy", "ce"),
                 top_k: int = 5, title: str | None = None) -> str:
     """The report page as a string (see :func:`write_report`)."""
-    from ..lens import LogitLens
-
     for stat in stats:
         if stat not in STATISTICS and not stat.startswith("delta_"):
             raise LensError(f"unknown statistic {stat!r}: use some of {', '.join(STATISTICS)}")
@@ -82,7 +87,8 @@ def report_html(model, lens, text: str | torch.Tensor, *, logit_lens=None, stats
     return "\n".join(parts)
 
 
-def write_report(path: str | os.PathLike, model, lens, text: str | torch.Tensor, **kwargs) -> Path:
+def write_report(path: str | os.PathLike, model: "HookedTransformer", lens: "Lens", text: str | torch.Tensor,
+                 **kwargs: Any) -> Path:
     """Write the offline report for ``text`` (a string, or token ids ``[pos]``/``[1 pos]``):
     logit-vs-tuned heatmaps of ``stats`` (default KL, entropy, CE), a table of per-layer means and
     the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``."""

@@ -1,6 +1,6 @@
 """The frozen decoder every lens shares: the model's own ``ln_final`` then ``unembed``.
 
-It is read from the model (``model.ln_final``, ``model.unembed``, ``model.cfg``), never
+It is read from the model through :func:`tl_tunedlens.core.backend.model_facts`, never
 re-implemented, so every architecture TransformerLens supports works unchanged. It holds
 references to the model's modules, is not an ``nn.Module`` itself, and is never saved with
 a lens. Two identities are kept to catch a lens used with the wrong model:
@@ -9,123 +9,125 @@ a lens. Two identities are kept to catch a lens used with the wrong model:
 - ``fingerprint``: log-probs of fixed probe vectors at fixed token ids, which are invariant to
   ``fold_ln`` / ``center_unembed`` / dtype, so a lens built on a processed model still matches
   the same model loaded another way.
+
+Speed: when the unembedding is a plain frozen ``x @ W_U + b_U`` (:meth:`Unembed.linear_weights`),
+the product runs with a cached contiguous ``W_U.T`` (TransformerLens copies it on every call), and
+training may run it itself (:attr:`Unembed.fusable`) in a lower precision
+(:meth:`Unembed.transposed_weights`; :meth:`Unembed.release_training_cache` frees that copy).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+from typing import TYPE_CHECKING
 
 import torch
-from jaxtyping import Float
 import torch.nn.functional as F
-from torch import Tensor, nn
-from transformer_lens.components import Unembed as TLUnembed
-from transformer_lens.hook_points import HookPoint
+from jaxtyping import Float
+from torch import Tensor
 
-from .errors import UnembedMismatchError
+from ..errors import UnembedMismatchError
+from .backend import hooks_silenced, linear_unembed_weights, model_facts
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 N_PROBES = 4
 N_PROBE_TOKENS = 32
 
 
-@contextlib.contextmanager
-def _hooks_silenced(module: nn.Module | None):
-    """Run ``module`` with its HookPoints' hooks detached, so lens decoding inside a
-    ``run_with_hooks``/``run_with_cache`` never fires or overwrites ``ln_final.*`` hooks."""
-    if module is None:
-        yield
-        return
-    saved = []
-    for sub in module.modules():
-        if isinstance(sub, HookPoint) and (sub._forward_hooks or sub._backward_hooks):
-            saved.append((sub, sub._forward_hooks, sub._backward_hooks))
-            sub._forward_hooks, sub._backward_hooks = type(sub._forward_hooks)(), type(sub._backward_hooks)()
-    try:
-        yield
-    finally:
-        for sub, fwd, bwd in saved:
-            sub._forward_hooks, sub._backward_hooks = fwd, bwd
+def to_log_probs(logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*batch d_vocab"]:
+    """``log_softmax`` over the vocabulary in fp32 or better (bf16/fp16 logits are promoted): nats."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
 
 
 class Unembed:
     """``logits = softcap(unembed(ln_final(h)))`` exactly as ``HookedTransformer.forward`` does."""
 
-    def __init__(self, model: nn.Module):
-        cfg = model.cfg
-        self.ln_final: nn.Module | None = getattr(model, "ln_final", None)
-        if cfg.normalization_type is None:
-            self.ln_final = None
-        self.unembed: nn.Module = model.unembed
-        self.softcap: float | None = getattr(cfg, "output_logits_soft_cap", None)
-        self.d_model: int = cfg.d_model
-        self.d_vocab: int = cfg.d_vocab_out if getattr(cfg, "d_vocab_out", -1) > 0 else cfg.d_vocab
-        self.dtype: torch.dtype = model.unembed.W_U.dtype
+    def __init__(self, model: "HookedTransformer"):
+        facts = model_facts(model)
+        self.ln_final = facts.ln_final
+        self.unembed = facts.unembed
+        self.softcap: float | None = facts.softcap
+        self.d_model: int = facts.d_model
+        self.d_vocab: int = facts.d_vocab
+        self.normalization_type: str | None = facts.normalization_type
+        self.dtype: torch.dtype = facts.unembed.W_U.dtype
         self._sha256: str | None = None
-        self._w_u_t: tuple | None = None  # (key, W_U.T.contiguous()) cache, see _unembed
-        self._w_u_t_low: tuple | None = None  # (key, W_U.T.contiguous().to(matmul_dtype)), see _unembed
         self._fingerprint: list[float] | None = None
+        self._transposed: dict[str, tuple] = {}  # "model" / "training" -> (key, W_U.T contiguous, b_U)
 
     @property
     def device(self) -> torch.device:
         return self.unembed.W_U.device
 
-    def vocab_weights(self, matmul_dtype: torch.dtype | None = None, *, cache: bool = True
-                      ) -> tuple[Tensor, Tensor] | None:
-        """``(W_U.T.contiguous() [d_vocab d_model], b_U [d_vocab])`` in ``matmul_dtype`` (default: the
-        model's), cached, when the unembedding is TransformerLens's own ``Unembed`` with frozen weights
-        and no output soft-cap (so ``logits = normalize(h) @ W_U + b_U`` exactly); else ``None``.
-        TL itself copies ``W_U.T`` on every call. ``cache=False``: return ``(W_U, b_U)`` uncopied, or
-        ``None``: just whether the fast path applies."""
-        module = self.unembed
-        w_u = getattr(module, "W_U", None)
-        if type(module) is not TLUnembed or w_u is None or w_u.requires_grad:
-            return None
-        if not cache:  # only asking whether the fast path applies
-            return w_u, module.b_U
-        key = (w_u.data_ptr(), w_u._version, w_u.device, w_u.dtype, tuple(w_u.shape))
-        if matmul_dtype is None or matmul_dtype == w_u.dtype:
-            if self._w_u_t is None or self._w_u_t[0] != key:
-                self._w_u_t = (key, w_u.detach().T.contiguous())
-            return self._w_u_t[1], module.b_U.detach()
-        b_u = module.b_U
-        key = key + (matmul_dtype, b_u.data_ptr(), b_u._version)
-        if self._w_u_t_low is None or self._w_u_t_low[0] != key:
-            self._w_u_t_low = None  # free the old copy first
-            self._w_u_t_low = (key, w_u.detach().to(matmul_dtype).T.contiguous(), b_u.detach().to(matmul_dtype))
-        return self._w_u_t_low[1], self._w_u_t_low[2]
+    @property
+    def softcapped(self) -> bool:
+        return self.softcap is not None
 
-    def _unembed(self, h: Tensor, matmul_dtype: torch.dtype | None = None) -> Tensor:
-        """``model.unembed(h)``: for TransformerLens's own ``Unembed`` with frozen weights, the same
+    # --- the fast path ----------------------------------------------------------------
+    def linear_weights(self) -> tuple[Float[Tensor, "d_model d_vocab"], Float[Tensor, " d_vocab"]] | None:
+        """``(W_U, b_U)``, detached, when the unembedding is exactly ``x @ W_U + b_U`` with frozen
+        weights (TransformerLens's own ``Unembed``); ``None`` otherwise (then the module is called)."""
+        weights = linear_unembed_weights(self.unembed)
+        return None if weights is None else (weights[0].detach(), weights[1].detach())
+
+    @property
+    def fusable(self) -> bool:
+        """Whether training may run the vocabulary products itself: a plain linear unembedding and
+        no output soft-cap (see :mod:`tl_tunedlens.training.decoder`)."""
+        return not self.softcapped and self.linear_weights() is not None
+
+    def transposed_weights(self, dtype: torch.dtype | None = None
+                           ) -> tuple[Float[Tensor, "d_vocab d_model"], Float[Tensor, " d_vocab"]]:
+        """``(W_U.T.contiguous(), b_U)`` in ``dtype`` (default: the model's), cached and refreshed when
+        ``W_U`` changes in place. A dtype other than the model's is a training-only copy (one at a time),
+        freed by :meth:`release_training_cache`. Needs :meth:`linear_weights`."""
+        weights = self.linear_weights()
+        if weights is None:
+            raise TypeError("transposed_weights needs a plain linear unembedding (see Unembed.linear_weights)")
+        w_u, b_u = weights
+        dtype = dtype or w_u.dtype
+        slot = "model" if dtype == w_u.dtype else "training"
+        key = (w_u.data_ptr(), w_u._version, w_u.device, tuple(w_u.shape), dtype, b_u.data_ptr(), b_u._version)
+        cached = self._transposed.get(slot)
+        if cached is None or cached[0] != key:
+            self._transposed.pop(slot, None)  # free the old copy first
+            self._transposed[slot] = (key, w_u.to(dtype).T.contiguous(), b_u.to(dtype))
+        return self._transposed[slot][1], self._transposed[slot][2]
+
+    def release_training_cache(self) -> None:
+        """Drop the low-precision copy of ``W_U`` that training made (the model-precision cache stays)."""
+        self._transposed.pop("training", None)
+
+    # --- decoding ---------------------------------------------------------------------
+    def project(self, x: Float[Tensor, "*batch d_model"], matmul_dtype: torch.dtype | None = None
+                ) -> Float[Tensor, "*batch d_vocab"]:
+        """``model.unembed(x)`` for a normalised ``x``: for a plain frozen unembedding, the same
         ``F.linear`` call with the cached transposed ``W_U`` (bit-identical to the module: same kernel,
         same memory layout). ``matmul_dtype`` (e.g. ``torch.bfloat16``, for training): the product runs
-        in that dtype with converted weights; the logits come back in that dtype. Other unembedding
-        modules get their output cast instead (no speed-up)."""
-        weights = self.vocab_weights(matmul_dtype)
-        if weights is None:
-            with _hooks_silenced(self.unembed):
-                out = self.unembed(h)
+        in that dtype with converted weights and the logits come back in it. Other unembedding modules
+        are called (hooks silenced) and their output cast."""
+        if self.linear_weights() is None:
+            with hooks_silenced(self.unembed):
+                out = self.unembed(x)
             return out if matmul_dtype is None else out.to(matmul_dtype)
-        w_t, b_u = weights
-        return F.linear(h.to(w_t.dtype), w_t, b_u)
+        w_t, b_u = self.transposed_weights(matmul_dtype)
+        return F.linear(x.to(w_t.dtype), w_t, b_u)
 
     def normalize(self, h: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         """The model's own ``ln_final`` (hooks silenced), in the model's dtype."""
         h = h.to(self.dtype)
         if self.ln_final is None:
             return h
-        with _hooks_silenced(self.ln_final):
+        with hooks_silenced(self.ln_final):
             return self.ln_final(h)
-
-    @property
-    def softcapped(self) -> bool:
-        return self.softcap is not None and self.softcap > 0
 
     def __call__(self, h: Float[Tensor, "*batch d_model"], matmul_dtype: torch.dtype | None = None
                  ) -> Float[Tensor, "*batch d_vocab"]:
-        """Logits of ``h``. ``matmul_dtype``: dtype of the vocabulary matmul (default: the model's);
-        ``ln_final`` always runs in the model's dtype, the logits come back in ``matmul_dtype``."""
-        logits = self._unembed(self.normalize(h), matmul_dtype)
+        """Logits of residual ``h``. ``matmul_dtype``: dtype of the vocabulary matmul (default: the
+        model's); ``ln_final`` always runs in the model's dtype, the logits come back in ``matmul_dtype``."""
+        logits = self.project(self.normalize(h), matmul_dtype)
         if self.softcapped:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
@@ -139,8 +141,7 @@ class Unembed:
         """SHA-256 of the raw unembedding parameters (``ln_final`` + ``W_U`` + ``b_U``), fp32."""
         if self._sha256 is None:
             digest = hashlib.sha256()
-            modules = [("ln_final", self.ln_final), ("unembed", self.unembed)]
-            for prefix, module in modules:
+            for prefix, module in (("ln_final", self.ln_final), ("unembed", self.unembed)):
                 if module is None:
                     continue
                 for name, tensor in sorted(module.state_dict().items()):

@@ -9,7 +9,7 @@ so the lens there equals the model's own output. This matches the reference
 
 from __future__ import annotations
 
-from .errors import LensError
+from ..errors import LensError
 
 
 def resid_hook_name(layer: int) -> str:
@@ -47,3 +47,8 @@ def normalize_layers(layers, n_layers: int) -> list[int]:
     if isinstance(layers, int):
         layers = [layers]
     return sorted({normalize_layer(layer, n_layers) for layer in layers})
+
+
+def layer_labels(n_layers: int) -> list[str]:
+    """Display labels of lens layers ``0..n_layers``: ``"0" .. "n_layers-1"``, then ``"output"``."""
+    return [str(i) for i in range(n_layers)] + ["output"]

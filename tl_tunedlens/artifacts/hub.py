@@ -26,9 +26,9 @@ from typing import Callable
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError, RepositoryNotFoundError
 
-from . import reference_format as ref
-from .errors import LensError
-from .io import CONFIG_NAME, WEIGHTS_NAME
+from ..errors import LensError, first_line
+from . import reference as ref
+from .native import CONFIG_NAME, WEIGHTS_NAME
 
 REACH_TIMEOUT_S = 2.0
 
@@ -65,7 +65,10 @@ def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
         pool.shutdown(wait=False)
 
 
-def _why_local_only() -> str | None:
+def why_local_only() -> str | None:
+    """Why only the local Hugging Face cache can be used right now (a short phrase), or ``None`` when
+    the hub is usable: ``HF_HUB_OFFLINE`` is set, or the endpoint does not answer (:func:`hub_reachable`).
+    The one check every hub route (lenses, models, datasets) makes before it downloads."""
     if hub_offline():
         return "HF_HUB_OFFLINE=1 is set"
     if not hub_reachable():
@@ -94,7 +97,7 @@ def download_lens(repo_id: str, *, revision: str | None = None, cache_dir: str |
                   download: Callable = None) -> Path:
     """Fetch a lens into the Hugging Face cache and return the local folder holding its files."""
     download = download or hf_hub_download
-    why_local = _why_local_only()
+    why_local = why_local_only()
     tried = []
     for cand_repo, cand_type, cand_sub in _candidates(repo_id, repo_type, subfolder):
         where = _describe(cand_repo, cand_type, cand_sub)
@@ -108,7 +111,7 @@ def download_lens(repo_id: str, *, revision: str | None = None, cache_dir: str |
             tried.append(where)
             continue
         except (HfHubHTTPError, OSError) as err:
-            raise LensError(f"cannot download {CONFIG_NAME} from {where}: {_first_line(err)}") from None
+            raise LensError(f"cannot download {CONFIG_NAME} from {where}: {first_line(err)}") from None
         weights = _weights_name(config_path)
         if weights is None:  # e.g. the model repo "gpt2": its config.json is a model's, not a lens's
             tried.append(f"{where} (its {CONFIG_NAME} is not a lens config)")
@@ -116,9 +119,9 @@ def download_lens(repo_id: str, *, revision: str | None = None, cache_dir: str |
         try:
             weights_path = Path(download(filename=weights, **kwargs))
         except (EntryNotFoundError, RepositoryNotFoundError) as err:
-            raise LensError(f"{where} has {CONFIG_NAME} but no {weights} ({_first_line(err)}): the upload is incomplete") from None
+            raise LensError(f"{where} has {CONFIG_NAME} but no {weights} ({first_line(err)}): the upload is incomplete") from None
         except (HfHubHTTPError, OSError) as err:
-            raise LensError(f"cannot download {weights} from {where}: {_first_line(err)}") from None
+            raise LensError(f"cannot download {weights} from {where}: {first_line(err)}") from None
         if weights_path.parent != config_path.parent:  # pragma: no cover - the cache keeps one snapshot per commit
             raise LensError(f"{where}: {CONFIG_NAME} and {weights} resolved to different snapshots; retry")
         return config_path.parent
@@ -146,16 +149,11 @@ def _weights_name(config_path: Path) -> str | None:
     return WEIGHTS_NAME if "format_version" in config else None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
-
-
 def upload_lens(save: Callable[[Path], object], repo_id: str, *, repo_type: str = "model",
                 path_in_repo: str | None = None, revision: str | None = None, private: bool | None = None,
                 token: str | None = None, commit_message: str | None = None) -> str:
     """Save a lens with ``save(folder)`` into a temporary folder and upload it; returns the commit URL."""
-    why_local = _why_local_only()
+    why_local = why_local_only()
     if why_local is not None:
         raise LensError(f"cannot push to {repo_id!r}: {why_local}; connect to the internet and unset HF_HUB_OFFLINE")
     api = HfApi(token=token)
@@ -170,5 +168,5 @@ def upload_lens(save: Callable[[Path], object], repo_id: str, *, repo_type: str 
                                      repo_type=repo_type, revision=revision,
                                      commit_message=commit_message or "Upload tuned lens (tl_tunedlens)")
     except (HfHubHTTPError, OSError) as err:
-        raise LensError(f"cannot push the lens to {repo_type} {repo_id}: {_first_line(err)}") from None
+        raise LensError(f"cannot push the lens to {repo_type} {repo_id}: {first_line(err)}") from None
     return str(getattr(info, "commit_url", info))

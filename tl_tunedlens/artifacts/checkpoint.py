@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ._files import atomic_path
-from .errors import LensError
+from ..errors import LensError, first_line
+from .files import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -29,4 +29,4 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
-        raise LensError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0]}): delete it and retrain") from None
+        raise LensError(f"{path} is not a readable checkpoint ({first_line(err)}): delete it and retrain") from None

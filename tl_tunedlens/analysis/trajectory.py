@@ -20,16 +20,23 @@ layer ``l``; ``delta(name)`` row ``l`` is the change from layer ``l`` to ``l + 1
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
+from ..core.backend import as_token_batch, to_tokens
+from ..core.layers import layer_labels as default_layer_labels
+from ..core.unembed import to_log_probs
+from ..errors import LensError
 from . import stats
-from .errors import LensError
-from .residuals import as_token_batch, to_tokens
+
+if TYPE_CHECKING:
+    from transformer_lens import ActivationCache, HookedTransformer
+
+    from ..lens import Lens
 
 # name -> (title, unit); the order is the order figures offer them in
 STATISTICS: dict[str, tuple[str, str]] = {
@@ -129,7 +136,7 @@ class PredictionTrajectory:
         if len(self.kl_steps) != len(self.entropies) - 1:
             raise LensError("kl_steps must have one row fewer than the layers")
         if not self.layer_labels:
-            self.layer_labels = [str(i) for i in range(self.n_rows - 1)] + ["output"]
+            self.layer_labels = default_layer_labels(self.n_rows - 1)
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -166,8 +173,8 @@ class PredictionTrajectory:
         return builder.finish(cls, **kwargs)
 
     @classmethod
-    def from_cache(cls, lens, cache, model_logits: Float[Tensor, "batch pos vocab"] | None = None,
-                   tokens: Tensor | None = None, **kwargs: Any) -> "PredictionTrajectory":
+    def from_cache(cls, lens: "Lens", cache: "ActivationCache",
+                   model_logits: Float[Tensor, "batch pos vocab"] | None = None, tokens: Tensor | None = None, **kwargs: Any) -> "PredictionTrajectory":
         """Build from a TransformerLens ``ActivationCache`` holding ``lens.hook_names``.
 
         The last row is ``model_logits`` (the model's output) when given, else the lens's own final
@@ -181,17 +188,18 @@ class PredictionTrajectory:
                 if model_logits.shape[:-1] != resids.shape[1:-1]:
                     raise LensError(f"model_logits have shape {tuple(model_logits.shape)} but the cache is for "
                                     f"[batch pos]={list(resids.shape[1:-1])}: pass the logits of the same run")
-                return model_logits.to(torch.promote_types(model_logits.dtype, torch.float32)).log_softmax(-1)
+                return to_log_probs(model_logits)
             return lens.log_probs(resids[i], i)
 
         kwargs.setdefault("lens_name", _lens_name(lens))
         kwargs.setdefault("tokenizer", getattr(getattr(cache, "model", None), "tokenizer", None))
-        kwargs.setdefault("layer_labels", [str(i) for i in range(n)] + ["output"])
+        kwargs.setdefault("layer_labels", default_layer_labels(n))
         return cls.from_log_probs(row, tokens, n_rows=n + 1, **kwargs)
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, lens, model, tokens: Tensor | str, **kwargs: Any) -> "PredictionTrajectory":
+    def from_model(cls, lens: "Lens", model: "HookedTransformer", tokens: Tensor | str,
+                   **kwargs: Any) -> "PredictionTrajectory":
         """Run ``model`` on ``tokens`` (ids ``[pos]``/``[batch pos]``, or a string) once, caching only the
         lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
         lens.check_model(model)
@@ -214,11 +222,16 @@ class PredictionTrajectory:
     def n_pos(self) -> int:
         return self.tokens.shape[1]
 
-    def select(self, index: int) -> "PredictionTrajectory":
-        """The trajectory of prompt ``index`` alone (batch size 1)."""
+    def prompt_index(self, index: int) -> int:
+        """``index`` (negative counts from the end) as ``0..batch-1``; a clear error when out of range."""
         if not -self.batch <= index < self.batch:
             raise LensError(f"prompt index {index} is out of range for a batch of {self.batch}")
-        sl = slice(index % self.batch, index % self.batch + 1)
+        return index % self.batch
+
+    def select(self, index: int) -> "PredictionTrajectory":
+        """The trajectory of prompt ``index`` alone (batch size 1)."""
+        index = self.prompt_index(index)
+        sl = slice(index, index + 1)
         return replace(
             self, tokens=self.tokens[sl], targets=self.targets[sl],
             top_k_log_probs=self.top_k_log_probs[:, sl], top_k_indices=self.top_k_indices[:, sl],
@@ -291,7 +304,7 @@ class PredictionTrajectory:
         return [self.decode(t) for t in self.tokens[index].tolist()]
 
 
-def _lens_name(lens) -> str:
+def _lens_name(lens: "Lens") -> str:
     kind = getattr(lens, "lens_type", "lens")
     return {"logit_lens": "logit lens", "tuned_lens": "tuned lens"}.get(kind, kind)
 
@@ -317,16 +330,16 @@ class TrajectoryComparison:
         return self.statistic(name).flatten(1).mean(1)
 
 
-def _compare_rows(row_a: Callable[[int], Tensor], row_b: Callable[[int], Tensor], n_rows: int, **kwargs) -> TrajectoryComparison:
-    out: dict[str, list[Tensor]] = {"kl": [], "js": [], "tv": []}
-    for i in range(n_rows):
-        a, b = row_a(i), row_b(i)
-        if a.shape != b.shape:
-            raise LensError(f"cannot compare row {i}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
-        out["kl"].append(stats.kl_divergence(a, b))
-        out["js"].append(stats.js_divergence(a, b))
-        out["tv"].append(stats.total_variation(a, b))
-    return TrajectoryComparison(**{k: torch.stack(v).cpu() for k, v in out.items()}, **kwargs)
+def _divergences(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """KL(a || b), JS and TV of one row of log-probs ``[batch pos vocab]``, on the CPU."""
+    if a.shape != b.shape:
+        raise LensError(f"cannot compare log-probs of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    return {"kl": stats.kl_divergence(a, b).cpu(), "js": stats.js_divergence(a, b).cpu(),
+            "tv": stats.total_variation(a, b).cpu()}
+
+
+def _stack_rows(rows: list[dict[str, Tensor]], **kwargs: Any) -> TrajectoryComparison:
+    return TrajectoryComparison(**{k: torch.stack([r[k] for r in rows]) for k in COMPARISONS}, **kwargs)
 
 
 def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryComparison:
@@ -336,13 +349,14 @@ def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryCompa
                         "or use compare_lenses(lens_a, lens_b, model, tokens), which streams layer by layer")
     if a.log_probs.shape != b.log_probs.shape:
         raise LensError(f"cannot compare trajectories of shapes {tuple(a.log_probs.shape)} and {tuple(b.log_probs.shape)}")
-    return _compare_rows(a.log_probs.__getitem__, b.log_probs.__getitem__, a.n_rows,
-                         names=(a.lens_name, b.lens_name), layer_labels=list(a.layer_labels))
+    rows = [_divergences(a.log_probs[i], b.log_probs[i]) for i in range(a.n_rows)]
+    return _stack_rows(rows, names=(a.lens_name, b.lens_name), layer_labels=list(a.layer_labels))
 
 
 @torch.no_grad()
-def trajectory_pair(lens_a, lens_b, model, tokens: Tensor | str, *, targets: Tensor | None = None, top_k: int = 10,
-                    keep_log_probs: bool = False) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
+def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: "HookedTransformer", tokens: Tensor | str, *,
+                    targets: Tensor | None = None, top_k: int = 10, keep_log_probs: bool = False
+                    ) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
     """Trajectories of two lenses (e.g. logit and tuned) and their comparison (KL(a || b), JS, TV),
     from one forward pass, streaming layer by layer (two layers' log-probs in memory at a time)."""
     lens_a.check_model(model)
@@ -353,27 +367,24 @@ def trajectory_pair(lens_a, lens_b, model, tokens: Tensor | str, *, targets: Ten
     logits, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
     resids = lens_a.residuals_from_cache(cache)
     n = lens_a.n_layers
-    final = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    final = to_log_probs(logits)
     builders = [_Builder(final, tokens, targets, top_k, keep_log_probs) for _ in range(2)]
-    out: dict[str, list[Tensor]] = {"kl": [], "js": [], "tv": []}
+    rows = []
     for i in range(n + 1):
         a = lens_a.log_probs(resids[i], i) if i < n else final
         b = lens_b.log_probs(resids[i], i) if i < n else final
-        out["kl"].append(stats.kl_divergence(a, b).cpu())
-        out["js"].append(stats.js_divergence(a, b).cpu())
-        out["tv"].append(stats.total_variation(a, b).cpu())
+        rows.append(_divergences(a, b))
         if i < n:
             builders[0].add(a)
             builders[1].add(b)
-    labels = [str(i) for i in range(n)] + ["output"]
+    labels = default_layer_labels(n)
     trajs = [bld.finish(PredictionTrajectory, lens_name=_lens_name(lens), tokenizer=getattr(model, "tokenizer", None),
                         layer_labels=list(labels)) for bld, lens in zip(builders, (lens_a, lens_b))]
-    comparison = TrajectoryComparison(**{k: torch.stack(v) for k, v in out.items()},
-                                      names=(trajs[0].lens_name, trajs[1].lens_name), layer_labels=labels)
-    return trajs[0], trajs[1], comparison
+    return trajs[0], trajs[1], _stack_rows(rows, names=(trajs[0].lens_name, trajs[1].lens_name), layer_labels=labels)
 
 
-def compare_lenses(lens_a, lens_b, model, tokens: Tensor | str) -> TrajectoryComparison:
+def compare_lenses(lens_a: "Lens", lens_b: "Lens", model: "HookedTransformer",
+                   tokens: Tensor | str) -> TrajectoryComparison:
     """KL(a || b), JS and TV between two lenses on ``model`` run once on ``tokens``, one layer at a
     time (memory ``layers x pos``, never ``layers x pos x vocab``). See :func:`trajectory_pair`."""
     return trajectory_pair(lens_a, lens_b, model, tokens, top_k=1)[2]

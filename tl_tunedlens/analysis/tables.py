@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from .hooks import LensRecord
+from ..core.hooks import LensRecord
+from .metrics import lenses_in
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from ..lens import Lens
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -35,7 +41,7 @@ def token_str(tokenizer, token_id: int) -> str:
 
 
 @torch.no_grad()
-def prediction_table(model, lenses: Mapping[str, object], tokens: Tensor, *, position: int = -1, top_k: int = 1) -> str:
+def prediction_table(model: "HookedTransformer", lenses: Mapping[str, "Lens"], tokens: Tensor, *, position: int = -1, top_k: int = 1) -> str:
     """Per lens layer, each lens's top-``top_k`` next-token predictions (with probabilities) and its
     KL to the model's final distribution (nats) at ``position`` of a single prompt ``tokens [1, pos]``.
 
@@ -63,7 +69,7 @@ def prediction_table(model, lenses: Mapping[str, object], tokens: Tensor, *, pos
 
 def metrics_table(metrics: Mapping) -> str:
     """Per-layer evaluation table (``tl_tunedlens.evaluate`` metrics): KL, CE, top-1 of each lens, nats."""
-    lenses = [name for name in ("logit", "tuned") if name in metrics["layers"][0]]
+    lenses = lenses_in(metrics)
     headers = ["layer", "hook"]
     for name in lenses:
         headers += [f"{name} KL", f"{name} CE", f"{name} top1"]

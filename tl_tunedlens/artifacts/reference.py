@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._files import write_folder_atomic
-from .errors import LensError, UnembedMismatchError
-from .residual_basis import _rows_centred
+from ..core.basis import rows_centred
+from ..core.unembed import Unembed
+from ..errors import LensError, UnembedMismatchError, first_line
+from .files import write_folder_atomic
 
 CONFIG_NAME = "config.json"
 PARAMS_NAME = "params.pt"
@@ -81,14 +82,13 @@ def read_params(params_file: Path, n_layers: int, d_model: int, bias: bool) -> d
     try:
         state = torch.load(params_file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LensError(
             f"{params_file} is not a plain tensor state dict and was not unpickled (weights_only=True refused "
-            f"it: {first[:160]}): only load lenses from sources you trust, re-export it as tensors"
+            f"it: {first_line(err, 160)}): only load lenses from sources you trust, re-export it as tensors"
         ) from None
     except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LensError(f"{params_file} is truncated or not a torch file ({first[:160]}): re-download or re-export it") from None
+        raise LensError(f"{params_file} is truncated or not a torch file ({first_line(err, 160)}): "
+                        "re-download or re-export it") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise LensError(f"{params_file} must hold a state dict of tensors, got {type(state).__name__}: re-export it")
     expected = {}
@@ -127,25 +127,24 @@ def unembed_hash(hf_weight: Tensor) -> str:
         return hashlib.sha256(np.array_str(array, precision=1).encode()).hexdigest()
 
 
-def _hf_weight(unembed) -> Tensor:
+def _hf_weight(unembed: Unembed) -> Tensor:
     return unembed.unembed.W_U.detach().T
 
 
-def unembed_is_processed(unembed) -> bool:
+def unembed_is_processed(unembed: Unembed) -> bool:
     """True when ``W_U`` is not Hugging Face's ``lm_head.weight.T`` any more (``fold_ln`` folded the
     final norm into it, or ``center_unembed`` removed its mean over the vocabulary)."""
-    cfg = getattr(unembed.unembed, "cfg", None)
-    if cfg is not None and cfg.normalization_type in ("LNPre", "RMSPre"):
+    if unembed.normalization_type in ("LNPre", "RMSPre"):
         return True
-    return _rows_centred(unembed.unembed.W_U)
+    return rows_centred(unembed.unembed.W_U)
 
 
-def model_unembed_hash(unembed) -> str | None:
+def model_unembed_hash(unembed: Unembed) -> str | None:
     """The reference hash of this model's unembedding, or None when ``W_U`` was processed."""
     return None if unembed_is_processed(unembed) else unembed_hash(_hf_weight(unembed))
 
 
-def check_unembed_hash(unembed, recorded: str | None, what: str) -> None:
+def check_unembed_hash(unembed: Unembed, recorded: str | None, what: str) -> None:
     """Compare a reference ``unembed_hash`` with the model's ``W_U``.
 
     A match at fp32, fp16 or bf16 rounding accepts; a mismatch on an unprocessed model raises

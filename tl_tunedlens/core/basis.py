@@ -19,12 +19,17 @@ the final LayerNorm only sees ``P h'``); the reverse needs the discarded mean an
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
-from .errors import LensError
+from ..errors import LensError
+from .backend import embedding_matrix, model_facts
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 RAW = "raw"            # equals Hugging Face's hidden_states
 CENTRED = "centred"    # mean over d_model removed (center_writing_weights on a LayerNorm model)
@@ -38,7 +43,7 @@ HOW_TO_LOAD_RAW = (
 )
 
 
-def _rows_centred(w: Tensor) -> bool:
+def rows_centred(w: Tensor) -> bool:
     """True when every row of ``w`` ([rows, d_model]) has mean ~0 relative to its spread."""
     w = w.detach().float()  # no copy for fp32 models; torch reductions are pairwise-accurate
     d = w.shape[-1]
@@ -49,20 +54,17 @@ def _rows_centred(w: Tensor) -> bool:
     return bool(mean_abs <= 0.05 / math.sqrt(d) * spread)
 
 
-def residual_stream_kind(model: nn.Module) -> str:
+def residual_stream_kind(model: "HookedTransformer") -> str:
     """``"centred"`` if ``model``'s residual stream is mean-centred, else ``"raw"`` (see module doc)."""
-    cfg = model.cfg
-    if cfg.normalization_type not in LAYERNORM_TYPES:
+    if kind_from_normalization(model_facts(model).normalization_type) == RAW:
         return RAW  # TransformerLens centres writing weights only for LayerNorm models
-    w_e = getattr(model, "W_E", None)
-    if w_e is None or w_e.ndim != 2 or w_e.shape[-1] != cfg.d_model:
-        return RAW
-    return CENTRED if _rows_centred(w_e) else RAW
+    w_e = embedding_matrix(model)
+    return CENTRED if w_e is not None and rows_centred(w_e) else RAW
 
 
-def kind_from_unembed_cfg(cfg) -> str | None:
-    """The stream kind when the config alone decides it (non-LayerNorm models are raw), else None."""
-    return RAW if cfg is not None and cfg.normalization_type not in LAYERNORM_TYPES else None
+def kind_from_normalization(normalization_type: str | None) -> str | None:
+    """The stream kind when the norm type alone decides it (non-LayerNorm models are raw), else None."""
+    return RAW if normalization_type not in LAYERNORM_TYPES else None
 
 
 def centring_projection(d_model: int, dtype: torch.dtype = torch.float64) -> Float[Tensor, "d_model d_model"]:

@@ -4,7 +4,7 @@
 ``d_vocab``, the layer convention, ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``:
 sha256 of the raw parameters; ``unembed_fingerprint``: processing-invariant probe log-probs), the
 residual-stream kind the translators were trained on (``"raw"`` = Hugging Face hidden states, or
-``"centred"``, see :mod:`tl_tunedlens.residual_basis`) and training metadata (tokens seen, data,
+``"centred"``, see :mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data,
 loss, steps...). Both files are written all-or-nothing.
 """
 
@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._files import write_folder_atomic
-from .errors import LensError
+from ..errors import LensError, first_line
+from .files import write_folder_atomic
+
+if TYPE_CHECKING:
+    from ..lens import TunedLens
 
 FORMAT = "tl-tunedlens"
 FORMAT_VERSION = 1
@@ -30,7 +33,7 @@ LAYER_CONVENTION = "resid_after_n_blocks"  # lens layer i = residual stream afte
 REQUIRED_KEYS = ("lens_type", "n_layers", "d_model", "d_vocab")
 
 
-def lens_config(lens, training: dict[str, Any] | None = None) -> dict[str, Any]:
+def lens_config(lens: "TunedLens", training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content describing ``lens``."""
     params = list(lens.parameters())
     return {
@@ -43,17 +46,17 @@ def lens_config(lens, training: dict[str, Any] | None = None) -> dict[str, Any]:
         "d_vocab": lens.d_vocab,
         "layer_convention": LAYER_CONVENTION,
         "hook_names": lens.hook_names,
-        "bias": getattr(lens, "bias", False),
+        "bias": lens.bias,
         "dtype": str(params[0].dtype).removeprefix("torch.") if params else None,
         "unembed_hash": lens.unembed_sha256,
         "unembed_fingerprint": lens.unembed_fingerprint,
-        "residual_stream": getattr(lens, "residual_stream", None),
-        "reference_unembed_hash": getattr(lens, "reference_unembed_hash", None),
-        "training": dict(training if training is not None else getattr(lens, "training_info", {}) or {}),
+        "residual_stream": lens.residual_stream,
+        "reference_unembed_hash": lens.reference_unembed_hash,
+        "training": dict(training if training is not None else lens.training_info),
     }
 
 
-def save_lens(lens, path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
+def save_lens(lens: "TunedLens", path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` and ``lens.safetensors`` into folder ``path`` (created if needed)."""
     path = Path(path)
     config = lens_config(lens, training)
@@ -120,8 +123,8 @@ def read_weights(path: str | os.PathLike, expected: dict[str, torch.Tensor]) -> 
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LensError(f"{weights_file} is truncated or not a safetensors file ({first[:160]}): re-save the lens") from None
+        raise LensError(f"{weights_file} is truncated or not a safetensors file ({first_line(err, 160)}): "
+                        "re-save the lens") from None
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import LensError
+from ..errors import LensError
 
 Writer = Callable[[Path], None]
 

@@ -1,33 +1,28 @@
-"""Text data for training and evaluating lenses: documents -> tokens -> fixed-length sequences.
+"""Text documents for training and evaluating lenses, and their train / held-out split.
 
 Sources (:func:`load_documents`):
 
-- ``"shakespeare"``: the embedded default corpus (one document per play or poem);
+- ``"shakespeare"``: the embedded default corpus (one document per play or poem, :mod:`.corpora`);
 - a ``.txt`` file (one document) or a folder of ``.txt`` files (one document per file, sorted);
 - a ``.jsonl`` file, one JSON object per line, text read from ``text_field`` (default ``"text"``);
 - anything else is taken as a Hugging Face dataset name (``name`` or ``name:config``), which
   needs the ``datasets`` package and a reachable hub.
 
 :func:`split_documents` makes a deterministic, seedable train / held-out split *by document*
-(held-out documents are never used for training). :func:`tokenize` joins documents with the
-tokenizer's EOS token and cuts the stream into ``[n, seq_len]`` sequences, and records bytes
-per token so metrics can be shown in bits per byte.
+(held-out documents are never used for training).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from jaxtyping import Int
-from torch import Tensor
 
-from .errors import LensError
+from ..errors import LensError, first_line
 
 DEFAULT_CORPUS = "shakespeare"
 SPLITS = ("train", "heldout", "all")
@@ -39,31 +34,6 @@ class Document:
 
     name: str
     text: str
-
-
-@dataclass
-class TokenData:
-    """Token sequences cut from a joined document stream.
-
-    ``sequences``: ``[n_seq, seq_len]`` token ids; ``bytes_per_token``: UTF-8 bytes of the text
-    per token (EOS separators excluded), to turn nats per token into bits per byte;
-    ``documents``: names of the documents the tokens came from."""
-
-    sequences: Int[Tensor, "n_seq seq_len"]
-    bytes_per_token: float
-    documents: list[str]
-    source: str = ""
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.sequences.numel())
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.sequences.shape[1])
-
-    def __len__(self) -> int:
-        return int(self.sequences.shape[0])
 
 
 # --- loading documents ------------------------------------------------------------------
@@ -134,9 +104,9 @@ def _read_hf_dataset(name: str, text_field: str, split: str, max_documents: int 
             f"{name!r} is not a file or folder, and loading it as a Hugging Face dataset needs the "
             "'datasets' package: pip install datasets, or pass a .txt/.jsonl file or a folder"
         ) from None
-    from .models import _hub_reachable, _offline
+    from ..artifacts.hub import hub_offline, hub_reachable
 
-    if not _offline() and not _hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise LensError(
             f"{name!r} is not a file or folder, and the Hugging Face hub is unreachable to load it as a "
             "dataset: pass a .txt/.jsonl file or folder, or 'shakespeare' for the embedded corpus"
@@ -145,7 +115,7 @@ def _read_hf_dataset(name: str, text_field: str, split: str, max_documents: int 
     try:
         ds = datasets.load_dataset(dataset_name, config or None, split=split, streaming=max_documents is not None)
     except Exception as err:  # datasets raises many kinds
-        raise LensError(f"cannot load dataset {name!r} split {split!r}: {str(err).splitlines()[0]}") from None
+        raise LensError(f"cannot load dataset {name!r} split {split!r}: {first_line(err)}") from None
     docs = []
     for i, row in enumerate(ds):
         if max_documents is not None and i >= max_documents:
@@ -186,64 +156,3 @@ def split_documents(docs: Sequence[Document], split: str = "train", *, held_out:
     order = torch.randperm(len(docs), generator=gen).tolist()
     held = set(order[:n_held])
     return [d for i, d in enumerate(docs) if (i in held) == (split == "heldout")]
-
-
-# --- tokenising --------------------------------------------------------------------------
-def eos_token_id(tokenizer) -> int:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise LensError("the tokenizer has no EOS token to join documents with: use a model whose tokenizer defines one")
-    return int(eos)
-
-
-def tokenize(docs: Sequence[Document], tokenizer, seq_len: int, *, max_tokens: int | None = None,
-             n_ctx: int | None = None, source: str = "") -> TokenData:
-    """Tokenise ``docs`` (no special tokens), join them with EOS, cut into ``[n, seq_len]``.
-
-    Documents are tokenised in order until ``max_tokens`` tokens are reached (all when None);
-    the remainder shorter than a sequence is dropped. ``n_ctx``: the model's context, checked
-    against ``seq_len``. Raises ``LensError`` when the data is shorter than one sequence."""
-    if tokenizer is None:
-        raise LensError("the model has no tokenizer: load it with a tokenizer (e.g. tl_tunedlens.load_model)")
-    if seq_len < 2:
-        raise LensError(f"sequence length {seq_len} is too short: use at least 2")
-    if n_ctx is not None and seq_len > n_ctx:
-        raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={n_ctx}: pass --seq-len <= {n_ctx}")
-    eos = eos_token_id(tokenizer)
-    ids: list[int] = []
-    n_bytes = n_text_tokens = 0
-    used = []
-    for doc in docs:
-        if max_tokens is not None and len(ids) >= max_tokens:
-            break
-        tok = tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]
-        if not tok:
-            continue
-        if ids:
-            ids.append(eos)
-        ids.extend(tok)
-        n_bytes += len(doc.text.encode("utf-8"))
-        n_text_tokens += len(tok)
-        used.append(doc.name)
-    if max_tokens is not None:
-        ids = ids[: max(int(max_tokens), seq_len)]
-    n_seq = len(ids) // seq_len
-    if n_seq == 0:
-        raise LensError(
-            f"the data has {len(ids)} tokens, fewer than one sequence of {seq_len}: pass more text or a smaller --seq-len"
-        )
-    sequences = torch.tensor(ids[: n_seq * seq_len], dtype=torch.long).view(n_seq, seq_len)
-    return TokenData(sequences, n_bytes / max(n_text_tokens, 1), used, source)
-
-
-def load_tokens(source: str | os.PathLike, tokenizer, seq_len: int, *, split: str = "train",
-                held_out: float = 0.1, seed: int = 0, text_field: str = "text",
-                max_tokens: int | None = None, n_ctx: int | None = None) -> TokenData:
-    """``load_documents`` -> ``split_documents`` -> ``tokenize`` in one call."""
-    docs = split_documents(load_documents(source, text_field=text_field), split, held_out=held_out, seed=seed)
-    return tokenize(docs, tokenizer, seq_len, max_tokens=max_tokens, n_ctx=n_ctx, source=f"{source} [{split}]")
-
-
-def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
-    """Convert nats per token to bits per byte: ``nats / bytes_per_token / ln 2``."""
-    return float(nats_per_token) / float(bytes_per_token) / math.log(2)

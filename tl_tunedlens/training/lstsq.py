@@ -13,15 +13,20 @@ systems. Ridge strength is relative: ``lambda = ridge * trace(Cov x) / d_model``
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .errors import LensError
-from .residuals import capture_residuals
+from ..core.backend import capture_residuals, flatten_tokens
+from ..errors import LensError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from ..lens import TunedLens
 
 DEFAULT_RIDGE = 1e-4
 
@@ -105,8 +110,8 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
 
 
 @torch.no_grad()
-def collect_stats(model, lens, sequences: Int[Tensor, "n_seq seq_len"], *, layers: list[int] | None = None,
-                  micro_batch: int = 1, progress: bool = False, centre: bool = True) -> RidgeStats:
+def collect_stats(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
+                  layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False, centre: bool = True) -> RidgeStats:
     """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`."""
     from tqdm.auto import tqdm
 
@@ -115,15 +120,14 @@ def collect_stats(model, lens, sequences: Int[Tensor, "n_seq seq_len"], *, layer
     names = [lens.hook_names[i] for i in layers] + [lens.hook_names[-1]]
     batches = range(0, len(sequences), max(1, micro_batch))
     for start in tqdm(batches, desc="lstsq stats", disable=not progress, leave=False):
-        resids = capture_residuals(model, sequences[start:start + micro_batch], names)
-        resids = resids.flatten(1, 2)
+        resids = flatten_tokens(capture_residuals(model, sequences[start:start + micro_batch], names))
         stats.update(resids[:-1], resids[-1])
     return stats
 
 
 @torch.no_grad()
-def lstsq_init_(lens, model, sequences: Int[Tensor, "n_seq seq_len"], *, ridge: float = DEFAULT_RIDGE,
-                layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False) -> dict:
+def lstsq_init_(lens: "TunedLens", model: "HookedTransformer", sequences: Int[Tensor, "n_seq seq_len"], *,
+                ridge: float = DEFAULT_RIDGE, layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False) -> dict:
     """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict."""
     stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress,
                           centre=lens.bias)
@@ -132,7 +136,7 @@ def lstsq_init_(lens, model, sequences: Int[Tensor, "n_seq seq_len"], *, ridge: 
 
 
 @torch.no_grad()
-def set_translators_(lens, layers: list[int], solution: list[tuple[Tensor, Tensor]]) -> None:
+def set_translators_(lens: "TunedLens", layers: list[int], solution: list[tuple[Tensor, Tensor]]) -> None:
     """Write ``h_final ~= W h + b`` solutions into the translators: ``A = W - I``, bias ``b``."""
     eye = torch.eye(lens.d_model, dtype=torch.float64)
     for layer, (w, b) in zip(layers, solution):

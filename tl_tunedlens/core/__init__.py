@@ -1,0 +1,12 @@
+"""The lens core: everything a lens needs to read a TransformerLens model and decode its residual stream.
+
+- :mod:`.layers`: which hook point each lens layer reads (lens layer ``i`` = residual after ``i`` blocks);
+- :mod:`.backend`: the one place that reads a model (config facts, ``ln_final``/``unembed``, hook
+  names, running it with hooks to capture residual streams, turning text into tokens);
+- :mod:`.unembed`: the frozen decoder every lens shares (``ln_final`` then ``unembed``) and its identity;
+- :mod:`.basis`: whether a residual stream is Hugging Face's or its mean-centred copy;
+- :mod:`.hooks`: the TransformerLens routes of a lens (``ActivationCache`` readers, ``fwd_hooks``).
+
+May import: torch, transformer_lens, jaxtyping and :mod:`tl_tunedlens.errors`; nothing else of the package.
+The lens classes themselves live one floor up, in :mod:`tl_tunedlens.lens`.
+"""

@@ -1,0 +1,143 @@
+"""Training settings: one dataclass, its presets, its validation and the token budget it needs.
+
+:class:`TrainConfig` is the single source of the trainer's settings: the ``tl-tunedlens train``
+flags, their defaults and help are generated from its fields (see :mod:`tl_tunedlens.cli.common`),
+and it validates itself on construction. Two presets:
+
+- ``"laptop"`` (the defaults): a closed-form least-squares start on 32,768 tokens, then 8 Adam
+  steps of the KL objective x 512 tokens; a few minutes for SmolLM2-135M on 2 CPU cores.
+- ``"paper"``: Belrose et al. (2023): identity start, 250 steps x 2^18 tokens, SGD with Nesterov
+  momentum 0.9, lr 1.0 (torch lr = lr x (1 - momentum)), weight decay 1e-3, clipping at 1.0,
+  linear decay to zero (the paper also uses sequences of 2048 tokens: ``--seq-len 2048``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import LensError
+
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3}
+LOSSES = ("kl", "ce")
+INITS = ("identity", "lstsq")
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _option(help: str, **rules: Any) -> dict[str, Any]:
+    """Field metadata: ``help`` for the CLI, and the rules :meth:`TrainConfig.validate` checks:
+    ``choices``, ``min`` (with ``unit`` for the message), ``positive``, ``flag`` (CLI name), ``label``."""
+    return {"help": help, **rules}
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings (defaults: the ``"laptop"`` preset; :meth:`preset` ``"paper"`` for the paper's)."""
+
+    steps: int = field(default=8, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
+    tokens_per_step: int = field(default=512, metadata=_option(
+        "tokens per optimiser step, rounded down to whole sequences", min=1, unit="token"))
+    optimizer: str = field(default="adam", metadata=_option("optimiser", choices=OPTIMIZERS))
+    lr: float | None = field(default=None, metadata=_option(
+        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam)",
+        positive=True))
+    momentum: float = field(default=0.9, metadata=_option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
+    weight_decay: float = field(default=1e-3, metadata=_option("weight decay (pulls translators to identity)", min=0.0))
+    clip: float | None = field(default=1.0, metadata=_option(
+        "max global gradient norm over the lens parameters; 0 disables", min=0.0))
+    warmup_steps: int = field(default=0, metadata=_option("linear warmup steps", min=0, unit="step", flag="--warmup"))
+    loss: str = field(default="kl", metadata=_option(
+        "kl: KL from the model's output to the lens; ce: cross-entropy against the next token", choices=LOSSES))
+    seed: int = field(default=0, metadata=_option("seed of the data order"))
+    micro_batch: int | None = field(default=None, metadata=_option(
+        "sequences per model forward (default: about --chunk-tokens tokens)", min=1, unit="sequence"))
+    chunk_tokens: int = field(default=512, metadata=_option(
+        "tokens per [chunk, d_vocab] logits block; bounds memory", min=1, unit="token"))
+    checkpoint_every: int = field(default=10, metadata=_option("steps between checkpoints, 0 for none", min=0, unit="step"))
+    init: str = field(default="lstsq", metadata=_option(
+        "identity (= the logit lens) or the closed-form ridge-regression start", choices=INITS))
+    lstsq_tokens: int = field(default=32768, metadata=_option(
+        "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
+    ridge: float = field(default=1e-4, metadata=_option("relative ridge strength of the least-squares start", min=0.0))
+    layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
+    matmul_dtype: str = field(default="float32", metadata=_option(
+        "precision of the lens's vocabulary matmuls (the softmax, loss and translators stay fp32); bfloat16 is "
+        "faster only on hardware with bf16 instructions", choices=tuple(MATMUL_DTYPES), label="matmul dtype"))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- presets ----------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str = "laptop", **overrides: Any) -> "TrainConfig":
+        """The settings of preset ``name`` (see the module docstring) with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise LensError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    # --- validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every field against its rules (field metadata) and the cross-field ones."""
+        for f in dataclasses.fields(self):
+            _check_field(f.name, getattr(self, f.name), f.metadata)
+        if self.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers):
+            raise LensError(f"layers={self.layers!r}: pass a list of layer numbers")
+        if not self.warmup_steps < self.steps:
+            raise LensError(f"warmup of {self.warmup_steps} steps must be >= 0 and below the {self.steps} steps")
+
+    def check(self, seq_len: int) -> None:
+        """The checks that need the data's sequence length."""
+        if seq_len < 2:
+            raise LensError(f"sequence length {seq_len} is too short: use at least 2")
+        if self.tokens_per_step < seq_len:
+            raise LensError(f"tokens per step {self.tokens_per_step} is below one sequence of {seq_len}: "
+                            "raise --tokens-per-step or lower --seq-len")
+
+    # --- what a run needs ---------------------------------------------------------------
+    def sequences_per_step(self, seq_len: int) -> int:
+        return max(1, self.tokens_per_step // seq_len)
+
+    def lstsq_sequences(self, seq_len: int) -> int:
+        """Sequences of the least-squares sample (0 for the identity start)."""
+        return math.ceil(self.lstsq_tokens / seq_len) if self.init == "lstsq" else 0
+
+    def token_budget(self, seq_len: int) -> int:
+        """Tokens a run reads without reusing a sequence: the least-squares sample, then every step's."""
+        return (self.lstsq_sequences(seq_len) + self.steps * self.sequences_per_step(seq_len)) * seq_len
+
+    @property
+    def torch_matmul_dtype(self) -> torch.dtype:
+        return MATMUL_DTYPES[self.matmul_dtype]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {},
+    "paper": {"steps": 250, "tokens_per_step": 2**18, "optimizer": "sgd", "lr": 1.0, "momentum": 0.9,
+              "weight_decay": 1e-3, "clip": 1.0, "warmup_steps": 0, "loss": "kl", "init": "identity"},
+}
+
+
+def _check_field(name: str, value: Any, rules: Any) -> None:
+    if value is None and name in ("lr", "clip", "micro_batch", "layers"):
+        return
+    label = rules.get("label", name.replace("_", " "))
+    if "choices" in rules:
+        if value not in rules["choices"]:
+            raise LensError(f"unknown {label} {value!r}: use one of {', '.join(rules['choices'])}")
+        return
+    if not ("min" in rules or "positive" in rules or "below" in rules):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LensError(f"{name}={value!r}: pass a finite number")
+    unit = f" {rules['unit']}" if "unit" in rules else ""
+    if "min" in rules and value < rules["min"]:
+        raise LensError(f"{name}={value}: use at least {rules['min']}{unit}")
+    if rules.get("positive") and not value > 0:
+        raise LensError(f"{name}={value}: must be positive")
+    if "below" in rules and not value < rules["below"]:
+        raise LensError(f"{name}={value}: must be below {rules['below']}")

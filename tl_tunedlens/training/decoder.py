@@ -1,0 +1,114 @@
+"""The vocabulary side of a training step: lens logits forward, the gradient w.r.t. them backward.
+
+The trainer's chunk loop (:mod:`.loss`) computes the loss and the gradient w.r.t. the logits
+(``softmax - p``) itself, so a decoder only has to offer three things, for ``m`` tokens at a time:
+
+- ``target_logits(h)``: fp32 logits of the model's own final residual ``h`` (no gradient);
+- ``logits(h)``: fp32 logits of a translated residual ``h`` (which carries the lens's autograd graph);
+- ``backward(grad)``: push ``d loss / d logits`` (fp32 ``[m, d_vocab]``) back into the lens's ``.grad``.
+
+Two implementations:
+
+- :class:`FusedDecoder`, when the unembedding is a plain frozen ``x @ W_U + b_U`` without soft-cap
+  (:attr:`~tl_tunedlens.core.unembed.Unembed.fusable`): autograd runs only up to the ``[m, d_model]``
+  output of ``ln_final``; the two vocabulary products (logits ``x W_U + b_U`` and the gradient
+  ``g W_U^T``) are explicit ``addmm``/``mm`` calls into ``[m, d_vocab]`` buffers allocated once and
+  reused for every layer, chunk and micro-batch (fresh 100 MB blocks per layer cost as much in page
+  faults as the arithmetic). The model-precision product reads the model's own ``W_U`` (no copy).
+- :class:`AutogradDecoder` for anything else (soft-capped or custom unembeddings): the model's modules
+  are called with autograd and ``logits.backward(grad)``.
+
+``matmul_dtype`` (e.g. ``torch.bfloat16``) runs the lens's two vocabulary products in that dtype;
+the target always uses the model's precision, and logits come back as fp32 either way.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..core.unembed import Unembed
+
+
+class FusedDecoder:
+    """Explicit vocabulary matmuls into reused buffers; autograd only up to ``ln_final``."""
+
+    def __init__(self, unembed: Unembed, matmul_dtype: torch.dtype | None = None):
+        weights = unembed.linear_weights()
+        if weights is None or unembed.softcapped:
+            raise TypeError("FusedDecoder needs a plain linear unembedding without soft-cap (Unembed.fusable)")
+        self.unembed = unembed
+        self.w_u, self.b_u = weights                    # [d_model d_vocab], [d_vocab]: the model's own
+        low = matmul_dtype if matmul_dtype not in (None, self.w_u.dtype) else None
+        if low is None:
+            self.forward_w, self.forward_b, self.backward_w = self.w_u, self.b_u, self.w_u.T
+        else:
+            w_t, b_low = unembed.transposed_weights(low)  # a training-only copy, see release_training_cache
+            self.forward_w, self.forward_b, self.backward_w = w_t.T, b_low, w_t
+        self._buffers: dict[str, Tensor] = {}
+        self._x: Tensor | None = None
+
+    def _buffer(self, name: str, m: int, dtype: torch.dtype) -> Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < m:
+            self._buffers.pop(name, None)
+            buf = self._buffers[name] = torch.empty(m, self.w_u.shape[1], dtype=dtype, device=self.w_u.device)
+        return buf[:m]
+
+    def _product(self, x: Tensor, w: Tensor, b: Tensor) -> Float[Tensor, "m d_vocab"]:
+        """``x @ w + b`` computed in ``w``'s dtype, returned in the reused fp32 logits buffer."""
+        m = x.shape[0]
+        z = self._buffer(str(torch.float32), m, torch.float32)
+        if w.dtype == torch.float32:
+            return torch.addmm(b, x.float(), w, out=z)
+        return z.copy_(torch.addmm(b, x.to(w.dtype), w, out=self._buffer(str(w.dtype), m, w.dtype)))
+
+    @torch.no_grad()
+    def target_logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        return self._product(self.unembed.normalize(h), self.w_u, self.b_u)
+
+    def logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        self._x = self.unembed.normalize(h)            # autograd from here down to the lens
+        with torch.no_grad():
+            return self._product(self._x.detach(), self.forward_w, self.forward_b)
+
+    def backward(self, grad: Float[Tensor, "m d_vocab"]) -> None:
+        x, self._x = self._x, None
+        with torch.no_grad():
+            dtype = self.backward_w.dtype
+            if grad.dtype != dtype:
+                grad = self._buffer(str(dtype), grad.shape[0], dtype).copy_(grad)
+            grad_x = torch.mm(grad, self.backward_w)                      # [m, d_model]
+        x.backward(grad_x.to(x.dtype))
+
+
+class AutogradDecoder:
+    """The model's own ``ln_final`` + unembedding (+ soft-cap) under autograd."""
+
+    def __init__(self, unembed: Unembed, matmul_dtype: torch.dtype | None = None):
+        self.unembed = unembed
+        self.matmul_dtype = matmul_dtype
+        self._z: Tensor | None = None
+
+    @torch.no_grad()
+    def target_logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        return self.unembed(h).float()
+
+    def logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        self._z = self.unembed(h, self.matmul_dtype)
+        return self._z.detach().float()                # fp32 logits: no copy when they already are
+
+    def backward(self, grad: Float[Tensor, "m d_vocab"]) -> None:
+        z, self._z = self._z, None
+        z.backward(grad.to(z.dtype))
+
+
+Decoder = FusedDecoder | AutogradDecoder
+
+
+def make_decoder(unembed: Unembed, matmul_dtype: torch.dtype | None = None) -> Decoder:
+    """The fused decoder when the unembedding allows it (:attr:`Unembed.fusable`), else the autograd one."""
+    if matmul_dtype == unembed.dtype:
+        matmul_dtype = None
+    return (FusedDecoder if unembed.fusable else AutogradDecoder)(unembed, matmul_dtype)

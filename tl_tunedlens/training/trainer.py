@@ -1,0 +1,232 @@
+"""Training a tuned lens against the frozen model's own output distribution.
+
+:func:`train_lens` reads top to bottom as four named steps:
+
+1. :func:`prepare` checks the inputs and sets up a :class:`Run` (layers, optimiser, schedule,
+   the decoder of :mod:`.decoder`, the data plan of :mod:`.order`);
+2. :func:`start` resumes from ``out_dir/checkpoint.pt`` or applies the least-squares start (:mod:`.lstsq`);
+3. :func:`train_step` runs one optimiser step: the model runs frozen, its residual streams are
+   captured with hooks on ``lens.hook_names``, and :func:`~.loss.accumulate_lens_grads` adds the
+   loss gradient micro-batch by micro-batch; then clipping, the update, and a weight check;
+4. :func:`finish` freezes the lens again and returns a :class:`TrainResult`.
+
+Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
+``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight
+stops training with an error naming the layer and step (the last checkpoint stays intact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ..core.backend import capture_residuals, flatten_tokens
+from ..errors import LensError
+from .config import TrainConfig
+from .decoder import Decoder, make_decoder
+from .loss import accumulate_lens_grads, diverged
+from .lstsq import lstsq_init_
+from .optim import make_optimizer, make_scheduler
+from .order import data_digest, step_sequences, stream_positions
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from ..lens import TunedLens
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens_seen: int
+    losses: list[float]               # total loss (nats, summed over layers) per step
+    layer_losses: list[float]         # per-layer mean loss (nats) of the last step
+    seconds: float
+    info: dict
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step run here
+
+
+@dataclass
+class Run:
+    """One training run's state between its steps."""
+
+    model: "HookedTransformer"
+    lens: "TunedLens"
+    sequences: Int[Tensor, "n_seq seq_len"]
+    cfg: TrainConfig
+    layers: list[int]                 # translators being trained
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    decoder: Decoder
+    per_step: int                     # sequences per step
+    micro: int                        # sequences per model forward
+    n_fit: int                        # sequences of the least-squares sample (read first)
+    step_tokens: int                  # scored positions per step
+    fingerprint: dict[str, Any]       # what a resume must match
+    ckpt_path: Path | None
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    layer_losses: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+
+
+def train_lens(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
+               config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = True, data_info: dict | None = None) -> TrainResult:
+    """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
+
+    With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
+    ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
+    lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
+    (e.g. :meth:`TokenData.info`) is recorded in ``result.info``."""
+    from tqdm.auto import tqdm
+
+    run = prepare(model, lens, sequences, config or TrainConfig(), out_dir)
+    start(run, resume=resume, progress=progress)
+    bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
+    while run.step < run.cfg.steps:
+        train_step(run)
+        if run.ckpt_path is not None and run.cfg.checkpoint_every and (
+                run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
+            save_run(run)
+        bar.update(1)
+        bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
+    bar.close()
+    return finish(run, data_info)
+
+
+def prepare(model: "HookedTransformer", lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
+            out_dir: str | Path | None) -> Run:
+    """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, decoder and data plan."""
+    if sequences.ndim != 2 or len(sequences) == 0:
+        raise LensError("training needs token sequences of shape [n_seq, seq_len]: pass at least one sequence")
+    seq_len = int(sequences.shape[1])
+    cfg.check(seq_len)
+    n_ctx = model.cfg.n_ctx
+    if seq_len > n_ctx:
+        raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={n_ctx}: pass --seq-len <= {n_ctx}")
+    lens.check_model(model)
+    layers = sorted({lens.layer_index(i) for i in (cfg.layers or range(lens.n_layers))} - {lens.n_layers})
+    if not layers:
+        raise LensError("no layer to train: pass layers below n_layers")
+    params = [p for i in layers for p in lens.translators[i].parameters()]
+    lens.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = make_optimizer(params, cfg)
+    per_step = cfg.sequences_per_step(seq_len)
+    step_tokens = per_step * (seq_len - 1 if cfg.loss == "ce" else seq_len)
+    return Run(
+        model=model, lens=lens, sequences=sequences, cfg=cfg, layers=layers, params=params, optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, cfg), decoder=make_decoder(lens.unembed, cfg.torch_matmul_dtype),
+        per_step=per_step, micro=cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len),
+        n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
+        fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
+                     "data_digest": data_digest(sequences)},
+        ckpt_path=Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None,
+        info={"init": cfg.init},
+    )
+
+
+def start(run: Run, *, resume: bool, progress: bool) -> None:
+    """Continue from the checkpoint (``resume``), or set the least-squares start (``init="lstsq"``)."""
+    if resume:
+        if run.ckpt_path is None:
+            raise LensError("resuming needs the output folder holding checkpoint.pt")
+        state = load_checkpoint(run.ckpt_path)
+        _check_resumable(state, run.fingerprint, run.ckpt_path)
+        run.lens.load_state_dict(state["lens"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
+        run.elapsed = float(state.get("seconds", 0.0))
+    elif run.n_fit:
+        t0 = time.perf_counter()
+        fit = run.sequences[stream_positions(len(run.sequences), 0, run.n_fit, run.cfg.seed)]
+        run.info = lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
+                               micro_batch=run.micro, progress=progress)
+        run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
+        run.elapsed += time.perf_counter() - t0
+
+
+def train_step(run: Run) -> None:
+    """One optimiser step over ``per_step`` sequences, in micro-batches; records the loss and time."""
+    t0 = time.perf_counter()
+    cfg, lens = run.cfg, run.lens
+    run.optimizer.zero_grad(set_to_none=False)
+    idx = step_sequences(len(run.sequences), run.per_step, run.step, cfg.seed, offset=run.n_fit)
+    sums = torch.zeros(len(run.layers), dtype=torch.float64)
+    for m in range(0, run.per_step, run.micro):
+        batch = run.sequences[idx[m:m + run.micro]]
+        resids = capture_residuals(run.model, batch, lens.hook_names)
+        labels = None
+        if cfg.loss == "ce":
+            resids, labels = resids[:, :, :-1], batch[:, 1:].flatten()
+        sums += accumulate_lens_grads(lens, flatten_tokens(resids), run.layers, labels=labels,
+                                      scale=1.0 / run.step_tokens, chunk_tokens=cfg.chunk_tokens, step=run.step,
+                                      decoder=run.decoder)
+        del resids
+    if cfg.clip:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    for layer in run.layers:
+        if not all(torch.isfinite(p).all() for p in lens.translators[layer].parameters()):
+            raise diverged("the translator", layer, run.step)
+    run.layer_losses = (sums / run.step_tokens).tolist()
+    run.losses.append(float(sum(run.layer_losses)))
+    dt = time.perf_counter() - t0
+    run.elapsed += dt
+    run.step_seconds.append(dt)
+    run.step += 1
+
+
+def save_run(run: Run) -> None:
+    """Write the checkpoint (atomically): everything :func:`start` needs to resume."""
+    save_checkpoint(run.ckpt_path, {
+        "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
+        "fingerprint": run.fingerprint, "seconds": run.elapsed,
+    })
+
+
+def finish(run: Run, data_info: dict | None = None) -> TrainResult:
+    """Freeze the lens, drop training-only caches, and summarise the run."""
+    run.lens.unembed.release_training_cache()
+    for p in run.params:
+        p.requires_grad_(False)
+        p.grad = None
+    cfg = run.cfg
+    seq_len = run.fingerprint["seq_len"]
+    run.info.update({
+        "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": cfg.steps, "tokens_per_step": run.step_tokens,
+        "seq_len": seq_len, "tokens_seen": cfg.steps * run.step_tokens,
+        "final_loss": run.losses[-1] if run.losses else None, "layers_trained": run.layers, "seed": cfg.seed,
+        "lr": cfg.lr, "seconds": round(run.elapsed, 2), "matmul_dtype": cfg.matmul_dtype, **(data_info or {}),
+    })
+    return TrainResult(cfg.steps, cfg.steps * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
+                       run.info, run.step_seconds)
+
+
+def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
+    saved = state.get("fingerprint", {})
+    for key in ("seq_len", "n_seq", "data_digest"):
+        if saved.get(key) != fingerprint[key]:
+            raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
+                            "resume with the same --data and --seq-len, or drop --resume")
+    saved_config = {"matmul_dtype": "float32", **saved.get("config", {})}  # checkpoints from before the option
+    for key, value in fingerprint["config"].items():
+        if saved_config.get(key) != value:
+            raise LensError(f"{path} was written with {key}={saved_config.get(key)!r}, now {value!r}: "
+                            "resume with the same options, or drop --resume")
