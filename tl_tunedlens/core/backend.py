@@ -231,6 +231,9 @@ def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names
     (a Bridge ignores ``stop_at_layer=n_layers``). Captures are keyed by the requested name (on a Bridge
     ``hook.name`` is the canonical one)."""
     wanted = list(dict.fromkeys(hook_names))
+    unknown = [name for name in wanted if name not in model.hook_dict]
+    if unknown:
+        raise LensError(f"the model has no hook point {unknown[0]!r}: pass hook names of this model (e.g. lens.hook_names)")
     store: dict[str, Tensor] = {}
 
     def saver(name: str):

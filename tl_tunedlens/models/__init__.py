@@ -56,10 +56,9 @@ def resolve_backend(backend: str, source: Any) -> str:
     if backend == "auto":
         return HOOKED if by_name and has_hooked else BRIDGE
     if backend == HOOKED and not has_hooked:
-        import transformer_lens
+        from importlib.metadata import version
 
-        version = getattr(transformer_lens, "__version__", "4.x")
-        raise ModelLoadError(f"backend='hooked' needs HookedTransformer, which TransformerLens {version} no longer has: "
+        raise ModelLoadError(f"backend='hooked' needs HookedTransformer, which TransformerLens {version('transformer-lens')} no longer has: "
                              "use backend='bridge' (or pip install 'transformer-lens<4')")
     if backend == HOOKED and not by_name:
         raise ModelLoadError("a Hugging Face model folder or object loads as a TransformerBridge: pass backend='bridge'")

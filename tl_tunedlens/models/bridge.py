@@ -61,6 +61,8 @@ def load_bridge(source: Any, *, dtype: torch.dtype, device: str | torch.device, 
         raise ModelLoadError(f"cannot load a {type(source).__name__} as a model: pass a name, a Hugging Face model "
                              "folder or a Hugging Face model (PreTrainedModel)")
     if compatibility_mode:
+        if (getattr(bridge.cfg, "output_logits_soft_cap", None) or 0) > 0:
+            flags["center_unembed"] = False  # TransformerLens turns it off itself (with a warning) under a soft-cap
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bridge.enable_compatibility_mode(disable_warnings=True, **flags)
