@@ -19,6 +19,7 @@ Hugging Face's ``hidden_states``, as in the reference ``tuned-lens``).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,34 +41,37 @@ def load_bridge(source: Any, *, dtype: torch.dtype, device: str | torch.device, 
                 compatibility_mode: bool, fold_ln: bool, center_writing_weights: bool, center_unembed: bool,
                 tokenizer: Any = None, **kwargs: Any):
     """A ``TransformerBridge`` of ``source`` (see the module docstring), in eval mode, compatibility mode
-    on unless ``compatibility_mode=False``. Extra keyword arguments go to ``boot_transformers``."""
-    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
+    on unless ``compatibility_mode=False``. ``n_ctx`` may shorten the context (the embedded model: 2048 by
+    default). Extra keyword arguments go to ``boot_transformers``."""
+    boot = functools.partial(_boot, dtype=dtype, device=device, **kwargs)
     if isinstance(source, str) and source.lower() in SMOLLM2_ALIASES:
         hf_model, tokenizer, cfg = smollm2_hf_model(dtype)
-        n_ctx = check_n_ctx(n_ctx, cfg)
-        bridge = _boot(cfg["model_name"], hf_model, tokenizer, dtype=dtype, device=device, **kwargs)
+        bridge = boot(cfg["model_name"], hf_model, tokenizer)
         bridge.cfg.model_name = cfg["model_name"]
-        bridge.cfg.default_prepend_bos = cfg["default_prepend_bos"]  # the GGUF tokenizer adds no BOS
+        bridge.cfg.default_prepend_bos = cfg["default_prepend_bos"]  # as the GGUF tokenizer: no BOS
+        n_ctx = check_n_ctx(n_ctx, cfg)
     elif is_hf_folder(source):
-        hf_model, tokenizer = _from_folder(Path(source).expanduser(), dtype, tokenizer)
-        bridge = _boot(str(source), hf_model, tokenizer, dtype=dtype, device=device, **kwargs)
+        bridge = boot(str(source), *_from_folder(Path(source).expanduser(), dtype, tokenizer))
     elif isinstance(source, torch.nn.Module):
         label = str(getattr(getattr(source, "config", None), "name_or_path", "") or type(source).__name__)
-        bridge = _boot(label, source, _tokenizer_for(source, tokenizer), dtype=dtype, device=device, **kwargs)
+        bridge = boot(label, source, _tokenizer_for(source, tokenizer))
     elif isinstance(source, str):
         require_hub_model(source)
-        bridge = _boot(source, None, tokenizer, dtype=dtype, device=device, **kwargs)
+        bridge = boot(source, None, tokenizer)
     else:
         raise ModelLoadError(f"cannot load a {type(source).__name__} as a model: pass a name, a Hugging Face model "
                              "folder or a Hugging Face model (PreTrainedModel)")
+    if n_ctx is not None:
+        if n_ctx > bridge.cfg.n_ctx:
+            raise ModelLoadError(f"n_ctx={n_ctx} exceeds the model's context of {bridge.cfg.n_ctx}: pass n_ctx <= {bridge.cfg.n_ctx}")
+        bridge.cfg.n_ctx = int(n_ctx)  # the longest input to_tokens and training accept
     if compatibility_mode:
+        flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
         if (getattr(bridge.cfg, "output_logits_soft_cap", None) or 0) > 0:
             flags["center_unembed"] = False  # TransformerLens turns it off itself (with a warning) under a soft-cap
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bridge.enable_compatibility_mode(disable_warnings=True, **flags)
-    if n_ctx is not None:
-        bridge.cfg.n_ctx = int(n_ctx)
     return bridge.eval()
 
 

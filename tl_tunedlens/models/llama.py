@@ -86,8 +86,7 @@ def _inverse(pattern: str) -> str:
     return f"{right} -> {left}"
 
 
-def llama_from_hooked(state: dict[str, Tensor], cfg: dict, *, dtype: torch.dtype = torch.float32,
-                      n_ctx: int | None = None, tokenizer=None):
+def llama_from_hooked(state: dict[str, Tensor], cfg: dict, *, dtype: torch.dtype = torch.float32, tokenizer=None):
     """A frozen ``LlamaForCausalLM`` (eval mode) with the weights of HookedTransformer state ``state``:
     the model the cache was converted from (same tensors; tied embeddings stay tied)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -98,7 +97,7 @@ def llama_from_hooked(state: dict[str, Tensor], cfg: dict, *, dtype: torch.dtype
         vocab_size=cfg["d_vocab"], hidden_size=cfg["d_model"], intermediate_size=cfg["d_mlp"],
         num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"], head_dim=cfg["d_head"],
         num_key_value_heads=cfg.get("n_key_value_heads") or cfg["n_heads"], hidden_act=cfg["act_fn"],
-        rms_norm_eps=cfg["eps"], max_position_embeddings=n_ctx or cfg["n_ctx"], tie_word_embeddings=tied,
+        rms_norm_eps=cfg["eps"], max_position_embeddings=cfg["n_ctx"], tie_word_embeddings=tied,
         rope_parameters={"rope_type": "default", "rope_theta": cfg["rotary_base"]}, **special,
     )
     try:  # every parameter is loaded below (strictly), so skip the random initialisation (seconds)
