@@ -39,6 +39,7 @@ async function run(what = "all") {
   $("status").textContent = what === "all" ? "running the model and the lenses…" : "updating…";
   try {
     const body = query(what);
+    if (body.text !== shownText) body.position = -1;  // a new text starts at its last position
     const data = await (await post("/api/analyze", body)).json();
     if (mine !== sequence) return;
     render(data, body.text);
