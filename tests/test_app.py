@@ -260,7 +260,9 @@ def test_only_loopback_host_names_are_answered(client):
     assert client.get("/", headers={"Host": "localhost:8765"}).status_code == 200
     assert client.get("/", headers={"Host": "[::1]:8765"}).status_code == 200
     refused = client.get("/api/settings", headers={"Host": "evil.example:8765"})
-    assert refused.status_code == 403 and "http://127.0.0.1:8765/" in refused.json["error"]
+    assert refused.status_code == 403 and "refused: open the explorer at http://127.0.0.1:" in refused.json["error"]
+    for odd in ("127.0.0.1:notaport", "[bad"):  # malformed: refused with a message, never a crash
+        assert "refused" in client.get("/api/settings", headers={"Host": odd}).json["error"]
     assert client.get("/nowhere").status_code == 404
     assert client.get("/api/analyze").status_code == 405
 
@@ -333,3 +335,18 @@ def test_lens_names():
 
     assert lens_names(["a/lens", "b/other"]) == ["lens", "other"]
     assert lens_names(["a/lens", "b/lens"]) == ["a/lens", "b/lens"]
+
+
+def test_readme_shows_the_explorer():
+    from pathlib import Path
+
+    from tl_tunedlens.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## The explorer: type text, see every layer\n", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(tl-tunedlens serve[^#\n]*)", section).group(1).split()
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "serve" and args.host == "127.0.0.1"
+    image = root / re.search(r"!\[[^]]*\]\(([^)]+)\)", section).group(1)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 1_000_000

@@ -146,10 +146,6 @@ class Analysis:
     names: list[str] = field(default_factory=list)
     uses: int = 1
 
-    @property
-    def n_pos(self) -> int:
-        return self.tokens.shape[1]
-
     def watch_index(self, token_id: int) -> int:
         return self.watched.index(token_id)
 

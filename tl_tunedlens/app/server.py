@@ -113,13 +113,11 @@ class ExplorerApp:
     # --- WSGI -----------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
         request.max_content_length = MAX_BODY_BYTES
-        host = urlsplit("//" + request.host)
-        if self.check_host and not is_loopback(host.hostname or ""):
-            return _json({"error": f"host {request.host!r} refused: open the explorer at "
-                                   f"http://127.0.0.1:{host.port or 80}/"}, 403)
-        adapter = self.urls.bind_to_environ(request.environ)
         try:
-            endpoint, args = adapter.match()
+            if self.check_host and not is_loopback(urlsplit("//" + request.host).hostname or ""):
+                return _json({"error": f"host {request.host!r} refused: open the explorer at "
+                                       f"http://127.0.0.1:{request.environ.get('SERVER_PORT', 'PORT')}/"}, 403)
+            endpoint, args = self.urls.bind_to_environ(request.environ).match()
             return getattr(self, f"on_{endpoint}")(request, **args)
         except LensError as err:
             return _json({"error": str(err)}, 400)
@@ -132,17 +130,14 @@ class ExplorerApp:
             return _json({"error": f"internal error ({type(err).__name__}: {first_line(err)}); see the server's log"}, 500)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        response = self.dispatch(Request(environ))
+        request = Request(environ)
+        response = self.dispatch(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
-        if request_is_api(environ):
+        if request.path.startswith("/api/"):
             response.headers["Cache-Control"] = "no-store"
         return response(environ, start_response)
-
-
-def request_is_api(environ: dict) -> bool:
-    return str(environ.get("PATH_INFO", "")).startswith("/api/")
 
 
 def _json(data: Any, status: int = 200) -> Response:
