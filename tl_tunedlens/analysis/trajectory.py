@@ -117,7 +117,7 @@ class PredictionTrajectory:
     position); ``target_ranks``: its rank (1 = top, 0 where there is none); ``entropies``;
     ``kl_to_final``: ``KL(output || layer)``; ``kl_steps``: ``KL(layer l+1 || layer l)``;
     ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``;
-    ``target_label``: what the targets are, as figures name them (e.g. ``"token ' Paris'"``)."""
+    ``target_label``: what the targets are, as figures name them (``"next token"``, or e.g. ``"chosen token"``)."""
 
     tokens: Int[Tensor, "batch pos"]
     targets: Int[Tensor, "batch pos"]
