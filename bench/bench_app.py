@@ -7,6 +7,11 @@ another statistic (cached: no model run) and another position. Repeats take the 
 analysis cache is cleared between repeats. Cold start: a fresh ``tl-tunedlens serve`` process,
 from its start to its first answer on a socket.
 
+A shared machine slows everything, so each row also gives, measured in the same run, the floor of
+the request: the vocabulary products it cannot avoid (one ``[tokens, d_model] @ W_U`` per lens layer,
+``n_layers x lenses`` of them), and the request's total as a multiple of that floor ("x floor"),
+which carries over from a busy machine to a quiet one better than seconds do.
+
 Not a test: ``.venv/bin/python bench/bench_app.py [--lens DIR] [--repeats 3]`` (a few minutes).
 Without ``--lens`` the tuned lenses are untrained copies, which cost exactly as much as trained ones.
 """
@@ -55,6 +60,20 @@ def cold_start(lens_dirs: list[str], text: str) -> dict[str, float]:
         proc.wait(timeout=30)
 
 
+def vocabulary_floor(model, n_tokens: int, n_products: int) -> float:
+    """Seconds of ``n_products`` products ``[n_tokens, d_model] @ W_U`` (median of 5 timings of 3)."""
+    import torch
+
+    x, w_u = torch.randn(n_tokens, model.cfg.d_model), model.W_U
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(3):
+            x @ w_u
+        times.append((time.perf_counter() - start) / 3)
+    return statistics.median(times) * n_products
+
+
 def per_prompt(explorer, texts: list[str], repeats: int) -> list[dict]:
     from werkzeug.test import Client
 
@@ -63,7 +82,8 @@ def per_prompt(explorer, texts: list[str], repeats: int) -> list[dict]:
     client = Client(ExplorerApp(explorer))
     rows = []
     for text in texts:
-        runs: dict[str, list[float]] = {"model": [], "figures": [], "total": [], "restat": [], "position": []}
+        runs: dict[str, list[float]] = {"model": [], "figures": [], "total": [], "restat": [], "position": [],
+                                        "floor": []}
         size = 0
         for _ in range(repeats):
             explorer.cache.clear()
@@ -80,6 +100,8 @@ def per_prompt(explorer, texts: list[str], repeats: int) -> list[dict]:
             start = time.perf_counter()
             client.post("/api/analyze", json={"text": text, "stat": "entropy", "position": 3, "what": "position"})
             runs["position"].append(time.perf_counter() - start)
+            runs["floor"].append(vocabulary_floor(explorer.model, len(data["tokens"]),
+                                                  explorer.model.cfg.n_layers * len(explorer.lenses)))
         rows.append({"tokens": len(data["tokens"]), "MB": size / 1e6,
                      **{k: statistics.median(v) for k, v in runs.items()}})
     return rows
@@ -106,14 +128,15 @@ def main() -> None:
     print(f"SmolLM2-135M, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, median of {args.repeats}; "
           f"seconds per request through the HTTP layer (no socket); load average {os.getloadavg()[0]:.1f}")
     header = f"{'tuned lenses':>12} {'tokens':>6} {'model+lenses':>12} {'figures':>8} {'total':>7} {'JSON MB':>8} " \
-             f"{'new stat':>9} {'new position':>12}"
+             f"{'new stat':>9} {'new position':>12} {'floor':>6} {'x floor':>7}"
     print(header)
     print("-" * len(header))
     for n_tuned in args.tuned:
         explorer = Explorer(model, {f"tuned {i}": lenses[i % len(lenses)] for i in range(n_tuned)})
         for row in per_prompt(explorer, texts, args.repeats):
             print(f"{n_tuned:>12} {row['tokens']:>6} {row['model']:>12.2f} {row['figures']:>8.2f} {row['total']:>7.2f} "
-                  f"{row['MB']:>8.2f} {row['restat']:>9.2f} {row['position']:>12.3f}", flush=True)
+                  f"{row['MB']:>8.2f} {row['restat']:>9.2f} {row['position']:>12.3f} {row['floor']:>6.2f} "
+                  f"{row['total'] / row['floor']:>7.1f}", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f} (above the CPU count, the machine was shared)")
     if not args.no_cold:
         cold = cold_start(args.lens, texts[min(1, len(texts) - 1)])

@@ -23,9 +23,14 @@ function query(what) {
 }
 
 async function post(url, body) {
-  const response = await fetch(url, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new Error("cannot reach the explorer's server: is tl-tunedlens serve still running?");
+  }
   if (response.ok) return response;
   let message = `${response.status} ${response.statusText}`;
   try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
