@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=128, help="longest text accepted, in tokens (default: %(default)s)")
     parser.add_argument("--max-chars", type=int, default=2000, help="longest text accepted, in characters (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own); 1 is faster on a machine busy with other work")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.set_defaults(func=run)
 
@@ -48,13 +50,19 @@ def run(args: argparse.Namespace) -> int:
         raise LensError(f"serve needs the [app] extra ({err.name} is missing): pip install 'tl-tunedlens[app]'") from None
     if not 0 <= args.port <= 65535:
         raise LensError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise LensError(f"--threads must be at least 1, got {args.threads}")
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens)
     names = lens_names(args.lens)
     for path in args.lens:  # cheap checks first: the model takes a while to load
         read_json_config(path)
     server_check = Server.check_address(args.host, args.port)
+    import torch
+
     from ..lens import TunedLens
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     model = load_model_from_args(args)
     lenses = {name: TunedLens.load(path, model) for name, path in zip(names, args.lens)}
     explorer = Explorer(model, lenses, limits=limits)
