@@ -338,6 +338,12 @@ def test_lens_names():
     assert lens_names(["a/lens", "b/lens"]) == ["a/lens", "b/lens"]
 
 
+def test_every_offered_statistic_is_drawn(explorer):
+    for stat in STAT_CHOICES:
+        fig = explorer.respond(Query(text=TEXT, stat=stat, token="w2"))["figure"]
+        assert len(fig.data) == 3 and len(fig.data[0].z) >= explorer.model.cfg.n_layers
+
+
 def test_readme_shows_the_explorer():
     from pathlib import Path
 

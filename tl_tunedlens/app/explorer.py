@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..analysis import stats
-from ..analysis.trajectory import STATISTICS, PredictionTrajectory
+from ..analysis.trajectory import PredictionTrajectory
 from ..core.backend import to_tokens
 from ..core.layers import layer_labels
 from ..core.unembed import to_log_probs
@@ -55,7 +55,8 @@ STAT_CHOICES: dict[str, str] = {
     "max_prob": "top-1 probability",
     "kl_step": "KL(layer l+1 || layer l), nats",
 }
-assert all(name in STATISTICS or name.startswith("token_") for name in STAT_CHOICES)
+TYPED_TOKENS = {"token": "chosen token", "diff_a": "token A", "diff_b": "token B"}  # Query field -> its name
+NEED_TOKEN = "type a token under 'chosen token' to see its probability or rank"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Query:
             raise LensError(f"unknown statistic {self.stat!r}: use one of {', '.join(STAT_CHOICES)}")
         if not 1 <= self.top_k <= limits.max_top_k:
             raise LensError(f"top-k must be between 1 and {limits.max_top_k}, got {self.top_k}")
-        for name in ("token", "diff_a", "diff_b"):
+        for name in TYPED_TOKENS:
             if len(getattr(self, name)) > limits.max_token_chars:
                 raise LensError(f"{name} is longer than {limits.max_token_chars} characters: type a single token")
 
@@ -265,7 +266,7 @@ class Explorer:
         title = None
         if stat.startswith("token_"):
             if token is None or token != analysis.ranked:
-                raise LensError("type a token under 'chosen token' to see its probability or rank")
+                raise LensError(NEED_TOKEN)
             j = analysis.watch_index(token)
             trajs = [replace(t, targets=torch.full_like(t.targets, token), target_log_probs=lp[..., j].unsqueeze(1),
                              target_ranks=rk.unsqueeze(1), target_label="chosen token")
@@ -312,12 +313,11 @@ class Explorer:
             if not -n_pos <= query.position < n_pos:
                 raise LensError(f"position {query.position} is out of range: the text has {n_pos} tokens")
             position = query.position % n_pos
-            typed = {name: getattr(query, name) for name in ("token", "diff_a", "diff_b")}
-            what = {"token": "chosen token", "diff_a": "token A", "diff_b": "token B"}
-            ids = {name: self.token_id(text, what[name]) for name, text in typed.items() if text}
+            ids = {key: self.token_id(getattr(query, key), name)
+                   for key, name in TYPED_TOKENS.items() if getattr(query, key)}
             notes = []
             if query.stat.startswith("token_") and "token" not in ids:
-                raise LensError("type a token under 'chosen token' to see its probability or rank")
+                raise LensError(NEED_TOKEN)
             if ("diff_a" in ids) != ("diff_b" in ids):
                 notes.append("type both tokens A and B to see their logit difference")
             analysis = self.analyze(tokens, list(ids.values()), ids.get("token"))
