@@ -13,15 +13,15 @@ import torch
 
 from chromium_cdp import fetchable_urls
 from conftest import make_tiny_model, random_tuned_lens
-from tl_tunedlens import LensError, LogitLens, TunedLens
+from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.analysis import PredictionTrajectory
 from tl_tunedlens.app import STAT_CHOICES, Explorer, Limits, Query
-from tl_tunedlens.app.server import CSP, ExplorerApp, Server, static_file
 from tl_tunedlens.cli import main as cli_main
 from tl_tunedlens.viz import report_html
 from tl_tunedlens.viz.plots import display_token
 
-werkzeug_test = pytest.importorskip("werkzeug.test")
+werkzeug_test = pytest.importorskip("werkzeug.test", reason="the explorer's server needs the [app] extra")
+from tl_tunedlens.app.server import CSP, ExplorerApp, Server, static_file  # noqa: E402
 N_VOCAB = 37
 TEXT = "w3 w14 w15 w9 w26 w5 w35 w8"
 

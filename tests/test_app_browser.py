@@ -16,8 +16,10 @@ from chromium_cdp import Chromium, fetchable_urls, find_chromium
 from test_browser import _require_browser
 from tl_tunedlens import TunedLens
 from tl_tunedlens.app import Explorer
-from tl_tunedlens.app.server import Server
 from tl_tunedlens.viz.plots import display_token
+
+pytest.importorskip("werkzeug", reason="the explorer's server needs the [app] extra")
+from tl_tunedlens.app.server import Server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["The capital of France is Paris, and the capital of Germany is",
