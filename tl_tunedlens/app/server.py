@@ -23,8 +23,8 @@ import sys
 import threading
 import traceback
 from importlib import resources
-from urllib.parse import urlsplit
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from ..errors import LensError, first_line
 from .explorer import Explorer, Query
@@ -41,7 +41,6 @@ MAX_BODY_BYTES = 64 * 1024
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "font-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,14 +40,11 @@ def lens_names(dirs: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..app.explorer import Explorer, Limits
+    from ..app.server import Server, is_loopback  # a one-line error without the [app] extra (werkzeug)
     from ..artifacts.native import read_json_config
     from ..errors import LensError
 
-    try:
-        from ..app.explorer import Explorer, Limits
-        from ..app.server import Server, is_loopback
-    except ImportError as err:
-        raise LensError(f"serve needs the [app] extra ({err.name} is missing): pip install 'tl-tunedlens[app]'") from None
     if not 0 <= args.port <= 65535:
         raise LensError(f"--port must be between 0 and 65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
@@ -56,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     names = lens_names(args.lens)
     for path in args.lens:  # cheap checks first: the model takes a while to load
         read_json_config(path)
-    server_check = Server.check_address(args.host, args.port)
+    port = Server.check_address(args.host, args.port)
     import torch
 
     from ..lens import TunedLens
@@ -66,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     lenses = {name: TunedLens.load(path, model) for name, path in zip(names, args.lens)}
     explorer = Explorer(model, lenses, limits=limits)
-    server = Server(explorer, args.host, server_check, quiet=args.quiet)
+    server = Server(explorer, args.host, port, quiet=args.quiet)
     if not is_loopback(args.host):
         print(f"warning: serving on {args.host}, reachable from other machines: anyone who can reach it can run the model")
     print(f"tl-tunedlens explorer: {server.url}  (model {explorer.model_name}, lenses: {', '.join(explorer.lenses)}; "
