@@ -116,7 +116,8 @@ class PredictionTrajectory:
     ``target_log_probs``: log-prob of the actual next token (NaN where there is none: the last
     position); ``target_ranks``: its rank (1 = top, 0 where there is none); ``entropies``;
     ``kl_to_final``: ``KL(output || layer)``; ``kl_steps``: ``KL(layer l+1 || layer l)``;
-    ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``."""
+    ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``;
+    ``target_label``: what the targets are, as figures name them (``"next token"``, or e.g. ``"chosen token"``)."""
 
     tokens: Int[Tensor, "batch pos"]
     targets: Int[Tensor, "batch pos"]
@@ -131,6 +132,7 @@ class PredictionTrajectory:
     layer_labels: list[str] = field(default_factory=list)
     lens_name: str = "lens"
     tokenizer: Any = None
+    target_label: str = "next token"
 
     def __post_init__(self) -> None:
         if len(self.kl_steps) != len(self.entropies) - 1:
