@@ -41,6 +41,8 @@ class FusedDecoder:
         self.unembed = unembed
         self.w_u, self.b_u = weights                    # [d_model d_vocab], [d_vocab]: the model's own
         low = matmul_dtype if matmul_dtype not in (None, self.w_u.dtype) else None
+        self.matmul_dtype = low or self.w_u.dtype       # of the lens products; the target's is the model's
+        self.is_exact = low is None
         if low is None:
             self.forward_w, self.forward_b, self.backward_w = self.w_u, self.b_u, self.w_u.T
         else:
@@ -88,7 +90,8 @@ class AutogradDecoder:
 
     def __init__(self, unembed: Unembed, matmul_dtype: torch.dtype | None = None):
         self.unembed = unembed
-        self.matmul_dtype = matmul_dtype
+        self.matmul_dtype = matmul_dtype or unembed.dtype
+        self.is_exact = self.matmul_dtype == unembed.dtype
         self._z: Tensor | None = None
 
     @torch.no_grad()
