@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--eval-seqs", type=int, default=4, help="eval: timed sequences (of --seq-len)")
-    parser.add_argument("--eval-chunk-tokens", type=int, default=256, help="eval: positions per logits block")
+    parser.add_argument("--eval-chunk-tokens", type=int, default=512, help="eval: positions per logits block")
     parser.add_argument("--only", choices=WORKERS, nargs="+", default=list(WORKERS))
     parser.add_argument("--force-bf16", action="store_true", help="run ours_bf16 even where bf16 matmuls are slow")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)

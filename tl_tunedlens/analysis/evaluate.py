@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from ..lens import Lens, TunedLens
 
 METRICS = ("kl", "ce", "entropy", "top1")
+#: bytes of a ``[rows, d_vocab]`` block of logits processed at once after each layer's product (fits a CPU cache)
+BLOCK_BYTES = 4 * 2**20
 
 
 def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
@@ -50,7 +52,7 @@ def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_lenses(model: "HookedTransformer", sequences: Int[Tensor, "n_seq seq_len"], *,
                     tuned: "TunedLens | None" = None, bytes_per_token: float = math.nan,
-                    max_tokens: int | None = None, chunk_tokens: int = 256, micro_batch: int | None = None,
+                    max_tokens: int | None = None, chunk_tokens: int = 512, micro_batch: int | None = None,
                     matmul_dtype: torch.dtype | None = None, progress: bool = False) -> EvalMetrics:
     """Metrics of the logit lens (and ``tuned``, if given) on ``sequences``; see the module docstring.
 
@@ -86,7 +88,7 @@ class LensEvaluator:
     logits land in one reused ``[chunk, d_vocab]`` buffer, become log-probs in place, and ``p`` and
     ``q = exp(log q)`` live in two more reused buffers. Everything is exact over the full vocabulary."""
 
-    def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 256,
+    def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 512,
                  matmul_dtype: torch.dtype | None = None):
         self.lenses, self.chunk_tokens = lenses, chunk_tokens
         self.n_layers = next(iter(lenses.values())).n_layers
@@ -100,6 +102,7 @@ class LensEvaluator:
         self.precision: dict | None = None
         self._p: Tensor | None = None
         self._q: Tensor | None = None
+        self._out: Tensor | None = None
 
     @torch.no_grad()
     def add(self, resids: Float[Tensor, "layer n d_model"], labels: Int[Tensor, " n"]) -> None:
@@ -118,30 +121,44 @@ class LensEvaluator:
                                   "checked_tokens": int(lab.shape[0]), "max_kl_error": error / lab.shape[0]}
             self.count += int(lab.shape[0])
 
-    def _buffers(self, m: int, vocab: int, device) -> tuple[Tensor, Tensor]:
-        if self._p is None or self._p.shape[0] < m:
+    def _buffers(self, m: int, vocab: int, device) -> tuple[Tensor, Tensor, Tensor]:
+        """``p`` ``[m, vocab]``, ``q`` for one row block, and ``[4, m]`` per-position results."""
+        rows = self._rows(vocab)
+        if self._p is None or self._p.shape[0] < m or self._p.shape[1] != vocab:
             self._p = torch.empty(m, vocab, dtype=torch.float32, device=device)
-            self._q = torch.empty(m, vocab, dtype=torch.float32, device=device)
-        return self._p[:m], self._q[:m]
+            self._q = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+            self._out = torch.empty(len(METRICS), m, dtype=torch.float32, device=device)
+        return self._p[:m], self._q, self._out[:, :m]
+
+    @staticmethod
+    def _rows(vocab: int) -> int:
+        """Rows of a ``[rows, vocab]`` fp32 block that stay in a CPU cache (:data:`BLOCK_BYTES`)."""
+        return max(1, BLOCK_BYTES // (4 * vocab))
 
     def _add_chunk(self, resids: Tensor, labels: Int[Tensor, "m 1"], decoder, per_layer: dict, base: Tensor) -> None:
         z = decoder.target_logits(resids[-1])
-        p, q = self._buffers(z.shape[0], z.shape[1], z.device)
+        p, q, out = self._buffers(z.shape[0], z.shape[1], z.device)
         top = z.argmax(-1)
         logp = log_softmax_(z)
         base[0] += -logp.gather(-1, labels).sum().double()
         torch.exp(logp, out=p)
         neg_entropy = torch.linalg.vecdot(p, logp)                       # sum p log p, per position
         base[1] += -neg_entropy.sum().double()
+        rows = self._rows(z.shape[1])
         for name, lens in self.lenses.items():
             for layer in range(self.n_layers):
                 z = decoder.logits(lens.transform(resids[layer], layer))
-                row = per_layer[name][layer]
-                row[3] += (z.argmax(-1) == top).sum().double()
-                lq = log_softmax_(z)
-                row[0] += (neg_entropy - torch.linalg.vecdot(p, lq)).sum().double()
-                row[1] += -lq.gather(-1, labels).sum().double()
-                row[2] += -torch.linalg.vecdot(torch.exp(lq, out=q), lq).sum().double()
+                # row blocks small enough to stay in cache: each block is read from memory once
+                for r in range(0, z.shape[0], rows):
+                    block, sl = z[r:r + rows], slice(r, r + rows)
+                    torch.eq(block.argmax(-1), top[sl], out=out[3, sl])
+                    lq = log_softmax_(block)
+                    torch.linalg.vecdot(p[sl], lq, out=out[0, sl])
+                    torch.gather(lq, -1, labels[sl], out=out[1, sl, None])
+                    torch.linalg.vecdot(torch.exp(lq, out=q[:lq.shape[0]]), lq, out=out[2, sl])
+                sums = out.sum(1, dtype=torch.float64)                  # sum p lq, sum lq[label], sum q lq, top-1 hits
+                per_layer[name][layer] += torch.stack([neg_entropy.sum(dtype=torch.float64) - sums[0], -sums[1],
+                                                       -sums[2], sums[3]])
 
     def metrics(self, model_name: str, hook_names: list[str], bytes_per_token: float) -> EvalMetrics:
         """Means over the positions seen, as the metrics dict."""

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     add_data_args(parser, default_split="heldout")
     parser.add_argument("--tokens", type=int, default=4096,
                         help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
-    parser.add_argument("--chunk-tokens", type=int, default=256, help="tokens per logits block (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
     parser.add_argument("--matmul-dtype", default="float32", choices=tuple(MATMUL_DTYPES),
                         help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
                              "scored in float32 and the largest KL difference printed (default: %(default)s)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -134,3 +135,14 @@ def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> 
     return BudgetPlan(budget_s=budget, lstsq_tokens=max(fit_tokens, seq_len if cfg.init == "lstsq" else 0),
                       steps=max(steps, 0), tokens_per_step=per_step,
                       predicted_fit_s=rates.fit_seconds(fit_tokens), predicted_step_s=step_s, rates=rates)
+
+
+def saved_plan(out_dir: str | Path) -> BudgetPlan | None:
+    """The plan recorded in ``out_dir``'s checkpoint (``None`` without one, or without a budget)."""
+    from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    info = load_checkpoint(path).get("info", {})
+    return BudgetPlan.from_info(info["budget"]) if "budget" in info else None

@@ -54,7 +54,7 @@ class TrainResult:
     layer_losses: list[float]         # per-layer mean loss (nats) of the last step
     seconds: float
     info: dict
-    step_seconds: list[float] = field(default_factory=list)  # wall time of each step run here
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step (resumed: with the earlier ones)
 
 
 @dataclass
@@ -216,6 +216,7 @@ def start(run: Run, *, progress: bool) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
         run.elapsed = float(state.get("seconds", 0.0))
+        run.step_seconds = list(state.get("step_seconds", []))
         run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
@@ -266,7 +267,7 @@ def save_run(run: Run) -> None:
     save_checkpoint(run.ckpt_path, {
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
-        "fingerprint": run.fingerprint, "seconds": run.elapsed,
+        "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
     })
 
 
@@ -279,12 +280,14 @@ def finish(run: Run, data_info: dict | None = None) -> TrainResult:
     cfg = run.cfg
     seq_len = run.fingerprint["seq_len"]
     run.info.update({
-        "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": cfg.steps, "tokens_per_step": run.step_tokens,
-        "seq_len": seq_len, "tokens_seen": cfg.steps * run.step_tokens,
+        "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": run.step, "tokens_per_step": run.step_tokens,
+        "seq_len": seq_len, "tokens_seen": run.step * run.step_tokens,
         "final_loss": run.losses[-1] if run.losses else None, "layers_trained": run.layers, "seed": cfg.seed,
-        "lr": cfg.lr, "seconds": round(run.elapsed, 2), "matmul_dtype": cfg.matmul_dtype, **(data_info or {}),
+        "lr": cfg.lr, "seconds": round(run.elapsed, 2), **(data_info or {}),
     })
-    return TrainResult(cfg.steps, cfg.steps * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
+    if run.plan is not None:
+        run.info["stopped_early"] = run.step < cfg.steps
+    return TrainResult(run.step, run.step * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
                        run.info, run.step_seconds)
 
 
