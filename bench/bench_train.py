@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-WORKERS = ("matmul", "ours", "ours_bf16", "backends", "ref")
+WORKERS = ("matmul", "ours", "ours_bf16", "backends", "ref", "eval", "eval_bf16")
 
 
 class PeakRSS:
@@ -125,6 +125,38 @@ def worker_backends(args, seqs) -> dict:
     return {f"tok_s_{b}": statistics.median(r) for b, r in rates.items()} | {"rates": rates, "fused": fused}
 
 
+def worker_eval_bf16(args, seqs) -> dict:
+    return worker_eval(args, seqs, matmul_dtype="bfloat16")
+
+
+def worker_eval(args, seqs, matmul_dtype: str = "float32") -> dict:
+    """``evaluate_lenses`` (logit + tuned lens, every layer, all metrics) on ``--eval-seqs`` sequences
+    after one untimed sequence; with bf16 products, also the largest KL difference from fp32."""
+    import torch
+
+    from tl_tunedlens import TunedLens, load_model
+    from tl_tunedlens.analysis import evaluate_lenses
+
+    model = load_model("smollm2-135m")
+    lens = TunedLens.from_model(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(0.01 * torch.randn(p.shape, generator=gen))
+    dtype = getattr(torch, matmul_dtype)
+    evaluate_lenses(model, seqs[:1], tuned=lens, chunk_tokens=args.eval_chunk_tokens, matmul_dtype=dtype)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        metrics = evaluate_lenses(model, seqs[1:1 + args.eval_seqs], tuned=lens, chunk_tokens=args.eval_chunk_tokens,
+                                  matmul_dtype=dtype)
+        seconds = time.perf_counter() - t0
+    out = {"tok_s": metrics["tokens"] / seconds, "peak_mib": mem.peak, "base_mib": mem.base,
+           "loss": sum(e["tuned"]["kl"] for e in metrics["layers"][:-1])}
+    if "precision" in metrics:
+        out["kl_error"] = metrics["precision"]["max_kl_error"]
+    return out
+
+
 def worker_ref(args, seqs) -> dict:
     import torch
     from tuned_lens.nn import TunedLens as RefTunedLens
@@ -164,6 +196,13 @@ def worker_ref(args, seqs) -> dict:
             "base_mib": mem.base, "loss": loss_total}
 
 
+def eval_flops_per_token(n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> float:
+    """FLOPs of one evaluated position: model forward (+attention), the model's own distribution once,
+    and every layer's vocabulary product for the logit lens and the tuned lens."""
+    model = 2 * n_params_blocks + n_layers * 4 * seq_len * d
+    return model + (1 + 2 * n_layers) * 2 * d * vocab + n_layers * 2 * d * d
+
+
 def flops_per_token(n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> float:
     """FLOPs of one training token: model forward (+attention), target + every layer's unembedding
     forward, input-gradient backward through the unembedding, translator forward/backward."""
@@ -182,6 +221,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2, help="backends: alternating rounds per backend")
+    parser.add_argument("--eval-seqs", type=int, default=4, help="eval: timed sequences (of --seq-len)")
+    parser.add_argument("--eval-chunk-tokens", type=int, default=512, help="eval: positions per logits block")
     parser.add_argument("--only", choices=WORKERS, nargs="+", default=list(WORKERS))
     parser.add_argument("--force-bf16", action="store_true", help="run ours_bf16 even where bf16 matmuls are slow")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
@@ -190,7 +231,8 @@ def main() -> int:
 
     torch.set_num_threads(2)
     if args.worker:
-        seqs = None if args.worker == "matmul" else _tokens(args.seq_len, (args.warmup + args.steps) * args.tokens_per_step)
+        n_tokens = max((args.warmup + args.steps) * args.tokens_per_step, (1 + args.eval_seqs) * args.seq_len)
+        seqs = None if args.worker == "matmul" else _tokens(args.seq_len, n_tokens)
         result = worker_matmul(args) if args.worker == "matmul" else globals()[f"worker_{args.worker}"](args, seqs)
         print("RESULT " + json.dumps(result))
         return 0
@@ -198,8 +240,8 @@ def main() -> int:
     results = {}
     for name in args.only:
         slow_bf16 = "matmul" in results and results["matmul"]["gflops_bf16"] < results["matmul"]["gflops"]
-        if name == "ours_bf16" and slow_bf16 and not args.force_bf16:
-            print("ours_bf16: skipped, bf16 matmuls are slower than fp32 on this CPU (no bf16 instructions); "
+        if name in ("ours_bf16", "eval_bf16") and slow_bf16 and not args.force_bf16:
+            print(f"{name}: skipped, bf16 matmuls are slower than fp32 on this CPU (no bf16 instructions); "
                   "--force-bf16 runs it anyway", file=sys.stderr)
             continue
         cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:]
@@ -222,17 +264,25 @@ def main() -> int:
         print(f"matmul rate (512x576 @ 576x49152): fp32 {m['gflops']:.1f} GFLOP/s, bf16 {m['gflops_bf16']:.1f} GFLOP/s; "
               f"{fpt / 1e9:.2f} GFLOP per training token -> FLOP bound {bounds['fp32']:.1f} tokens/s (fp32), "
               f"{bounds['bf16']:.1f} tokens/s (bf16; vocabulary matmuls only are bf16, so this bound is optimistic)")
-    labels = {"ours": ("ours", "fp32"), "ours_bf16": ("ours", "bf16 matmul"), "ref": ("reference", "fp32")}
+    efpt = eval_flops_per_token(seq_len=args.seq_len)
+    if "matmul" in results:
+        m = results["matmul"]
+        print(f"evaluation: {efpt / 1e9:.2f} GFLOP per position (logit + tuned lens, every layer) -> FLOP bound "
+              f"{m['gflops'] * 1e9 / efpt:.1f} positions/s (fp32)")
+    labels = {"ours": ("ours", "fp32"), "ours_bf16": ("ours", "bf16 matmul"), "ref": ("reference", "fp32"),
+              "eval": ("ours eval", "fp32"), "eval_bf16": ("ours eval", "bf16 matmul")}
     print(f"{'impl':12} {'precision':11} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} "
           f"{'of FLOP bound':>14} {'last loss':>10}")
-    for name in ("ours", "ours_bf16", "ref"):
+    for name in ("ours", "ours_bf16", "ref", "eval", "eval_bf16"):
         if name in results:
             r = results[name]
-            bound = bounds.get("bf16" if name == "ours_bf16" else "fp32")
+            bound = bounds.get("bf16" if name.endswith("_bf16") else "fp32")
+            if bound and name.startswith("eval"):
+                bound *= fpt / efpt
             frac = f"{r['tok_s'] / bound:.2f}" if bound else "-"
             impl, prec = labels[name]
             print(f"{impl:12} {prec:11} {r['tok_s']:>9.2f} {r['peak_mib']:>13.0f} {r['peak_mib'] - r['base_mib']:>14.0f} "
-                  f"{frac:>14} {r['loss']:>10.3f}")
+                  f"{frac:>14} {r['loss']:>10.3f}" + (f"  (KL within {r['kl_error']:.2g} nats of fp32)" if "kl_error" in r else ""))
     if "backends" in results:
         b = results["backends"]
         for backend in ("hooked", "bridge"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tl_tunedlens import LensError
-from tl_tunedlens.data import (Document, bits_per_byte, load_documents, load_tokens, split_documents,
-                               tokenize)
+from tl_tunedlens.data import (Document, bits_per_byte, load_documents, load_tokens, sample_tokens,
+                               split_documents, tokenize)
 
 
 class CharTokenizer:
@@ -130,3 +130,46 @@ def test_load_tokens_train_and_heldout_disjoint(folder):
 def test_bits_per_byte():
     assert bits_per_byte(math.log(2), 1.0) == pytest.approx(1.0)
     assert bits_per_byte(2 * math.log(2), 4.0) == pytest.approx(0.5)
+
+
+def test_spread_sample_covers_every_document_in_proportion(tmp_path):
+    tok = CharTokenizer()
+    lines = lambda n, tag: "".join(f"{tag} line {i:03d}\n" for i in range(n))  # 14 characters a line
+    docs = [Document("long", lines(400, "L")), Document("mid", lines(200, "M")), Document("short", lines(100, "S"))]
+    data = sample_tokens(docs, tok, seq_len=32, max_tokens=32 * 28, seed=0)
+    assert data.sequences.shape == (28, 32)
+    counts = data.sequences_per_document()
+    for name, share in (("long", 16), ("mid", 8), ("short", 4)):    # 4 : 2 : 1, as the documents' lengths
+        assert abs(counts[name] - share) <= 1, counts
+    assert set(counts) == set(data.documents) and len(data.origins) == 28
+    first = data.origins[:7]
+    assert {"long", "mid", "short"} <= set(first)                  # spread from the start, not document by document
+    by_name = {d.name: tok(d.text)["input_ids"] for d in docs}
+    for row, origin in zip(data.sequences.tolist(), data.origins):   # every sequence is a window of its document
+        ids = by_name[origin]
+        assert any(ids[i:i + 32] == row for i in range(len(ids) - 31))
+    again = sample_tokens(docs, tok, seq_len=32, max_tokens=32 * 28, seed=0)
+    assert torch.equal(again.sequences, data.sequences)
+    other = sample_tokens(docs, tok, seq_len=32, max_tokens=32 * 28, seed=1)
+    assert not torch.equal(other.sequences, data.sequences)
+    assert data.bytes_per_token == pytest.approx(1.0)
+
+
+def test_spread_sample_joins_short_documents_with_eos():
+    tok = CharTokenizer()
+    docs = [Document(f"d{i}", "abcdefgh") for i in range(12)]        # 8 tokens each, shorter than a sequence
+    data = sample_tokens(docs, tok, seq_len=20, max_tokens=60)
+    assert data.sequences.shape == (3, 20)
+    assert (data.sequences == 0).sum() == 3 * 2                       # two EOS joins in each sequence
+    with pytest.raises(LensError, match="fewer than one sequence of 200"):
+        sample_tokens(docs, tok, seq_len=200, max_tokens=400)
+
+
+def test_load_tokens_sample_modes(folder):
+    tok = CharTokenizer()
+    first = load_tokens(folder, tok, 16, split="all", max_tokens=64, sample="first")
+    spread = load_tokens(folder, tok, 16, split="all", max_tokens=64)
+    assert first.documents == ["doc00.txt"] and len(set(spread.origins)) == 4 <= len(spread.documents)
+    assert first.split["sample"] == "first" and spread.split["sample"] == "spread"
+    with pytest.raises(LensError, match="unknown sample"):
+        load_tokens(folder, tok, 16, max_tokens=64, sample="random")

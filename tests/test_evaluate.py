@@ -30,12 +30,14 @@ def _by_hand(model, lens, seqs):
     logits, cache = model.run_with_cache(seqs)
     final = logits[:, :-1].log_softmax(-1)
     labels = seqs[:, 1:]
+    cap = model.cfg.output_logits_soft_cap
     out = {}
     for name, transform in [("logit", lambda h, i: h), ("tuned", lambda h, i: h + lens.translators[i](h))]:
         rows = []
         for i in range(2):
             h = cache[lens.hook_names[i]][:, :-1]
-            lq = model.unembed(model.ln_final(transform(h, i))).log_softmax(-1)
+            z = model.unembed(model.ln_final(transform(h, i)))
+            lq = (cap * torch.tanh(z / cap) if cap > 0 else z).log_softmax(-1)
             rows.append({
                 "kl": float((final.exp() * (final - lq)).sum(-1).mean()),
                 "ce": float(-lq.gather(-1, labels[..., None]).mean()),
@@ -47,8 +49,23 @@ def _by_hand(model, lens, seqs):
     return out, base
 
 
-def test_numbers_equal_hand_computation(setup):
-    model, lens, seqs = setup
+@pytest.fixture(scope="module")
+def softcapped(setup):
+    """The same lens weights on a soft-capped RMSNorm model: evaluation takes the autograd decoder."""
+    model = make_tiny_model("RMS", n_layers=2, d_model=16, d_vocab=37, output_logits_soft_cap=3.0)
+    lens = TunedLens.from_model(model)
+    lens.load_state_dict(setup[1].state_dict())
+    assert lens.unembed.softcapped and not lens.unembed.fusable
+    return model, lens, setup[2]
+
+
+@pytest.mark.parametrize("which", ["setup", "softcapped", "row-blocks"])
+def test_numbers_equal_hand_computation(which, request, monkeypatch):
+    if which == "row-blocks":  # logits processed 2 rows at a time after each product
+        import tl_tunedlens.analysis.evaluate as evaluate_module
+
+        monkeypatch.setattr(evaluate_module, "BLOCK_BYTES", 4 * 37 * 2)
+    model, lens, seqs = request.getfixturevalue("softcapped" if which == "softcapped" else "setup")
     metrics = evaluate_lenses(model, seqs, tuned=lens, bytes_per_token=2.0, chunk_tokens=5, micro_batch=2)
     hand, base = _by_hand(model, lens, seqs)
     assert metrics["tokens"] == 3 * 8
@@ -61,6 +78,20 @@ def test_numbers_equal_hand_computation(setup):
             bpb = metrics["layers"][i][name]["bits_per_byte"]
             assert bpb["kl"] == pytest.approx(hand[name][i]["kl"] / 2.0 / math.log(2), rel=1e-4, abs=1e-6)
             assert set(bpb) == {"kl", "ce", "entropy"}
+
+
+def test_bf16_products_report_their_measured_kl_error(setup):
+    model, lens, seqs = setup
+    exact = evaluate_lenses(model, seqs, tuned=lens, chunk_tokens=8)
+    low = evaluate_lenses(model, seqs, tuned=lens, chunk_tokens=8, matmul_dtype=torch.bfloat16)
+    assert "precision" not in exact and low["tokens"] == exact["tokens"]
+    check = low["precision"]
+    assert check["matmul_dtype"] == "bfloat16" and check["checked_tokens"] == 8
+    assert 0 < check["max_kl_error"] < 0.05
+    # the error reported is the first chunk's; over all chunks it is of the same size
+    whole = max(abs(low["layers"][i][n]["kl"] - exact["layers"][i][n]["kl"]) for i in range(2) for n in ("logit", "tuned"))
+    assert 0 < whole < 5 * check["max_kl_error"]
+    assert (low["baseline"]["ce"], low["baseline"]["entropy"]) == (exact["baseline"]["ce"], exact["baseline"]["entropy"])
 
 
 def test_schema_final_layer_and_logit_only(setup):

@@ -1,17 +1,18 @@
 """Analysis: what lenses say and how good they are.
 
-- :mod:`.evaluate`: per-layer metrics of the logit and a tuned lens on held-out tokens (:func:`evaluate_lenses`);
+- :mod:`.evaluate`: per-layer metrics of the logit and a tuned lens on held-out tokens (:func:`evaluate_lenses`, :class:`LensEvaluator`);
 - :mod:`.metrics`: the shape of the metrics JSON and the summaries read from it (:func:`mean_kl`);
 - :mod:`.trajectory`: prediction trajectories (layers x positions) and comparisons between lenses;
 - :mod:`.stats`: entropy, KL, JS, total variation and ranks of distributions given as log-probs;
 - :mod:`.tables`: plain-text tables for the terminal.
 
-May import: :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`, :mod:`tl_tunedlens.data`, :mod:`tl_tunedlens.errors`.
+May import: :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`, :mod:`tl_tunedlens.data`, :mod:`tl_tunedlens.errors`,
+and the fused vocabulary products of :mod:`tl_tunedlens.training` (evaluation shares them with training).
 """
 
-from .evaluate import evaluate_lenses
+from .evaluate import LensEvaluator, evaluate_lenses
 from .metrics import EvalMetrics, mean_kl
 from .trajectory import PredictionTrajectory, TrajectoryComparison, compare, compare_lenses, trajectory_pair
 
-__all__ = ["evaluate_lenses", "EvalMetrics", "mean_kl", "PredictionTrajectory", "TrajectoryComparison",
+__all__ = ["evaluate_lenses", "LensEvaluator", "EvalMetrics", "mean_kl", "PredictionTrajectory", "TrajectoryComparison",
            "compare", "compare_lenses", "trajectory_pair"]

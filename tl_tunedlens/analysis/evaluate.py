@@ -10,6 +10,11 @@ For every lens layer ``0..n_layers`` and every position that has a next token:
 plus the model's own CE and entropy (``baseline``). Each nat value also appears in bits per byte
 (``nats / bytes_per_token / ln 2``). At layer ``n_layers`` both lenses are the model itself
 (``kl = 0``, ``top1 = 1``). Positions are taken in order (first sequences first): deterministic.
+
+Speed: :class:`LensEvaluator` runs the fused vocabulary products of training
+(:mod:`tl_tunedlens.training.decoder`) with the model's distribution computed once per chunk and
+shared by both lenses, and reused buffers, so evaluation runs near the FLOP bound like training
+(``make bench``). Optional lower-precision (bf16) lens products report their measured KL error.
 """
 
 from __future__ import annotations
@@ -25,14 +30,19 @@ from ..core.backend import capture_residuals, flatten_tokens
 from ..data.tokens import bits_per_byte
 from ..errors import LensError
 from ..lens import LogitLens
+from ..training.decoder import make_decoder
+from ..training.loss import log_softmax_
 from .metrics import EvalMetrics
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
-    from ..lens import TunedLens
+if TYPE_CHECKING:
+    from ..core.unembed import Unembed
+    from ..lens import Lens, TunedLens
 
 METRICS = ("kl", "ce", "entropy", "top1")
+#: bytes of a ``[rows, d_vocab]`` block of logits processed at once after each layer's product (fits a CPU cache)
+BLOCK_BYTES = 4 * 2**20
 
 
 def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
@@ -40,13 +50,16 @@ def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_lenses(model: "HookedTransformer", sequences: Int[Tensor, "n_seq seq_len"], *,
+def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
                     tuned: "TunedLens | None" = None, bytes_per_token: float = math.nan,
                     max_tokens: int | None = None, chunk_tokens: int = 512, micro_batch: int | None = None,
-                    progress: bool = False) -> EvalMetrics:
+                    matmul_dtype: torch.dtype | None = None, progress: bool = False) -> EvalMetrics:
     """Metrics of the logit lens (and ``tuned``, if given) on ``sequences``; see the module docstring.
 
     ``max_tokens``: evaluate only the first ``ceil(max_tokens / (seq_len - 1))`` sequences.
+    ``matmul_dtype``: e.g. ``torch.bfloat16`` for the lenses' vocabulary products (the model's own
+    distribution stays in its precision); then the first chunk is also scored in the model's precision
+    and the largest per-layer KL difference is reported under ``"precision"``.
     Returns the metrics dict (JSON-ready, nats, plus ``bits_per_byte`` entries; see :mod:`.metrics`)."""
     from tqdm.auto import tqdm
 
@@ -59,44 +72,93 @@ def evaluate_lenses(model: "HookedTransformer", sequences: Int[Tensor, "n_seq se
     per_seq = sequences.shape[1] - 1
     n_seq = len(sequences) if max_tokens is None else max(1, min(len(sequences), -(-int(max_tokens) // per_seq)))
     micro = micro_batch or max(1, chunk_tokens // sequences.shape[1])
-    sums = _Sums(lenses, logit.n_layers, logit.unembed.device)
+    evaluator = LensEvaluator(lenses, logit.unembed, chunk_tokens=chunk_tokens, matmul_dtype=matmul_dtype)
     for start in tqdm(range(0, n_seq, micro), desc="eval", disable=not progress, leave=False):
         batch = sequences[start:min(start + micro, n_seq)]
         resids = flatten_tokens(capture_residuals(model, batch, logit.hook_names)[:, :, :-1])
-        labels = batch[:, 1:].flatten().to(resids.device)
-        for c in range(0, resids.shape[1], chunk_tokens):
-            sums.add(resids[:, c:c + chunk_tokens], labels[c:c + chunk_tokens, None])
-    return sums.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token)
+        evaluator.add(resids, batch[:, 1:].flatten())
+    return evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token)
 
 
-class _Sums:
-    """Running metric sums (fp64) of each lens per layer, and of the model itself."""
+class LensEvaluator:
+    """Running metric sums (fp64) of each lens per layer, and of the model itself, fed residuals.
 
-    def __init__(self, lenses: dict, n_layers: int, device: torch.device):
-        self.lenses, self.n_layers = lenses, n_layers
-        self.per_layer = {name: torch.zeros(n_layers, len(METRICS), dtype=torch.float64, device=device)
+    The fused path of training (:mod:`tl_tunedlens.training.decoder`): per chunk of positions the
+    model's distribution ``p`` is computed once and shared by every lens and layer; each layer's
+    logits land in one reused ``[chunk, d_vocab]`` buffer, become log-probs in place, and ``p`` and
+    ``q = exp(log q)`` live in two more reused buffers. Everything is exact over the full vocabulary."""
+
+    def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 512,
+                 matmul_dtype: torch.dtype | None = None):
+        self.lenses, self.chunk_tokens = lenses, chunk_tokens
+        self.n_layers = next(iter(lenses.values())).n_layers
+        self.decoder = make_decoder(unembed, matmul_dtype)
+        self.exact = None if self.decoder.is_exact else make_decoder(unembed)  # to measure the error
+        device = unembed.device
+        self.per_layer = {name: torch.zeros(self.n_layers, len(METRICS), dtype=torch.float64, device=device)
                           for name in lenses}
         self.base = torch.zeros(2, dtype=torch.float64, device=device)  # the model's CE and entropy
         self.count = 0
+        self.precision: dict | None = None
+        self._p: Tensor | None = None
+        self._q: Tensor | None = None
+        self._out: Tensor | None = None
 
-    def add(self, resids: Float[Tensor, "layer m d_model"], labels: Int[Tensor, "m 1"]) -> None:
-        """One chunk of ``m`` positions: residuals of every lens layer and the next tokens."""
-        final = self.lenses["logit"]
-        logp = final.log_probs(resids[-1], self.n_layers)
-        p = logp.exp()
-        top = logp.argmax(-1)
-        self.base[0] += -logp.gather(-1, labels).sum().double()
-        self.base[1] += -torch.linalg.vecdot(p, logp).sum().double()
-        self.count += labels.shape[0]
+    @torch.no_grad()
+    def add(self, resids: Float[Tensor, "layer n d_model"], labels: Int[Tensor, " n"]) -> None:
+        """``n`` positions: the residual of every lens layer and the next token of each."""
+        labels = labels.to(resids.device)
+        for c in range(0, resids.shape[1], self.chunk_tokens):
+            chunk, lab = resids[:, c:c + self.chunk_tokens], labels[c:c + self.chunk_tokens, None]
+            exact = None
+            if self.exact is not None and self.count == 0:  # the first chunk, also in the model's precision
+                exact = {name: torch.zeros_like(t) for name, t in self.per_layer.items()}
+                self._add_chunk(chunk, lab, self.exact, exact, torch.zeros_like(self.base))
+            self._add_chunk(chunk, lab, self.decoder, self.per_layer, self.base)
+            if exact is not None:
+                error = max(float((self.per_layer[n][:, 0] - exact[n][:, 0]).abs().max()) for n in exact)
+                self.precision = {"matmul_dtype": str(self.decoder.matmul_dtype).removeprefix("torch."),
+                                  "checked_tokens": int(lab.shape[0]), "max_kl_error": error / lab.shape[0]}
+            self.count += int(lab.shape[0])
+
+    def _buffers(self, m: int, vocab: int, device) -> tuple[Tensor, Tensor, Tensor]:
+        """``p`` ``[m, vocab]``, ``q`` for one row block, and ``[4, m]`` per-position results."""
+        rows = self._rows(vocab)
+        if self._p is None or self._p.shape[0] < m or self._p.shape[1] != vocab:
+            self._p = torch.empty(m, vocab, dtype=torch.float32, device=device)
+            self._q = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+            self._out = torch.empty(len(METRICS), m, dtype=torch.float32, device=device)
+        return self._p[:m], self._q, self._out[:, :m]
+
+    @staticmethod
+    def _rows(vocab: int) -> int:
+        """Rows of a ``[rows, vocab]`` fp32 block that stay in a CPU cache (:data:`BLOCK_BYTES`)."""
+        return max(1, BLOCK_BYTES // (4 * vocab))
+
+    def _add_chunk(self, resids: Tensor, labels: Int[Tensor, "m 1"], decoder, per_layer: dict, base: Tensor) -> None:
+        z = decoder.target_logits(resids[-1])
+        p, q, out = self._buffers(z.shape[0], z.shape[1], z.device)
+        top = z.argmax(-1)
+        logp = log_softmax_(z)
+        base[0] += -logp.gather(-1, labels).sum().double()
+        torch.exp(logp, out=p)
+        neg_entropy = torch.linalg.vecdot(p, logp)                       # sum p log p, per position
+        base[1] += -neg_entropy.sum().double()
+        rows = self._rows(z.shape[1])
         for name, lens in self.lenses.items():
             for layer in range(self.n_layers):
-                lq = lens.log_probs(resids[layer], layer)
-                row = self.per_layer[name][layer]
-                row[0] += torch.linalg.vecdot(p, logp - lq).sum().double()
-                row[1] += -lq.gather(-1, labels).sum().double()
-                row[2] += -torch.linalg.vecdot(lq.exp(), lq).sum().double()
-                row[3] += (lq.argmax(-1) == top).sum().double()
-                del lq
+                z = decoder.logits(lens.transform(resids[layer], layer))
+                # row blocks small enough to stay in cache: each block is read from memory once
+                for r in range(0, z.shape[0], rows):
+                    block, sl = z[r:r + rows], slice(r, r + rows)
+                    torch.eq(block.argmax(-1), top[sl], out=out[3, sl])
+                    lq = log_softmax_(block)
+                    torch.linalg.vecdot(p[sl], lq, out=out[0, sl])
+                    torch.gather(lq, -1, labels[sl], out=out[1, sl, None])
+                    torch.linalg.vecdot(torch.exp(lq, out=q[:lq.shape[0]]), lq, out=out[2, sl])
+                sums = out.sum(1, dtype=torch.float64)                  # sum p lq, sum lq[label], sum q lq, top-1 hits
+                per_layer[name][layer] += torch.stack([neg_entropy.sum(dtype=torch.float64) - sums[0], -sums[1],
+                                                       -sums[2], sums[3]])
 
     def metrics(self, model_name: str, hook_names: list[str], bytes_per_token: float) -> EvalMetrics:
         """Means over the positions seen, as the metrics dict."""
@@ -113,5 +175,8 @@ class _Sums:
                 values["bits_per_byte"] = _bpb(values, bytes_per_token)
                 entry[name] = values
             layers.append(entry)
-        return {"model": model_name, "tokens": int(self.count), "bytes_per_token": float(bytes_per_token),
-                "baseline": {**baseline, "bits_per_byte": _bpb(baseline, bytes_per_token)}, "layers": layers}
+        out = {"model": model_name, "tokens": int(self.count), "bytes_per_token": float(bytes_per_token),
+               "baseline": {**baseline, "bits_per_byte": _bpb(baseline, bytes_per_token)}, "layers": layers}
+        if self.precision is not None:
+            out["precision"] = self.precision
+        return out

@@ -36,9 +36,10 @@ from ..viz.plots import compare_heatmaps
 from ..viz.report import report_html
 from .figures import logit_difference_figure, visible_token
 
+from ..core.backend import Model
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-    from transformer_lens import HookedTransformer
 
     from ..lens import Lens
 
@@ -172,7 +173,7 @@ class Explorer:
     ``lenses`` maps a display name to a tuned lens of ``model`` (checked here). The logit lens is
     always shown first. ``cache_size`` analyses are kept."""
 
-    def __init__(self, model: "HookedTransformer", lenses: Mapping[str, "Lens"] | None = None, *,
+    def __init__(self, model: Model, lenses: Mapping[str, "Lens"] | None = None, *,
                  limits: Limits | None = None, cache_size: int = 8):
         if getattr(model, "tokenizer", None) is None:
             raise LensError("the explorer needs a model with a tokenizer (the page sends text)")

@@ -17,7 +17,12 @@ from ..models import DTYPES
 from ..training.config import PRESETS, TrainConfig
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..data import TokenData
+    from ..lens import TunedLens
+    from ..training import TrainResult
+    from ..training.budget import BudgetPlan
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
@@ -116,3 +121,36 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
     return TrainConfig.preset(args.preset, **given)
+
+
+def budget_plan(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int,
+                resume_from: "Path | None" = None) -> "BudgetPlan | None":
+    """With ``--time-budget``: the plan (the checkpoint's when resuming, else a measured warm-up, printed)."""
+    from ..training.budget import saved_plan
+    from ..training.trainer import plan_run
+
+    if config.time_budget is None:
+        return None
+    if resume_from is not None and (plan := saved_plan(resume_from)) is not None:
+        return plan
+    plan = plan_run(model, lens, config, seq_len)
+    print(f"plan for {config.time_budget:g} s (from a {plan.rates.warmup_s:.1f} s warm-up): least-squares start on "
+          f"{plan.lstsq_tokens} tokens (~{plan.predicted_fit_s:.0f} s), then {plan.steps} KL steps x "
+          f"{plan.tokens_per_step} tokens (~{plan.predicted_step_s:.0f} s each)")
+    return plan
+
+
+def training_summary(result: "TrainResult") -> str:
+    """One line: what the fit did and how long it took (and, with a budget, whether it stopped early)."""
+    info = result.info
+    parts = []
+    if info.get("lstsq_tokens"):
+        parts.append(f"least-squares start on {info['lstsq_tokens']} tokens ({info.get('lstsq_seconds', 0):.0f} s)")
+    if result.losses:
+        parts.append(f"{len(result.losses)} KL steps x {info['tokens_per_step']} tokens ({info['optimizer']}), "
+                     f"final loss {result.losses[-1]:.4f} nats (sum over layers)")
+    if "budget" in info:
+        parts.append(f"time budget {info['budget']['budget_s']:g} s" +
+                     (f", stopped after {len(result.losses)} of {info['budget']['steps']} planned steps"
+                      if info.get("stopped_early") else ""))
+    return f"fit in {result.seconds:.1f} s: " + "; ".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..training.config import MATMUL_DTYPES
 from .common import add_data_args, add_model_args, add_progress_arg, load_data_from_args, load_model_from_args
 
 
@@ -21,6 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tokens", type=int, default=4096,
                         help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
+    parser.add_argument("--matmul-dtype", default="float32", choices=tuple(MATMUL_DTYPES),
+                        help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
+                             "scored in float32 and the largest KL difference printed (default: %(default)s)")
     parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
     add_progress_arg(parser)
     parser.set_defaults(func=run)
@@ -46,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     tuned = TunedLens.load(args.lens, model) if args.lens else None
     data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
     metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
-                              max_tokens=args.tokens, chunk_tokens=args.chunk_tokens, progress=not args.no_progress)
+                              max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
+                              matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress)
     print(metrics_table(metrics))
+    if "precision" in metrics:
+        check = metrics["precision"]
+        print(f"{check['matmul_dtype']} lens products: KL within {check['max_kl_error']:.2g} nats of float32 "
+              f"(largest per-layer difference, measured on the first {check['checked_tokens']} positions)")
     if args.out:
         write_json_atomic(args.out, metrics)
         print(f"metrics written to {args.out}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_data_args, add_model_args, add_progress_arg, add_train_config_args, load_data_from_args,
-                     load_model_from_args, train_config_from_args)
+from .common import (add_data_args, add_model_args, add_progress_arg, add_train_config_args, budget_plan,
+                     load_data_from_args, load_model_from_args, train_config_from_args, training_summary)
 
 
 def register(subparsers) -> None:
@@ -41,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)
     config.check(args.seq_len)
     model = load_model_from_args(args)
-    data = load_data_from_args(args, model, args.max_tokens or config.token_budget(args.seq_len))
+    lens = TunedLens.from_model(model)
+    plan = budget_plan(model, lens, config, args.seq_len, out if args.resume else None)
+    planned = plan.apply(config) if plan is not None else config
+    data = load_data_from_args(args, model, args.max_tokens or planned.token_budget(args.seq_len))
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
           f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents")
-    lens = TunedLens.from_model(model)
     result = train_lens(model, lens, data.sequences, config, out_dir=out, resume=args.resume,
-                        progress=not args.no_progress, data_info=data.info())
+                        progress=not args.no_progress, data_info=data.info(), plan=plan)
     lens.save(out, training=result.info)
-    print(f"trained {result.steps} steps, {result.tokens_seen} tokens, final loss {result.losses[-1]:.4f} nats "
-          f"(sum over layers), {result.seconds:.1f} s; lens saved to {out}")
+    print(f"{training_summary(result)}; lens saved to {out}")
     return 0

@@ -65,9 +65,14 @@ class TrainConfig:
         "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
     ridge: float = field(default=1e-4, metadata=_option("relative ridge strength of the least-squares start", min=0.0))
     layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
-    matmul_dtype: str = field(default="float32", metadata=_option(
-        "precision of the lens's vocabulary matmuls (the softmax, loss and translators stay fp32); bfloat16 is "
-        "faster only on hardware with bf16 instructions", choices=tuple(MATMUL_DTYPES), label="matmul dtype"))
+    time_budget: float | None = field(default=None, metadata=_option(
+        "seconds for the whole fit: plans the least-squares sample and the KL steps from a short measured "
+        "warm-up (they replace --lstsq-tokens and --steps), stops cleanly before the budget runs out "
+        "(with a checkpoint), and records the plan with the lens", positive=True, unit="s"))
+    matmul_dtype: str = field(default="auto", metadata=_option(
+        "precision of the lens's vocabulary matmuls (the softmax, loss and translators stay fp32); auto: bfloat16 "
+        "where a measured product runs at least 1.25x faster than float32 (hardware with bf16 instructions), "
+        "else the model's precision", choices=("auto", *MATMUL_DTYPES), label="matmul dtype"))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,9 +115,6 @@ class TrainConfig:
         """Tokens a run reads without reusing a sequence: the least-squares sample, then every step's."""
         return (self.lstsq_sequences(seq_len) + self.steps * self.sequences_per_step(seq_len)) * seq_len
 
-    @property
-    def torch_matmul_dtype(self) -> torch.dtype:
-        return MATMUL_DTYPES[self.matmul_dtype]
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -123,7 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _check_field(name: str, value: Any, rules: Any) -> None:
-    if value is None and name in ("lr", "clip", "micro_batch", "layers"):
+    if value is None and name in ("lr", "clip", "micro_batch", "layers", "time_budget"):
         return
     label = rules.get("label", name.replace("_", " "))
     if "choices" in rules:

@@ -24,11 +24,20 @@ the target always uses the model's precision, and logits come back as fp32 eithe
 
 from __future__ import annotations
 
+import time
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..core.unembed import Unembed
+from .config import MATMUL_DTYPES
+
+#: "auto" considers bf16 only for unembeddings at least this large (d_model x d_vocab); smaller
+#: products are too quick to time and gain nothing, so they keep the model's precision
+AUTO_MIN_WEIGHTS = 1 << 22
+#: "auto" picks bf16 when its measured product is at least this many times faster
+AUTO_MIN_SPEEDUP = 1.25
 
 
 class FusedDecoder:
@@ -41,6 +50,8 @@ class FusedDecoder:
         self.unembed = unembed
         self.w_u, self.b_u = weights                    # [d_model d_vocab], [d_vocab]: the model's own
         low = matmul_dtype if matmul_dtype not in (None, self.w_u.dtype) else None
+        self.matmul_dtype = low or self.w_u.dtype       # of the lens products; the target's is the model's
+        self.is_exact = low is None
         if low is None:
             self.forward_w, self.forward_b, self.backward_w = self.w_u, self.b_u, self.w_u.T
         else:
@@ -88,7 +99,8 @@ class AutogradDecoder:
 
     def __init__(self, unembed: Unembed, matmul_dtype: torch.dtype | None = None):
         self.unembed = unembed
-        self.matmul_dtype = matmul_dtype
+        self.matmul_dtype = matmul_dtype or unembed.dtype
+        self.is_exact = self.matmul_dtype == unembed.dtype
         self._z: Tensor | None = None
 
     @torch.no_grad()
@@ -112,3 +124,39 @@ def make_decoder(unembed: Unembed, matmul_dtype: torch.dtype | None = None) -> D
     if matmul_dtype == unembed.dtype:
         matmul_dtype = None
     return (FusedDecoder if unembed.fusable else AutogradDecoder)(unembed, matmul_dtype)
+
+
+def _timed_product(x: Tensor, w: Tensor, reps: int = 3) -> float:
+    """Best wall time of ``x @ w`` over ``reps`` runs (synchronised on CUDA)."""
+    best = float("inf")
+    for _ in range(reps):
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        torch.mm(x, w)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def resolve_matmul_dtype(unembed: Unembed, requested: str, rows: int = 512) -> tuple[torch.dtype, str]:
+    """The dtype of the lens's vocabulary products for ``requested`` (a key of ``MATMUL_DTYPES`` or
+    ``"auto"``), and why. ``"auto"`` times a ``[rows, d_model] x [d_model, d_vocab]`` product in the
+    model's precision and in bf16 on this device and takes bf16 only when it is at least
+    :data:`AUTO_MIN_SPEEDUP` times faster (a CPU without bf16 instructions runs it several times slower)."""
+    if requested != "auto":
+        return MATMUL_DTYPES[requested], "requested"
+    weights = unembed.linear_weights()
+    if weights is None or unembed.dtype != torch.float32 or weights[0].numel() < AUTO_MIN_WEIGHTS:
+        return unembed.dtype, "auto: the model's precision (bf16 not considered for this unembedding)"
+    w = weights[0]
+    x = torch.randn(rows, w.shape[0], device=w.device, generator=None)
+    fp32 = _timed_product(x, w)
+    low = w.to(torch.bfloat16)
+    bf16 = _timed_product(x.to(torch.bfloat16), low)
+    del low
+    speedup = fp32 / bf16
+    choice = torch.bfloat16 if speedup >= AUTO_MIN_SPEEDUP else torch.float32
+    return choice, f"auto: bf16 product {speedup:.2f}x the speed of float32 on {w.device.type}"

@@ -13,6 +13,7 @@ systems. Ridge strength is relative: ``lambda = ridge * trace(Cov x) / d_model``
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,9 +24,9 @@ from torch import Tensor
 from ..core.backend import capture_residuals, flatten_tokens
 from ..errors import LensError
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import TunedLens
 
 DEFAULT_RIDGE = 1e-4
@@ -110,27 +111,34 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
 
 
 @torch.no_grad()
-def collect_stats(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
-                  layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False, centre: bool = True) -> RidgeStats:
-    """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`."""
+def collect_stats(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
+                  layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False, centre: bool = True,
+                  deadline: float | None = None) -> RidgeStats:
+    """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`; with ``deadline``
+    (a ``time.perf_counter()`` value) it stops before a micro-batch that would end past it (after one at least)."""
     from tqdm.auto import tqdm
 
     layers = list(range(lens.n_layers)) if layers is None else list(layers)
     stats = RidgeStats(layers, lens.d_model, centre=centre)
     names = [lens.hook_names[i] for i in layers] + [lens.hook_names[-1]]
     batches = range(0, len(sequences), max(1, micro_batch))
-    for start in tqdm(batches, desc="lstsq stats", disable=not progress, leave=False):
+    t0 = time.perf_counter()
+    for k, start in enumerate(tqdm(batches, desc="lstsq stats", disable=not progress, leave=False)):
+        if deadline is not None and k and time.perf_counter() + (time.perf_counter() - t0) / k > deadline:
+            break
         resids = flatten_tokens(capture_residuals(model, sequences[start:start + micro_batch], names))
         stats.update(resids[:-1], resids[-1])
     return stats
 
 
 @torch.no_grad()
-def lstsq_init_(lens: "TunedLens", model: "HookedTransformer", sequences: Int[Tensor, "n_seq seq_len"], *,
-                ridge: float = DEFAULT_RIDGE, layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False) -> dict:
-    """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict."""
+def lstsq_init_(lens: "TunedLens", model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
+                ridge: float = DEFAULT_RIDGE, layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False,
+                deadline: float | None = None) -> dict:
+    """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict.
+    ``deadline``: see :func:`collect_stats` (the tokens actually used are in the summary)."""
     stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress,
-                          centre=lens.bias)
+                          centre=lens.bias, deadline=deadline)
     set_translators_(lens, stats.layers, solve_ridge(stats, ridge, bias=lens.bias))
     return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}
 

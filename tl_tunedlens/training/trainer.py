@@ -13,6 +13,8 @@
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
 ``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight
 stops training with an error naming the layer and step (the last checkpoint stays intact).
+With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
+before a step that would end past the budget.
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ from torch import Tensor
 from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ..core.backend import capture_residuals, flatten_tokens
 from ..errors import LensError
-from .config import TrainConfig
-from .decoder import Decoder, make_decoder
+from .budget import BudgetPlan, measure_rates, plan_budget
+from .config import MATMUL_DTYPES, TrainConfig
+from .decoder import Decoder, make_decoder, resolve_matmul_dtype
 from .loss import accumulate_lens_grads, diverged
 from .lstsq import lstsq_init_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import TunedLens
 
 
@@ -51,14 +54,14 @@ class TrainResult:
     layer_losses: list[float]         # per-layer mean loss (nats) of the last step
     seconds: float
     info: dict
-    step_seconds: list[float] = field(default_factory=list)  # wall time of each step run here
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step (resumed: with the earlier ones)
 
 
 @dataclass
 class Run:
     """One training run's state between its steps."""
 
-    model: "HookedTransformer"
+    model: Model
     lens: "TunedLens"
     sequences: Int[Tensor, "n_seq seq_len"]
     cfg: TrainConfig
@@ -73,6 +76,9 @@ class Run:
     step_tokens: int                  # scored positions per step
     fingerprint: dict[str, Any]       # what a resume must match
     ckpt_path: Path | None
+    resume_state: dict | None = None  # the checkpoint to continue from, until start() applies it
+    plan: BudgetPlan | None = None    # with a time budget: the plan, and the deadline (perf_counter)
+    deadline: float | None = None
     step: int = 0
     losses: list[float] = field(default_factory=list)
     layer_losses: list[float] = field(default_factory=list)
@@ -81,21 +87,23 @@ class Run:
     step_seconds: list[float] = field(default_factory=list)
 
 
-def train_lens(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
+def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, data_info: dict | None = None) -> TrainResult:
+               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None) -> TrainResult:
     """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
 
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
     ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
-    (e.g. :meth:`TokenData.info`) is recorded in ``result.info``."""
+    (e.g. :meth:`TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
+    ``plan`` is the :func:`plan_run` made before loading the data (made here when not given)."""
     from tqdm.auto import tqdm
 
-    run = prepare(model, lens, sequences, config or TrainConfig(), out_dir)
-    start(run, resume=resume, progress=progress)
+    t_begin = time.perf_counter()
+    run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan, t_begin=t_begin)
+    start(run, progress=progress)
     bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
-    while run.step < run.cfg.steps:
+    while run.step < run.cfg.steps and not out_of_time(run):
         train_step(run)
         if run.ckpt_path is not None and run.cfg.checkpoint_every and (
                 run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
@@ -103,12 +111,44 @@ def train_lens(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Ten
         bar.update(1)
         bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
     bar.close()
+    if run.step < run.cfg.steps and run.ckpt_path is not None:   # stopped by the budget: keep where it got
+        save_run(run)
     return finish(run, data_info)
 
 
-def prepare(model: "HookedTransformer", lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
-            out_dir: str | Path | None) -> Run:
-    """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, decoder and data plan."""
+def plan_run(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int) -> BudgetPlan:
+    """The plan of a ``config.time_budget`` run (a measured warm-up on random tokens; see :mod:`.budget`):
+    ``plan.apply(config).token_budget(seq_len)`` tokens is the data to load for it."""
+    if config.time_budget is None:
+        raise LensError("plan_run needs a TrainConfig with time_budget set")
+    layers = _trained_layers(lens, config)
+    dtype, _ = resolve_matmul_dtype(lens.unembed, config.matmul_dtype, config.chunk_tokens)
+    rates = measure_rates(model, lens, config, seq_len, layers, dtype)
+    return plan_budget(config, rates, seq_len, len(layers))
+
+
+def out_of_time(run: Run) -> bool:
+    """Whether the next step would end past the deadline (its time: the slower of the plan's
+    prediction and the mean of the steps run so far)."""
+    if run.deadline is None:
+        return False
+    measured = sum(run.step_seconds) / len(run.step_seconds) if run.step_seconds else 0.0
+    return time.perf_counter() + max(run.plan.predicted_step_s, measured) > run.deadline
+
+
+def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
+    layers = sorted({lens.layer_index(i) for i in (cfg.layers or range(lens.n_layers))} - {lens.n_layers})
+    if not layers:
+        raise LensError("no layer to train: pass layers below n_layers")
+    return layers
+
+
+def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
+            out_dir: str | Path | None, *, resume: bool = False, plan: BudgetPlan | None = None,
+            t_begin: float | None = None) -> Run:
+    """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, decoder and data
+    plan. With ``cfg.time_budget``: the budget's plan (given, made now, or the checkpoint's on
+    ``resume``) and its deadline. On ``resume`` the checkpoint is read here and applied by :func:`start`."""
     if sequences.ndim != 2 or len(sequences) == 0:
         raise LensError("training needs token sequences of shape [n_seq, seq_len]: pass at least one sequence")
     seq_len = int(sequences.shape[1])
@@ -117,9 +157,30 @@ def prepare(model: "HookedTransformer", lens: "TunedLens", sequences: Tensor, cf
     if seq_len > n_ctx:
         raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={n_ctx}: pass --seq-len <= {n_ctx}")
     lens.check_model(model)
-    layers = sorted({lens.layer_index(i) for i in (cfg.layers or range(lens.n_layers))} - {lens.n_layers})
-    if not layers:
-        raise LensError("no layer to train: pass layers below n_layers")
+    layers = _trained_layers(lens, cfg)
+    t_begin = time.perf_counter() if t_begin is None else t_begin
+    ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    state = None
+    if resume:
+        if ckpt_path is None:
+            raise LensError("resuming needs the output folder holding checkpoint.pt")
+        state = load_checkpoint(ckpt_path)
+    saved_info = state.get("info", {}) if state else {}
+    deadline = None
+    if cfg.time_budget is not None:
+        if "budget" in saved_info:     # the plan the run started with; the time already spent counts
+            plan = BudgetPlan.from_info(saved_info["budget"])
+            deadline = t_begin + cfg.time_budget - float(state.get("seconds", 0.0))
+        elif plan is None:
+            plan = plan_run(model, lens, cfg, seq_len)
+            deadline = t_begin + cfg.time_budget
+        else:  # planned before the data was loaded: its warm-up counts, the loading does not
+            deadline = t_begin + cfg.time_budget - plan.rates.warmup_s
+        cfg = plan.apply(cfg)
+    if "matmul_dtype" in saved_info:
+        matmul_dtype, dtype_choice = MATMUL_DTYPES[saved_info["matmul_dtype"]], saved_info.get("matmul_dtype_choice")
+    else:
+        matmul_dtype, dtype_choice = resolve_matmul_dtype(lens.unembed, cfg.matmul_dtype, cfg.chunk_tokens)
     params = [p for i in layers for p in lens.translators[i].parameters()]
     lens.requires_grad_(False)
     for p in params:
@@ -129,33 +190,42 @@ def prepare(model: "HookedTransformer", lens: "TunedLens", sequences: Tensor, cf
     step_tokens = per_step * (seq_len - 1 if cfg.loss == "ce" else seq_len)
     return Run(
         model=model, lens=lens, sequences=sequences, cfg=cfg, layers=layers, params=params, optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg), decoder=make_decoder(lens.unembed, cfg.torch_matmul_dtype),
+        scheduler=make_scheduler(optimizer, cfg), decoder=make_decoder(lens.unembed, matmul_dtype),
         per_step=per_step, micro=cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len),
         n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
         fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
                      "data_digest": data_digest(sequences)},
-        ckpt_path=Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None,
-        info={"init": cfg.init},
+        ckpt_path=ckpt_path, resume_state=state,
+        info={"init": cfg.init, "matmul_dtype": _dtype_name(matmul_dtype), "matmul_dtype_choice": dtype_choice,
+              **({"budget": plan.info()} if plan is not None else {})},
+        plan=plan, deadline=deadline,
     )
 
 
-def start(run: Run, *, resume: bool, progress: bool) -> None:
-    """Continue from the checkpoint (``resume``), or set the least-squares start (``init="lstsq"``)."""
-    if resume:
-        if run.ckpt_path is None:
-            raise LensError("resuming needs the output folder holding checkpoint.pt")
-        state = load_checkpoint(run.ckpt_path)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def start(run: Run, *, progress: bool) -> None:
+    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``)."""
+    state = run.resume_state
+    if state is not None:
         _check_resumable(state, run.fingerprint, run.ckpt_path)
         run.lens.load_state_dict(state["lens"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
         run.elapsed = float(state.get("seconds", 0.0))
+        run.step_seconds = list(state.get("step_seconds", []))
+        run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
         fit = run.sequences[stream_positions(len(run.sequences), 0, run.n_fit, run.cfg.seed)]
-        run.info = lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
-                               micro_batch=run.micro, progress=progress)
+        fit_deadline = None
+        if run.deadline is not None:   # the sample's share of the budget, ending where the planned steps begin
+            fit_deadline = run.deadline - run.plan.steps * run.plan.predicted_step_s
+        run.info.update(lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
+                                    micro_batch=run.micro, progress=progress, deadline=fit_deadline))
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
 
@@ -197,7 +267,7 @@ def save_run(run: Run) -> None:
     save_checkpoint(run.ckpt_path, {
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
-        "fingerprint": run.fingerprint, "seconds": run.elapsed,
+        "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
     })
 
 
@@ -210,12 +280,14 @@ def finish(run: Run, data_info: dict | None = None) -> TrainResult:
     cfg = run.cfg
     seq_len = run.fingerprint["seq_len"]
     run.info.update({
-        "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": cfg.steps, "tokens_per_step": run.step_tokens,
-        "seq_len": seq_len, "tokens_seen": cfg.steps * run.step_tokens,
+        "loss": cfg.loss, "optimizer": cfg.optimizer, "steps": run.step, "tokens_per_step": run.step_tokens,
+        "seq_len": seq_len, "tokens_seen": run.step * run.step_tokens,
         "final_loss": run.losses[-1] if run.losses else None, "layers_trained": run.layers, "seed": cfg.seed,
-        "lr": cfg.lr, "seconds": round(run.elapsed, 2), "matmul_dtype": cfg.matmul_dtype, **(data_info or {}),
+        "lr": cfg.lr, "seconds": round(run.elapsed, 2), **(data_info or {}),
     })
-    return TrainResult(cfg.steps, cfg.steps * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
+    if run.plan is not None:
+        run.info["stopped_early"] = run.step < cfg.steps
+    return TrainResult(run.step, run.step * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
                        run.info, run.step_seconds)
 
 

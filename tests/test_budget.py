@@ -1,0 +1,90 @@
+"""Training to a wall-clock budget: the plan's arithmetic, stopping before the deadline with a
+checkpoint, the plan recorded and reused on resume, and ``train --time-budget``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from tl_tunedlens import LensError, TunedLens
+from tl_tunedlens.artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tl_tunedlens.training import TrainConfig, train_lens
+from tl_tunedlens.training.budget import FIT_SHARE, MAX_FIT_TOKENS, BudgetPlan, Rates, plan_budget, saved_plan
+from tl_tunedlens.training.trainer import plan_run
+
+RATES = Rates(forward=1e-3, stats=1e-4, kl_layer=1e-3, warmup_s=2.0)  # seconds per token
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_model("RMS", n_layers=3, d_model=16, d_vocab=37)
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    return torch.randint(0, 37, (64, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_plan_splits_the_budget_between_the_start_and_whole_steps():
+    cfg = TrainConfig(time_budget=102.0, tokens_per_step=256)
+    plan = plan_budget(cfg, RATES, seq_len=64, n_layers=10)
+    left = (102.0 - 2.0) * 0.97
+    assert plan.lstsq_tokens == int(FIT_SHARE * left / 1.1e-3) // 64 * 64
+    step_s = 256 * (1e-3 + 10.5 * 1e-3)
+    assert plan.predicted_step_s == pytest.approx(step_s)
+    assert plan.steps == int((left - plan.predicted_fit_s) // step_s) and plan.steps >= 1
+    assert plan.predicted_fit_s + plan.steps * step_s <= left
+    assert plan.apply(cfg).lstsq_tokens == plan.lstsq_tokens and plan.apply(cfg).steps == plan.steps
+    assert BudgetPlan.from_info(plan.info()) == plan
+
+
+def test_plan_caps_the_start_and_gives_it_all_when_no_step_fits():
+    huge = plan_budget(TrainConfig(time_budget=1e6), RATES, seq_len=64, n_layers=10)
+    assert huge.lstsq_tokens == MAX_FIT_TOKENS and huge.steps > 1000
+    short = plan_budget(TrainConfig(time_budget=5.0, tokens_per_step=4096), RATES, seq_len=64, n_layers=10)
+    assert short.steps == 0 and short.lstsq_tokens == int(3.0 * 0.97 / 1.1e-3) // 64 * 64
+    identity = plan_budget(TrainConfig(time_budget=60.0, init="identity"), RATES, seq_len=64, n_layers=10)
+    assert identity.lstsq_tokens == 0 and identity.predicted_fit_s == 0
+
+
+def test_measured_plan_leaves_the_lens_untouched(model):
+    lens = TunedLens.from_model(model)
+    before = {k: v.clone() for k, v in lens.state_dict().items()}
+    plan = plan_run(model, lens, TrainConfig(time_budget=30.0, tokens_per_step=64), seq_len=16)
+    assert all(torch.equal(before[k], v) for k, v in lens.state_dict().items())
+    assert all(p.grad is None for p in lens.parameters())
+    assert plan.rates.forward > 0 and plan.rates.kl_layer > 0 and 0 < plan.rates.warmup_s < 30
+    assert plan.lstsq_tokens % 16 == 0 and plan.steps >= 1
+    with pytest.raises(LensError, match="time_budget"):
+        plan_run(model, lens, TrainConfig(), seq_len=16)
+
+
+def test_a_budget_stops_before_the_deadline_with_a_checkpoint_and_resume_keeps_the_plan(model, seqs, tmp_path):
+    cfg = TrainConfig(time_budget=8.0, tokens_per_step=64, checkpoint_every=0)
+    plan = BudgetPlan(budget_s=8.0, lstsq_tokens=128, steps=1000, tokens_per_step=64, predicted_fit_s=0.01,
+                      predicted_step_s=0.05, rates=Rates(1e-4, 1e-5, 1e-4, warmup_s=0.0))
+    lens = TunedLens.from_model(model)
+    t0 = time.perf_counter()
+    result = train_lens(model, lens, seqs, cfg, out_dir=tmp_path, progress=False, plan=plan)
+    took = time.perf_counter() - t0
+    assert sum(result.step_seconds) < 8.0 and took < 8.0 + 3.0  # steps stop at the budget (slack: a busy machine)
+    info = result.info
+    assert info["stopped_early"] and 1 <= result.steps < 1000 and info["steps"] == result.steps
+    assert info["budget"]["steps"] == 1000 and info["budget"]["lstsq_tokens"] == 128
+    assert info["lstsq_tokens"] == 128
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)      # written at the stop, whatever checkpoint_every says
+    assert state["step"] == result.steps and saved_plan(tmp_path) == plan
+    again = train_lens(model, TunedLens.from_model(model), seqs, cfg, out_dir=tmp_path, resume=True, progress=False)
+    assert again.info["budget"] == info["budget"]            # the checkpoint's plan, not a new one
+    assert again.steps == result.steps                        # the budget was already spent
+
+
+def test_budget_run_without_a_given_plan_measures_one(model, seqs):
+    result = train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(time_budget=6.0, tokens_per_step=64,
+                                                                             checkpoint_every=0), progress=False)
+    plan = result.info["budget"]
+    assert plan["budget_s"] == 6.0 and plan["rates"]["warmup_s"] > 0
+    assert result.seconds < 6.0 and result.steps <= plan["steps"]

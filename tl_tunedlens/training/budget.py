@@ -1,0 +1,148 @@
+"""Fitting to a wall-clock budget (``TrainConfig.time_budget``): a measured warm-up, a plan, a deadline.
+
+The budget covers the fit: this warm-up, the least-squares start and the KL steps (not loading the
+model or the data). :func:`measure_rates` times, on random token ids, what a run repeats: one model
+forward with the least-squares sums, and the KL work of one layer per token (its vocabulary products,
+softmax and backward). :func:`plan_budget` then spends the rest of the budget: a share
+:data:`FIT_SHARE` on the least-squares sample (at most :data:`MAX_FIT_TOKENS` tokens), the remainder
+on whole KL steps (none when not even one fits: then the sample takes it all). The plan replaces
+``lstsq_tokens`` and ``steps`` (:meth:`BudgetPlan.apply`); the trainer stops collecting the sample at
+its share and skips any step that would end past the deadline, re-estimating a step's time from the
+steps already run. The plan and what happened are recorded in the lens's training info.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..core.backend import capture_residuals, flatten_tokens
+from .config import TrainConfig
+
+from ..core.backend import Model
+
+if TYPE_CHECKING:
+    from ..lens import TunedLens
+
+#: share of the budget (after the warm-up) for the least-squares sample; measured with
+#: ``bench/time_to_quality.py`` (see the README's table)
+FIT_SHARE = 0.5
+#: the least-squares start stops gaining beyond this many tokens; the rest of the budget goes to KL steps
+MAX_FIT_TOKENS = 65536
+#: kept free at the end of the budget, for solving the start and writing the last checkpoint
+RESERVE_SHARE = 0.03
+
+
+@dataclass
+class Rates:
+    """Seconds per token of each part of a run, measured on this machine."""
+
+    forward: float          # model forward with hooks, per token
+    stats: float            # least-squares sums over the trained layers, per token
+    kl_layer: float         # one layer's KL work per token (vocabulary products, softmax, backward)
+    warmup_s: float         # wall time of the measurement itself
+
+    def fit_seconds(self, tokens: int) -> float:
+        return tokens * (self.forward + self.stats)
+
+    def step_seconds(self, tokens: int, n_layers: int) -> float:
+        return tokens * (self.forward + (n_layers + 0.5) * self.kl_layer)   # + the target, about half a layer
+
+
+@dataclass
+class BudgetPlan:
+    budget_s: float
+    lstsq_tokens: int
+    steps: int
+    tokens_per_step: int
+    predicted_fit_s: float
+    predicted_step_s: float
+    rates: Rates
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with the planned least-squares sample and step count."""
+        return dataclasses.replace(cfg, lstsq_tokens=max(1, self.lstsq_tokens), steps=max(1, self.steps),
+                                   init="lstsq" if self.lstsq_tokens else cfg.init)
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready, recorded with the lens; :meth:`from_info` reads it back (resume)."""
+        return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "rates"},
+                "rates": dataclasses.asdict(self.rates)}
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "BudgetPlan":
+        fields = {f.name for f in dataclasses.fields(cls)} - {"rates"}
+        return cls(**{k: info[k] for k in fields}, rates=Rates(**info["rates"]))
+
+
+def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: int,
+                  layers: list[int], matmul_dtype: torch.dtype | None = None) -> Rates:
+    """Time one forward + least-squares sums and two layers of KL work on random token ids (not trained on)."""
+    from .decoder import make_decoder
+    from .loss import accumulate_lens_grads
+    from .lstsq import RidgeStats
+
+    t_start = time.perf_counter()
+    micro = cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len)
+    tokens = torch.randint(0, model.cfg.d_vocab, (micro, seq_len), generator=torch.Generator().manual_seed(0))
+    n = micro * seq_len
+    forward = []
+    for _ in range(2):                      # the first call pays one-off costs
+        t0 = time.perf_counter()
+        resids = flatten_tokens(capture_residuals(model, tokens, lens.hook_names))
+        forward.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    RidgeStats(layers, lens.d_model).update(resids[layers], resids[-1])
+    stats = time.perf_counter() - t0
+    chunk = resids[:, :min(n, cfg.chunk_tokens)]
+    probe = [layers[0], layers[-1]]
+    saved = {layer: [p.detach().clone() for p in lens.translators[layer].parameters()] for layer in probe}
+    decoder = make_decoder(lens.unembed, matmul_dtype)
+    kl = []
+    with torch.enable_grad():
+        for layer in probe:
+            lens.translators[layer].requires_grad_(True)
+            t0 = time.perf_counter()
+            accumulate_lens_grads(lens, chunk, [layer], chunk_tokens=cfg.chunk_tokens, decoder=decoder)
+            kl.append(time.perf_counter() - t0)
+    for layer, params in saved.items():     # leave the lens (and its gradients) as they were
+        for p, old in zip(lens.translators[layer].parameters(), params):
+            p.grad = None
+            p.data.copy_(old)
+            p.requires_grad_(False)
+    lens.unembed.release_training_cache()
+    return Rates(forward=min(forward) / n, stats=stats / n, kl_layer=kl[-1] / chunk.shape[1],
+                 warmup_s=time.perf_counter() - t_start)
+
+
+def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> BudgetPlan:
+    """Split ``cfg.time_budget`` (less the warm-up) between the least-squares sample and KL steps."""
+    budget = float(cfg.time_budget)
+    left = max(0.0, budget - rates.warmup_s) * (1.0 - RESERVE_SHARE)
+    per_step = cfg.sequences_per_step(seq_len) * seq_len
+    step_s = rates.step_seconds(per_step, n_layers)
+    fit_s = FIT_SHARE * left if cfg.init == "lstsq" else 0.0
+    fit_tokens = int(min(MAX_FIT_TOKENS, fit_s / (rates.forward + rates.stats))) // seq_len * seq_len
+    steps = int((left - rates.fit_seconds(fit_tokens)) // step_s)
+    if steps < 1 and cfg.init == "lstsq":   # not one step fits: the start takes the whole budget
+        fit_tokens = int(min(MAX_FIT_TOKENS, left / (rates.forward + rates.stats))) // seq_len * seq_len
+        steps = int((left - rates.fit_seconds(fit_tokens)) // step_s)
+    return BudgetPlan(budget_s=budget, lstsq_tokens=max(fit_tokens, seq_len if cfg.init == "lstsq" else 0),
+                      steps=max(steps, 0), tokens_per_step=per_step,
+                      predicted_fit_s=rates.fit_seconds(fit_tokens), predicted_step_s=step_s, rates=rates)
+
+
+def saved_plan(out_dir: str | Path) -> BudgetPlan | None:
+    """The plan recorded in ``out_dir``'s checkpoint (``None`` without one, or without a budget)."""
+    from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    info = load_checkpoint(path).get("info", {})
+    return BudgetPlan.from_info(info["budget"]) if "budget" in info else None
