@@ -15,6 +15,9 @@ Speed: :class:`LensEvaluator` runs the fused vocabulary products of training
 (:mod:`tl_tunedlens.training.decoder`) with the model's distribution computed once per chunk and
 shared by both lenses, and reused buffers, so evaluation runs near the FLOP bound like training
 (``make bench``). Optional lower-precision (bf16) lens products report their measured KL error.
+
+Under ``torchrun`` (``dist=``) each rank scores a contiguous share of the sequences and the sums are
+added over the ranks (:meth:`LensEvaluator.all_reduce_`): every rank returns the same metrics.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..data.tokens import bits_per_byte
 from ..errors import LensError
 from ..lens import LogitLens
 from ..training.decoder import make_decoder
+from ..training.distributed import SINGLE, Dist
 from ..training.loss import log_softmax_
 from .metrics import EvalMetrics
 
@@ -53,13 +57,14 @@ def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
 def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
                     tuned: "TunedLens | None" = None, bytes_per_token: float = math.nan,
                     max_tokens: int | None = None, chunk_tokens: int = 512, micro_batch: int | None = None,
-                    matmul_dtype: torch.dtype | None = None, progress: bool = False) -> EvalMetrics:
+                    matmul_dtype: torch.dtype | None = None, progress: bool = False, dist: Dist = SINGLE) -> EvalMetrics:
     """Metrics of the logit lens (and ``tuned``, if given) on ``sequences``; see the module docstring.
 
     ``max_tokens``: evaluate only the first ``ceil(max_tokens / (seq_len - 1))`` sequences.
     ``matmul_dtype``: e.g. ``torch.bfloat16`` for the lenses' vocabulary products (the model's own
     distribution stays in its precision); then the first chunk is also scored in the model's precision
-    and the largest per-layer KL difference is reported under ``"precision"``.
+    and the largest per-layer KL difference is reported under ``"precision"``. ``dist``: this rank of a
+    ``torchrun`` run (:mod:`tl_tunedlens.training.distributed`); it scores its share of the sequences.
     Returns the metrics dict (JSON-ready, nats, plus ``bits_per_byte`` entries; see :mod:`.metrics`)."""
     from tqdm.auto import tqdm
 
@@ -73,10 +78,13 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
     n_seq = len(sequences) if max_tokens is None else max(1, min(len(sequences), -(-int(max_tokens) // per_seq)))
     micro = micro_batch or max(1, chunk_tokens // sequences.shape[1])
     evaluator = LensEvaluator(lenses, logit.unembed, chunk_tokens=chunk_tokens, matmul_dtype=matmul_dtype)
-    for start in tqdm(range(0, n_seq, micro), desc="eval", disable=not progress, leave=False):
-        batch = sequences[start:min(start + micro, n_seq)]
+    mine = dist.shard(range(n_seq))
+    for start in tqdm(range(mine.start, mine.stop, micro), desc="eval", disable=not (progress and dist.is_main),
+                      leave=False):
+        batch = sequences[start:min(start + micro, mine.stop)]
         resids = flatten_tokens(capture_residuals(model, batch, logit.hook_names)[:, :, :-1])
         evaluator.add(resids, batch[:, 1:].flatten())
+    evaluator.all_reduce_(dist)
     return evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token)
 
 
@@ -120,6 +128,14 @@ class LensEvaluator:
                 self.precision = {"matmul_dtype": str(self.decoder.matmul_dtype).removeprefix("torch."),
                                   "checked_tokens": int(lab.shape[0]), "max_kl_error": error / lab.shape[0]}
             self.count += int(lab.shape[0])
+
+    def all_reduce_(self, dist: Dist) -> None:
+        """Add every rank's sums into every rank's (the precision check stays rank 0's: the first chunk)."""
+        if not dist.active:
+            return
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.base.device)
+        dist.all_reduce_([*self.per_layer.values(), self.base, count], "the evaluation all-reduce")
+        self.count = int(count.item())
 
     def _buffers(self, m: int, vocab: int, device) -> tuple[Tensor, Tensor, Tensor]:
         """``p`` ``[m, vocab]``, ``q`` for one row block, and ``[4, m]`` per-position results."""

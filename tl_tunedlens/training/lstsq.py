@@ -8,6 +8,9 @@ so that ``h + A h + b`` with ``A = W - I`` reproduces it. One pass over a sample
 layer, the sums ``sum x``, ``sum x x^T`` and ``sum x y^T`` (fp32 products of shifted values, fp64 sums) (cost ``O(n_layers d_model^2)``
 per token, independent of the vocabulary); :func:`solve_ridge` then solves ``d_model x d_model``
 systems. Ridge strength is relative: ``lambda = ridge * trace(Cov x) / d_model``.
+
+Under ``torchrun`` each rank collects the sums of its share of the sample; they are moved to rank 0's
+shift (:meth:`RidgeStats.reshift_`, exact) and summed over the ranks, so every rank solves the same system.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from ..core.backend import capture_residuals, flatten_tokens
 from ..errors import LensError
+from .distributed import SINGLE, Dist
 
 from ..core.backend import Model
 
@@ -76,6 +80,34 @@ class RidgeStats:
         self.sxx += (x.transpose(1, 2) @ x).double()
         self.sxy += (x.transpose(1, 2) @ y).double()
 
+    @torch.no_grad()
+    def reshift_(self, shift_x: Float[Tensor, "layer d_model"], shift_y: Float[Tensor, " d_model"]) -> None:
+        """Re-express the sums as sums of ``x - shift_x``, ``y - shift_y`` (exact algebra, in fp64)."""
+        shift_x, shift_y = shift_x.to(self.sx.device), shift_y.to(self.sx.device)
+        if self.shift_x is not None and self.n:
+            dx = (self.shift_x.to(shift_x) - shift_x).double()     # (x - a) + dx = x - c
+            dy = (self.shift_y.to(shift_y) - shift_y).double()
+            n, sx, sy = float(self.n), self.sx.clone(), self.sy.clone()
+            self.sxx += (torch.einsum("ki,kj->kij", sx, dx) + torch.einsum("ki,kj->kij", dx, sx)
+                         + n * torch.einsum("ki,kj->kij", dx, dx))
+            self.sxy += torch.einsum("ki,j->kij", sx, dy) + torch.einsum("ki,j->kij", dx, sy) + n * torch.einsum("ki,j->kij", dx, dy)
+            self.sx += n * dx
+            self.sy += n * dy
+        self.shift_x, self.shift_y = shift_x.clone(), shift_y.clone()
+
+    def all_reduce_(self, dist: Dist) -> None:
+        """Sum the statistics of every rank (each moved first to rank 0's shift) into every rank's copy."""
+        if not dist.active:
+            return
+        k, d = len(self.layers), self.d_model
+        shift = torch.cat([self.shift_x.reshape(-1), self.shift_y]).double() if self.shift_x is not None \
+            else torch.zeros(k * d + d, dtype=torch.float64)
+        dist.broadcast_(shift, "the least-squares shift broadcast")
+        self.reshift_(shift[:k * d].view(k, d).float(), shift[k * d:].float())
+        n = torch.tensor([float(self.n)], dtype=torch.float64)
+        dist.all_reduce_([self.sx, self.sy, self.sxx, self.sxy, n], "the least-squares statistics all-reduce")
+        self.n = int(n.item())
+
 
 @torch.no_grad()
 def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = True
@@ -113,9 +145,10 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
 @torch.no_grad()
 def collect_stats(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
                   layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False, centre: bool = True,
-                  deadline: float | None = None) -> RidgeStats:
+                  deadline: float | None = None, dist: Dist = SINGLE) -> RidgeStats:
     """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`; with ``deadline``
-    (a ``time.perf_counter()`` value) it stops before a micro-batch that would end past it (after one at least)."""
+    (a ``time.perf_counter()`` value) it stops before a micro-batch that would end past it (after one at least).
+    ``dist``: under ``torchrun``, ``sequences`` is this rank's share and the sums returned are every rank's."""
     from tqdm.auto import tqdm
 
     layers = list(range(lens.n_layers)) if layers is None else list(layers)
@@ -128,17 +161,18 @@ def collect_stats(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq
             break
         resids = flatten_tokens(capture_residuals(model, sequences[start:start + micro_batch], names))
         stats.update(resids[:-1], resids[-1])
+    stats.all_reduce_(dist)
     return stats
 
 
 @torch.no_grad()
 def lstsq_init_(lens: "TunedLens", model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
                 ridge: float = DEFAULT_RIDGE, layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False,
-                deadline: float | None = None) -> dict:
+                deadline: float | None = None, dist: Dist = SINGLE) -> dict:
     """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict.
-    ``deadline``: see :func:`collect_stats` (the tokens actually used are in the summary)."""
+    ``deadline``, ``dist``: see :func:`collect_stats` (the tokens actually used are in the summary)."""
     stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress,
-                          centre=lens.bias, deadline=deadline)
+                          centre=lens.bias, deadline=deadline, dist=dist)
     set_translators_(lens, stats.layers, solve_ridge(stats, ridge, bias=lens.bias))
     return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}
 

@@ -15,6 +15,11 @@ Checkpoints are written atomically every ``config.checkpoint_every`` steps and a
 stops training with an error naming the layer and step (the last checkpoint stays intact).
 With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
 before a step that would end past the budget.
+
+Under ``torchrun`` (``dist=``, :mod:`.distributed`) each rank runs its slice of every step's sequences
+and of the least-squares sample; gradients, loss sums and the least-squares statistics are summed over
+the ranks, so every rank holds the same lens; rank 0 alone writes checkpoints and shows progress, and a
+checkpoint resumes with any number of ranks.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..errors import LensError
 from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
 from .decoder import Decoder, make_decoder, resolve_matmul_dtype
+from .distributed import SINGLE, Dist
 from .loss import accumulate_lens_grads, diverged
 from .lstsq import lstsq_init_
 from .optim import make_optimizer, make_scheduler
@@ -77,6 +83,7 @@ class Run:
     step_tokens: int                  # scored positions per step
     fingerprint: dict[str, Any]       # what a resume must match
     ckpt_path: Path | None
+    dist: Dist = SINGLE               # this process's rank (a torchrun run) or the one process
     resume_state: dict | None = None  # the checkpoint to continue from, until start() applies it
     plan: BudgetPlan | None = None    # with a time budget: the plan, and the deadline (perf_counter)
     deadline: float | None = None
@@ -90,30 +97,40 @@ class Run:
 
 def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None) -> TrainResult:
+               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None,
+               dist: Dist = SINGLE) -> TrainResult:
     """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
 
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
     ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
     (e.g. :meth:`~tl_tunedlens.data.tokens.TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
-    ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given)."""
+    ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given).
+    ``dist``: this rank of a ``torchrun`` run (:func:`~tl_tunedlens.training.distributed.init_distributed`);
+    every rank passes the same arguments and gets the same lens."""
     from tqdm.auto import tqdm
 
     t_begin = time.perf_counter()
-    run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan, t_begin=t_begin)
-    start(run, progress=progress)
-    bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
-    while run.step < run.cfg.steps and not out_of_time(run):
-        train_step(run)
-        if run.ckpt_path is not None and run.cfg.checkpoint_every and (
-                run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
+    progress = progress and dist.is_main
+    try:
+        run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan,
+                      t_begin=t_begin, dist=dist)
+        start(run, progress=progress)
+        bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
+        while run.step < run.cfg.steps and not out_of_time(run):
+            train_step(run)
+            if run.ckpt_path is not None and run.cfg.checkpoint_every and (
+                    run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
+                save_run(run)
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
+        bar.close()
+        if run.step < run.cfg.steps and run.ckpt_path is not None:   # stopped by the budget: keep where it got
             save_run(run)
-        bar.update(1)
-        bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
-    bar.close()
-    if run.step < run.cfg.steps and run.ckpt_path is not None:   # stopped by the budget: keep where it got
-        save_run(run)
+        dist.barrier("the end of training")   # rank 0's last checkpoint is written before any rank returns
+    except BaseException:
+        dist.abort()   # the other ranks fail at their next collective instead of waiting for the timeout
+        raise
     return finish(run, data_info)
 
 
@@ -146,7 +163,7 @@ def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
 
 def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
             out_dir: str | Path | None, *, resume: bool = False, plan: BudgetPlan | None = None,
-            t_begin: float | None = None) -> Run:
+            t_begin: float | None = None, dist: Dist = SINGLE) -> Run:
     """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, decoder and data
     plan. With ``cfg.time_budget``: the budget's plan (given, made now, or the checkpoint's on
     ``resume``) and its deadline. On ``resume`` the checkpoint is read here and applied by :func:`start`."""
@@ -159,6 +176,8 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={n_ctx}: pass --seq-len <= {n_ctx}")
     lens.check_model(model)
     layers = _trained_layers(lens, cfg)
+    if dist.active and cfg.time_budget is not None:
+        raise LensError("--time-budget plans one process's run: drop it under torchrun and set --steps instead")
     t_begin = time.perf_counter() if t_begin is None else t_begin
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     state = None
@@ -196,7 +215,7 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
         fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
                      "data_digest": data_digest(sequences)},
-        ckpt_path=ckpt_path, resume_state=state,
+        ckpt_path=ckpt_path, dist=dist, resume_state=state,
         info={"init": cfg.init, "matmul_dtype": _dtype_name(matmul_dtype), "matmul_dtype_choice": dtype_choice,
               **({"budget": plan.info()} if plan is not None else {})},
         plan=plan, deadline=deadline,
@@ -221,24 +240,25 @@ def start(run: Run, *, progress: bool) -> None:
         run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
-        fit = run.sequences[stream_positions(len(run.sequences), 0, run.n_fit, run.cfg.seed)]
+        fit = run.sequences[run.dist.shard(stream_positions(len(run.sequences), 0, run.n_fit, run.cfg.seed))]
         fit_deadline = None
         if run.deadline is not None:   # the sample's share of the budget, ending where the planned steps begin
             fit_deadline = run.deadline - run.plan.steps * run.plan.predicted_step_s
         run.info.update(lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
-                                    micro_batch=run.micro, progress=progress, deadline=fit_deadline))
+                                    micro_batch=run.micro, progress=progress, deadline=fit_deadline, dist=run.dist))
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
 
 
 def train_step(run: Run) -> None:
-    """One optimiser step over ``per_step`` sequences, in micro-batches; records the loss and time."""
+    """One optimiser step over ``per_step`` sequences (this rank's slice of them), in micro-batches; then the
+    gradients and loss sums are summed over the ranks; records the loss and time."""
     t0 = time.perf_counter()
     cfg, lens = run.cfg, run.lens
     run.optimizer.zero_grad(set_to_none=False)
-    idx = step_sequences(len(run.sequences), run.per_step, run.step, cfg.seed, offset=run.n_fit)
+    idx = run.dist.shard(step_sequences(len(run.sequences), run.per_step, run.step, cfg.seed, offset=run.n_fit))
     sums = torch.zeros(len(run.layers), dtype=torch.float64)
-    for m in range(0, run.per_step, run.micro):
+    for m in range(0, len(idx), run.micro):
         batch = run.sequences[idx[m:m + run.micro]]
         resids = capture_residuals(run.model, batch, lens.hook_names)
         labels = None
@@ -248,6 +268,11 @@ def train_step(run: Run) -> None:
                                       scale=1.0 / run.step_tokens, chunk_tokens=cfg.chunk_tokens, step=run.step,
                                       decoder=run.decoder)
         del resids
+    if run.dist.active:
+        for p in run.params:
+            if p.grad is None:   # a rank with no sequence this step still takes part
+                p.grad = torch.zeros_like(p)
+        run.dist.all_reduce_([p.grad for p in run.params] + [sums], f"the gradient all-reduce of step {run.step}")
     if cfg.clip:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
     run.optimizer.step()
@@ -264,7 +289,9 @@ def train_step(run: Run) -> None:
 
 
 def save_run(run: Run) -> None:
-    """Write the checkpoint (atomically): everything :func:`start` needs to resume."""
+    """Write the checkpoint (atomically; rank 0 only): everything :func:`start` needs to resume."""
+    if not run.dist.is_main:
+        return
     save_checkpoint(run.ckpt_path, {
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
@@ -286,6 +313,9 @@ def finish(run: Run, data_info: dict | None = None) -> TrainResult:
         "final_loss": run.losses[-1] if run.losses else None, "layers_trained": run.layers, "seed": cfg.seed,
         "lr": cfg.lr, "seconds": round(run.elapsed, 2), **(data_info or {}),
     })
+    run.info.pop("ranks", None)   # a resumed run records its own number of ranks
+    if run.dist.active:
+        run.info["ranks"] = run.dist.world
     if run.plan is not None:
         run.info["stopped_early"] = run.step < cfg.steps
     return TrainResult(run.step, run.step * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
