@@ -7,12 +7,22 @@ Run on a machine with a GPU (never needed by the project; CI runs on CPU):
 Builds a random HookedTransformer from config on the device (no hub), then checks, on the device:
 untrained tuned lens == logit lens, last lens layer == model log-probs, cache route == hook route,
 lstsq start + KL training (loss finite and falling, parameters stay on the device), evaluation
-(tuned KL < logit KL), and prints a table with throughput. Exits non-zero on any failed check.
+(tuned KL < logit KL), and prints a table with throughput. Then:
+
+- the distributed path in one process (a process group of world size 1: nccl on CUDA, gloo on the CPU):
+  training and evaluation through the all-reduces equal the plain run (max |delta| <= 1e-5);
+- a bfloat16 frozen model (CUDA only; skipped on the CPU, which has no fast bf16): translators stay
+  float32, the untrained lens equals the logit lens, training lowers the loss, tuned KL < logit KL;
+- ``n_devices=2`` (with 2+ GPUs; else skipped): captures reach ln_final's device, where the lens trains.
+
+Exits non-zero on any failed check.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import time
 import warnings
@@ -108,10 +118,88 @@ def main() -> int:
           f"peak GPU memory {peak:.2f} GiB")
     mean = lambda key: sum(r[key]["kl"] for r in metrics["layers"][1: args.layers]) / (args.layers - 1)  # noqa: E731
     print(f"held-out mean KL over layers 1..{args.layers - 1}: logit {mean('logit'):.3f}, tuned {mean('tuned'):.3f} nats")
+    _distributed_checks(model, toks, n_seq, train_cfg, metrics, dev, check)
+    _bf16_checks(args, cfg, toks, n_seq, dev, check)
+    _multi_device_checks(args, cfg, toks, n_seq, dev, check)
     print(f"{'check':40s} {'ok':4s} detail")
     for cname, ok, detail in checks:
         print(f"{cname:40s} {'yes' if ok else 'NO':4s} {detail}")
     return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+def _distributed_checks(model, toks, n_seq, train_cfg, metrics, dev, check) -> None:
+    """World size 1 through torch.distributed (nccl / gloo): the same lens and metrics as the plain run."""
+    from tl_tunedlens import TunedLens
+    from tl_tunedlens.analysis import evaluate_lenses
+    from tl_tunedlens.training import train_lens
+    from tl_tunedlens.training.distributed import init_distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = init_distributed(dev.type, timeout_s=120)
+    plain, ranked = TunedLens.from_model(model), TunedLens.from_model(model)
+    train_lens(model, plain, toks[: n_seq // 2], train_cfg, progress=False)
+    train_lens(model, ranked, toks[: n_seq // 2], train_cfg, progress=False, dist=dist)
+    delta = max((a - b).abs().max().item() for a, b in zip(plain.parameters(), ranked.parameters()))
+    check(f"{dist.backend} world 1 lens == plain lens", delta <= 1e-5, f"max |delta| {delta:.1e}")
+    ours = evaluate_lenses(model, toks[n_seq // 2:], tuned=ranked, max_tokens=8192, dist=dist)
+    ref = evaluate_lenses(model, toks[n_seq // 2:], tuned=ranked, max_tokens=8192)
+    gap = max(abs(a["tuned"]["kl"] - b["tuned"]["kl"]) for a, b in zip(ours["layers"], ref["layers"]))
+    check(f"{dist.backend} world 1 eval == plain eval", gap <= 1e-6, f"max KL gap {gap:.1e}")
+    dist.close()
+    del metrics
+
+
+def _bf16_checks(args, cfg, toks, n_seq, dev, check) -> None:
+    """A bfloat16 frozen model on CUDA (float32 translators)."""
+    if dev.type != "cuda":
+        print("bf16 model: skipped (no CUDA device)")
+        return
+    from transformer_lens import HookedTransformer
+
+    from tl_tunedlens import LogitLens, TunedLens
+    from tl_tunedlens.analysis import evaluate_lenses
+    from tl_tunedlens.training import TrainConfig, train_lens
+
+    cfg = cfg.__class__(**{**cfg.to_dict(), "dtype": torch.bfloat16})
+    model = HookedTransformer(cfg).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tuned = TunedLens.from_model(model)
+    check("bf16 model: translators float32", all(p.dtype == torch.float32 for p in tuned.parameters()))
+    _, cache = model.run_with_cache(toks[:2, :64], names_filter=tuned.hook_names)
+    check("bf16 model: untrained tuned == logit lens",
+          torch.equal(tuned.log_probs_from_cache(cache), LogitLens.from_model(model).log_probs_from_cache(cache)))
+    result = train_lens(model, tuned, toks[: n_seq // 2], TrainConfig(steps=args.steps, tokens_per_step=args.tokens_per_step,
+                        lstsq_tokens=8192, checkpoint_every=0, chunk_tokens=4096), progress=False)
+    check("bf16 model: training loss falls", result.losses[-1] < result.losses[0],
+          f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f} nats")
+    metrics = evaluate_lenses(model, toks[n_seq // 2:], tuned=tuned, max_tokens=8192)
+    worse = [r["layer"] for r in metrics["layers"][: args.layers] if r["tuned"]["kl"] > r["logit"]["kl"] + 1e-6]
+    check("bf16 model: tuned KL <= logit KL", not worse, f"worse at {worse}" if worse else "")
+
+
+def _multi_device_checks(args, cfg, toks, n_seq, dev, check) -> None:
+    """``n_devices=2``: blocks on two GPUs, the lens on ln_final's."""
+    if dev.type != "cuda" or torch.cuda.device_count() < 2:
+        print("n_devices=2: skipped (needs 2 CUDA devices)")
+        return
+    from transformer_lens import HookedTransformer
+
+    from tl_tunedlens import TunedLens
+    from tl_tunedlens.training import TrainConfig, train_lens
+
+    model = HookedTransformer(cfg.__class__(**{**cfg.to_dict(), "n_devices": 2}), move_to_device=True).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tuned = TunedLens.from_model(model)
+    where = {str(p.device) for p in tuned.parameters()}
+    check("n_devices=2: lens on ln_final's device", where == {str(model.unembed.W_U.device)}, ", ".join(sorted(where)))
+    result = train_lens(model, tuned, toks[: n_seq // 2], TrainConfig(steps=2, tokens_per_step=args.tokens_per_step,
+                        lstsq_tokens=4096, checkpoint_every=0), progress=False)
+    check("n_devices=2: training runs", all(v == v for v in result.losses), f"{result.losses}")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ def test_a_time_budget_is_refused_under_torchrun():
 
 def test_incomplete_launcher_environment_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     from tl_tunedlens.errors import LensError
 

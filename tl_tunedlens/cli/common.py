@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from ..lens import TunedLens
     from ..training import TrainResult
     from ..training.budget import BudgetPlan
+    from ..training.distributed import Dist
 
 DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_SEQ_LEN = 256
 DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
 
 
@@ -39,21 +41,49 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device`` and ``--dtype``."""
+    """``--model``, ``--device``, ``--dtype`` and ``--n-devices``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="'smollm2-135m' (embedded, offline), an official TransformerLens model name, or with "
                              "--backend bridge a Hugging Face model folder or hub name (default: %(default)s)")
     add_backend_args(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="dtype of the frozen model, e.g. bfloat16 on a GPU; lenses stay float32 (default: %(default)s)")
+    parser.add_argument("--n-devices", type=int, default=1,
+                        help="split the frozen model's blocks over this many CUDA devices (default: %(default)s)")
 
 
 def load_model_from_args(args: argparse.Namespace, name: str | None = None) -> Model:
-    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``."""
+    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``, ``--n-devices``."""
     from ..models import load_model
 
     return load_model(name or args.model, backend=args.backend, compatibility_mode=not args.raw_weights,
-                      dtype=DTYPES[getattr(args, "dtype", "float32")], device=getattr(args, "device", "cpu"))
+                      dtype=DTYPES[getattr(args, "dtype", "float32")], device=getattr(args, "device", "cpu"),
+                      n_devices=getattr(args, "n_devices", 1))
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    """``--dist-timeout``: how long a rank of a ``torchrun`` run waits for the others."""
+    from ..training.distributed import DEFAULT_TIMEOUT_S
+
+    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="under torchrun: seconds a rank waits for the others before the run stops with an "
+                             "error (default: %(default)s)")
+
+
+def start_distributed(args: argparse.Namespace) -> "Dist":
+    """Join the ``torchrun`` process group when launched by it (else the one-process :class:`~tl_tunedlens.training.distributed.Dist`);
+    under torchrun ``args.device`` becomes this rank's device."""
+    from ..errors import LensError
+    from ..training.distributed import init_distributed
+
+    dist = init_distributed(args.device, args.dist_timeout)
+    if dist.active:
+        if args.n_devices > 1:
+            raise LensError("--n-devices splits one model over devices; under torchrun every rank holds a whole "
+                            "model: drop one of them")
+        args.device = dist.device
+    return dist
 
 
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
@@ -75,15 +105,38 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str) -> None:
     group.add_argument("--held-out", type=float, default=0.1,
                        help="fraction of documents held out from training (default: %(default)s)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the document split (default: %(default)s)")
-    group.add_argument("--seq-len", type=int, default=256,
-                       help="tokens per sequence, <= the model's n_ctx (default: %(default)s; the paper used 2048)")
+    group.add_argument("--seq-len", type=int, default=None,
+                       help=f"tokens per sequence, <= the model's n_ctx (default: {DEFAULT_SEQ_LEN}, or a token "
+                            "store's own; the paper used 2048)")
+
+
+def resolve_seq_len(args: argparse.Namespace) -> int:
+    """``args.seq_len`` made definite: a token store's own (``--seq-len`` must agree), else the default."""
+    from ..data.store import is_store, read_manifest
+
+    if is_store(args.data):
+        stored = read_manifest(args.data)["seq_len"]
+        if args.seq_len not in (None, stored):
+            from ..errors import LensError
+
+            raise LensError(f"{args.data} holds sequences of {stored} tokens, not --seq-len {args.seq_len}: "
+                            "drop --seq-len or tokenize again")
+        args.seq_len = stored
+    elif args.seq_len is None:
+        args.seq_len = DEFAULT_SEQ_LEN
+    return args.seq_len
 
 
 def load_data_from_args(args: argparse.Namespace, model: Model, max_tokens: int | None,
                         split: str | None = None) -> "TokenData":
-    """Tokens of ``--data`` (its ``--split``, or ``split``), at most ``max_tokens`` of them."""
+    """Tokens of ``--data`` (its ``--split``, or ``split``), at most ``max_tokens`` of them. A token store
+    (``tl-tunedlens tokenize``) is memory-mapped, not read (``max_tokens``: only its first sequences)."""
     from ..data import load_tokens
+    from ..data.store import is_store, open_store
 
+    if is_store(args.data):
+        return open_store(args.data, model.tokenizer, seq_len=args.seq_len, split=split or args.split,
+                          max_tokens=max_tokens)
     return load_tokens(args.data, model.tokenizer, args.seq_len, split=split or args.split, held_out=args.held_out,
                        seed=args.split_seed, text_field=args.text_field, hf_split=args.hf_split,
                        max_tokens=max_tokens, n_ctx=model.cfg.n_ctx)

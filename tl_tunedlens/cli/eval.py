@@ -1,11 +1,13 @@
-"""``tl-tunedlens eval``: per-layer metrics of the logit lens and a tuned lens on held-out text."""
+"""``tl-tunedlens eval``: per-layer metrics of the logit lens and a tuned lens on held-out text
+(under ``torchrun`` each rank scores its share of the tokens; rank 0 prints and writes)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..training.config import MATMUL_DTYPES
-from .common import add_data_args, add_model_args, add_progress_arg, load_data_from_args, load_model_from_args
+from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, load_data_from_args,
+                     load_model_from_args, resolve_seq_len, start_distributed)
 
 
 def register(subparsers) -> None:
@@ -27,6 +29,7 @@ def register(subparsers) -> None:
                         help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
                              "scored in float32 and the largest KL difference printed (default: %(default)s)")
     parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
+    add_distributed_args(parser)
     add_progress_arg(parser)
     parser.set_defaults(func=run)
 
@@ -46,14 +49,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tokens < 1:
         raise LensError(f"--tokens {args.tokens} must be positive")
-    if args.seq_len < 2:
+    if resolve_seq_len(args) < 2:
         raise LensError(f"--seq-len {args.seq_len} is too short: use at least 2")
+    dist = start_distributed(args)
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else None
     data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
     metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
                               max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
-                              matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress)
+                              matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress,
+                              dist=dist)
+    dist.close()
+    if not dist.is_main:
+        return 0
     print(metrics_table(metrics))
     if "precision" in metrics:
         check = metrics["precision"]

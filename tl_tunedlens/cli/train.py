@@ -1,12 +1,17 @@
-"""``tl-tunedlens train``: train a tuned lens on text and save it to a folder."""
+"""``tl-tunedlens train``: train a tuned lens on text and save it to a folder.
+
+Under ``torchrun --nproc_per_node N -m tl_tunedlens train ...`` every rank runs this command; rank 0
+alone prints, shows progress and writes the checkpoint and the lens (:mod:`tl_tunedlens.training.distributed`).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .common import (add_data_args, add_model_args, add_progress_arg, add_train_config_args, budget_plan,
-                     load_data_from_args, load_model_from_args, train_config_from_args, training_summary)
+from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, add_train_config_args,
+                     budget_plan, load_data_from_args, load_model_from_args, resolve_seq_len, start_distributed,
+                     train_config_from_args, training_summary)
 
 
 def register(subparsers) -> None:
@@ -23,7 +28,9 @@ def register(subparsers) -> None:
     add_train_config_args(parser)
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt with the same options")
     parser.add_argument("--max-tokens", type=int, default=None,
-                        help="tokens to read from the data (default: what the settings need, see TrainConfig.token_budget)")
+                        help="tokens to read from the data (default: what the settings need, see "
+                             "TrainConfig.token_budget; a token store: all of it)")
+    add_distributed_args(parser)
     add_progress_arg(parser)
     parser.set_defaults(func=run)
 
@@ -31,6 +38,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens train``; returns the exit status."""
     from ..artifacts.checkpoint import CHECKPOINT_NAME
+    from ..data.store import is_store
     from ..errors import LensError
     from ..lens import TunedLens
     from ..training import train_lens
@@ -41,16 +49,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and (out / CHECKPOINT_NAME).exists():
         raise LensError(f"{out} already holds a training checkpoint: pass --resume to continue it or another --out")
     config = train_config_from_args(args)
-    config.check(args.seq_len)
+    config.check(resolve_seq_len(args))
+    dist = start_distributed(args)
+    say = print if dist.is_main else (lambda *_: None)
     model = load_model_from_args(args)
     lens = TunedLens.from_model(model)
     plan = budget_plan(model, lens, config, args.seq_len, out if args.resume else None)
     planned = plan.apply(config) if plan is not None else config
-    data = load_data_from_args(args, model, args.max_tokens or planned.token_budget(args.seq_len))
-    print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
-          f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents")
+    wanted = args.max_tokens if is_store(args.data) else args.max_tokens or planned.token_budget(args.seq_len)
+    data = load_data_from_args(args, model, wanted)
+    say(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
+        f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents"
+        + (f"; {dist.world} ranks ({dist.backend})" if dist.active else ""))
     result = train_lens(model, lens, data.sequences, config, out_dir=out, resume=args.resume,
-                        progress=not args.no_progress, data_info=data.info(), plan=plan)
-    lens.save(out, training=result.info)
-    print(f"{training_summary(result)}; lens saved to {out}")
+                        progress=not args.no_progress, data_info=data.info(), plan=plan, dist=dist)
+    if dist.is_main:
+        lens.save(out, training=result.info)
+    dist.barrier("saving the lens")
+    dist.close()
+    say(f"{training_summary(result)}; lens saved to {out}")
     return 0

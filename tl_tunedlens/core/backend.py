@@ -229,7 +229,8 @@ def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names
     The model runs frozen, without gradients, and stops as soon as every hook has fired (the hook
     that completes the set raises), so its own ``ln_final`` / unembedding never run on either backend
     (a Bridge ignores ``stop_at_layer=n_layers``). Captures are keyed by the requested name (on a Bridge
-    ``hook.name`` is the canonical one)."""
+    ``hook.name`` is the canonical one). A model split over devices: every capture is moved to the
+    unembedding's device, where the lens lives."""
     wanted = list(dict.fromkeys(hook_names))
     unknown = [name for name in wanted if name not in model.hook_dict]
     if unknown:
@@ -250,7 +251,8 @@ def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names
     missing = [name for name in wanted if name not in store]
     if missing:
         raise LensError(f"the hook {missing[0]!r} never fired: pass hook names of this model (e.g. lens.hook_names)")
-    return torch.stack([store[name] for name in hook_names])
+    device = model.unembed.W_U.device
+    return torch.stack([store[name].to(device) for name in hook_names])
 
 
 def flatten_tokens(resids: Float[Tensor, "layer batch pos d_model"]) -> Float[Tensor, "layer token d_model"]:

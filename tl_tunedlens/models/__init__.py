@@ -10,6 +10,10 @@
 - ``backend="auto"`` (default): ``"hooked"`` where TransformerLens still has it and the source is a name,
   else ``"bridge"``.
 
+``n_devices=K`` (CUDA) places the blocks across ``K`` devices: TransformerLens's ``n_devices`` for a
+``HookedTransformer``, the Hugging Face ``device_map`` route (``boot_transformers(n_devices=K)``) for a
+``TransformerBridge``; ``ln_final`` and the unembedding end up on one device, where a lens is built.
+
 A hub name with the hub unreachable (or ``HF_HUB_OFFLINE=1`` and the model not cached) fails at once
 with a clear message (:mod:`.remote`).
 
@@ -31,7 +35,7 @@ from .bridge import is_hf_folder, load_bridge
 from .embedded import SMOLLM2_ALIASES, load_smollm2
 from .remote import not_cached, require_hub_model
 
-__all__ = ["load_model"]
+__all__ = ["load_model", "load_tokenizer"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -77,6 +81,7 @@ def load_model(
     compatibility_mode: bool = True,
     n_ctx: int | None = None,
     tokenizer: Any = None,
+    n_devices: int = 1,
     **kwargs: Any,
 ) -> Model:
     """A ``HookedTransformer`` or ``TransformerBridge`` with its tokenizer, frozen (``requires_grad=False``)
@@ -87,10 +92,14 @@ def load_model(
     unless its folder holds one). ``backend``: ``"auto"``, ``"hooked"`` or ``"bridge"``. The processing
     flags default to TransformerLens's own (``fold_ln``, ``center_writing_weights``, ``center_unembed``;
     on a Bridge they are compatibility mode's, off entirely with ``compatibility_mode=False``); lens
-    log-probs are the same under all of them. Extra keyword arguments go to ``HookedTransformerConfig``
+    log-probs are the same under all of them. ``n_devices``: split the blocks over that many CUDA devices
+    (see the module docstring). Extra keyword arguments go to ``HookedTransformerConfig``
     (embedded model), ``HookedTransformer.from_pretrained`` or ``TransformerBridge.boot_transformers``."""
     dtype = parse_dtype(dtype)
     backend = resolve_backend(backend, name)
+    check_n_devices(n_devices, device)
+    if n_devices > 1:
+        kwargs["n_devices"] = n_devices
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
     if backend == BRIDGE:
         model = load_bridge(name, dtype=dtype, device=device, n_ctx=n_ctx, compatibility_mode=compatibility_mode,
@@ -106,6 +115,44 @@ def load_model(
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def load_tokenizer(name: str = "smollm2-135m") -> Any:
+    """The tokenizer of the model ``name`` (as :func:`load_model` takes it) without loading the weights:
+    the embedded model's from its cache, a Hugging Face folder's, or the hub repo's of an official
+    TransformerLens name or a hub name (needs the hub, or ``HF_HUB_OFFLINE=1`` and a cached copy)."""
+    from transformers import AutoTokenizer
+
+    if isinstance(name, str) and name.lower() in SMOLLM2_ALIASES:
+        from .embedded import ensure_smollm2_cache
+
+        return AutoTokenizer.from_pretrained(str(ensure_smollm2_cache() / "tokenizer"))
+    if not is_hf_folder(name):
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            name = get_official_model_name(name)
+        except ValueError:
+            pass   # a hub name for a TransformerBridge
+        require_hub_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(str(name))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {first_line(err)}") from err
+
+
+def check_n_devices(n_devices: int, device: str | torch.device) -> None:
+    """A one-line error unless ``n_devices`` is 1, or ``device`` is CUDA with that many devices visible."""
+    if n_devices < 1:
+        raise ModelLoadError(f"n_devices must be >= 1, got {n_devices}")
+    if n_devices == 1:
+        return
+    if torch.device(device).type != "cuda":
+        raise ModelLoadError(f"--n-devices {n_devices} splits a model over CUDA devices: pass --device cuda")
+    visible = torch.cuda.device_count()
+    if visible < n_devices:
+        raise ModelLoadError(f"--n-devices {n_devices} needs {n_devices} CUDA devices, {visible} are visible: "
+                             f"pass --n-devices <= {visible}")
 
 
 def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs) -> Model:

@@ -43,8 +43,15 @@ def load_bridge(source: Any, *, dtype: torch.dtype, device: str | torch.device, 
     """A ``TransformerBridge`` of ``source`` (see the module docstring), in eval mode, compatibility mode
     on unless ``compatibility_mode=False``. ``n_ctx`` may shorten the context (the embedded model: 2048 by
     default). Extra keyword arguments go to ``boot_transformers``."""
+    if kwargs.get("n_devices", 1) > 1:   # the device_map route: TransformerLens loads the HF model itself
+        if not isinstance(source, (str, Path)) or str(source).lower() in SMOLLM2_ALIASES:
+            raise ModelLoadError("n_devices > 1 needs a hub name or a Hugging Face model folder (TransformerLens "
+                                 "loads it with a device_map), not the embedded or an in-memory model")
+        device = None
     boot = functools.partial(_boot, dtype=dtype, device=device, **kwargs)
-    if isinstance(source, str) and source.lower() in SMOLLM2_ALIASES:
+    if kwargs.get("n_devices", 1) > 1 and is_hf_folder(source):
+        bridge = boot(str(Path(source).expanduser()), None, tokenizer)
+    elif isinstance(source, str) and source.lower() in SMOLLM2_ALIASES:
         hf_model, tokenizer, cfg = smollm2_hf_model(dtype)
         bridge = boot(cfg["model_name"], hf_model, tokenizer)
         bridge.cfg.model_name = cfg["model_name"]
@@ -82,7 +89,7 @@ def _boot(label: str, hf_model, tokenizer, *, dtype, device, **kwargs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return TransformerBridge.boot_transformers(label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype,
-                                                       device=str(device), **kwargs)
+                                                       device=None if device is None else str(device), **kwargs)
     except (OSError, ValueError, KeyError, NotImplementedError) as err:
         if hf_model is None and hub_offline():
             raise not_cached(label) from err

@@ -1,6 +1,6 @@
 """Data-parallel runs under ``torchrun``: the process group, each rank's share, and the sums it reduces.
 
-A run is distributed when ``torchrun`` (or any launcher) sets ``WORLD_SIZE`` > 1 with ``RANK``,
+A run is distributed when ``torchrun`` (or any launcher) sets ``WORLD_SIZE`` and ``RANK``, with
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. :func:`init_distributed` then joins the group:
 ``gloo`` on the CPU, ``nccl`` on CUDA (rank ``r`` uses ``cuda:LOCAL_RANK``). Without those variables it
 returns :data:`SINGLE`, a one-process :class:`Dist` whose collectives do nothing, so the same code runs
@@ -44,7 +44,8 @@ class DistributedError(LensError):
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the run: ``rank`` of ``world`` (``world == 1``: no process group)."""
+    """This process's place in the run: ``rank`` of ``world``; ``backend`` is ``"gloo"`` or ``"nccl"`` once a
+    process group is joined, ``""`` for a plain process (then every collective does nothing)."""
 
     rank: int = 0
     world: int = 1
@@ -58,7 +59,8 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        """Whether a process group is joined (collectives run, even with one rank)."""
+        return bool(self.backend)
 
     def shard(self, items: Sequence[T]) -> Sequence[T]:
         """This rank's contiguous slice of ``items``: rank 0 first, sizes differing by at most one, the
@@ -138,8 +140,8 @@ SINGLE = Dist()
 
 
 def launched() -> bool:
-    """Whether the launcher's environment asks for more than one process (``WORLD_SIZE`` > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether a launcher (``torchrun``) started this process: ``WORLD_SIZE`` and ``RANK`` are set."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 def init_distributed(device: str | torch.device = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:

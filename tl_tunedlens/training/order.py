@@ -36,5 +36,8 @@ def step_sequences(n_seq: int, per_step: int, step: int, seed: int, offset: int 
 
 
 def data_digest(sequences: Int[Tensor, "n_seq seq_len"]) -> str:
-    """A short hash of the token ids, recorded in checkpoints so a resume checks it has the same data."""
+    """A short hash of the token ids, recorded in checkpoints so a resume checks it has the same data
+    (a token store's :class:`~tl_tunedlens.data.store.StoredSequences` carries it: the same value, not read again)."""
+    if hasattr(sequences, "digest"):
+        return sequences.digest
     return hashlib.sha256(sequences.to("cpu", torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]

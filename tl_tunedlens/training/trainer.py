@@ -176,7 +176,7 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         raise LensError(f"sequence length {seq_len} exceeds the model's context n_ctx={n_ctx}: pass --seq-len <= {n_ctx}")
     lens.check_model(model)
     layers = _trained_layers(lens, cfg)
-    if dist.active and cfg.time_budget is not None:
+    if dist.world > 1 and cfg.time_budget is not None:
         raise LensError("--time-budget plans one process's run: drop it under torchrun and set --steps instead")
     t_begin = time.perf_counter() if t_begin is None else t_begin
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
