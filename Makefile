@@ -73,6 +73,9 @@ test-integration: setup
 
 bench: setup
 	$(BIN)/python bench/bench_train.py
+	# 2 ranks x 1 thread (torchrun, gloo) vs 1 process x 2 threads; the token store's format
+	$(BIN)/python bench/bench_distributed.py
+	$(BIN)/python bench/bench_store.py
 
 # the documentation site, offline, warnings as errors; every tutorial is executed (a few minutes)
 docs: setup

@@ -182,3 +182,41 @@ def test_incomplete_launcher_environment_is_refused(monkeypatch):
     with pytest.raises(LensError, match="torchrun"):
         init_distributed("cpu")
     assert issubclass(DistributedError, LensError)
+
+
+@pytest.mark.integration
+def test_torchrun_train_and_eval_on_smollm2(tmp_path):
+    """``python -m torch.distributed.run --nproc_per_node 2 -m tl_tunedlens train`` then ``eval``, end to end:
+    rank 0 alone writes; the lens equals the one-process lens; the metrics equal one process's."""
+    import json
+    import subprocess
+    import sys
+
+    from tl_tunedlens.cli import main
+
+    common = ["--data", "shakespeare", "--seq-len", "32", "--no-progress"]
+    train = ["train", *common, "--steps", "2", "--tokens-per-step", "128", "--lstsq-tokens", "128", "--layers", "5", "20",
+             "--optimizer", "sgd", "--lr", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+              str(_free_ports()[0]), "-m", "tl_tunedlens"]
+    done = subprocess.run([*launch, *train, "--out", str(tmp_path / "ranks")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("lens saved to") == 1 and "2 ranks (gloo)" in done.stdout
+    assert main([*train, "--out", str(tmp_path / "one")]) == 0
+    from safetensors.torch import load_file
+
+    ranks, one = (load_file(str(tmp_path / d / "lens.safetensors")) for d in ("ranks", "one"))
+    assert _max_delta(ranks, one) <= 1e-4
+    assert json.loads((tmp_path / "ranks" / "config.json").read_text())["training"]["ranks"] == 2
+    evaluate = ["eval", *common, "--lens", str(tmp_path / "ranks"), "--tokens", "93"]
+    done = subprocess.run([*launch, *evaluate, "--out", str(tmp_path / "m2.json")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("metrics written") == 1
+    assert main([*evaluate, "--out", str(tmp_path / "m1.json")]) == 0
+    m2, m1 = (json.loads((tmp_path / f).read_text()) for f in ("m2.json", "m1.json"))
+    assert m2["tokens"] == m1["tokens"] == 93
+    for a, b in zip(m2["layers"], m1["layers"]):
+        assert a["tuned"]["kl"] == pytest.approx(b["tuned"]["kl"], rel=1e-4, abs=1e-5)

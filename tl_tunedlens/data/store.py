@@ -86,12 +86,14 @@ class StoredSequences:
 
     @property
     def shape(self) -> torch.Size:
+        """``(n_seq, seq_len)``."""
         return torch.Size(self.array.shape)
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
 
     def numel(self) -> int:
+        """Token ids in the store (``n_seq * seq_len``)."""
         return int(self.array.size)
 
     def __getitem__(self, index) -> Int[Tensor, "..."]:
