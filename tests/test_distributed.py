@@ -184,6 +184,21 @@ def test_incomplete_launcher_environment_is_refused(monkeypatch):
     assert issubclass(DistributedError, LensError)
 
 
+
+def test_n_devices_is_checked_before_loading():
+    from tl_tunedlens import load_model
+    from tl_tunedlens.errors import ModelLoadError
+    from tl_tunedlens.models import check_n_devices
+
+    with pytest.raises(ModelLoadError, match="pass --device cuda"):
+        load_model("smollm2-135m", n_devices=2)
+    if torch.cuda.device_count() < 64:
+        with pytest.raises(ModelLoadError, match="needs 64 CUDA devices"):
+            check_n_devices(64, "cuda")
+    with pytest.raises(ModelLoadError, match=">= 1"):
+        check_n_devices(0, "cpu")
+    check_n_devices(1, "cpu")
+
 @pytest.mark.integration
 def test_torchrun_train_and_eval_on_smollm2(tmp_path):
     """``python -m torch.distributed.run --nproc_per_node 2 -m tl_tunedlens train`` then ``eval``, end to end:

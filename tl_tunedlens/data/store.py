@@ -36,7 +36,7 @@ from torch import Tensor
 from ..artifacts.files import write_json_atomic
 from ..errors import LensError, first_line
 from .documents import Document
-from .tokens import TokenData, _check_seq_len, eos_token_id
+from .tokens import TokenData, _check_seq_len, eos_token_id, join_documents
 
 FORMAT = "tl_tunedlens token store"
 VERSION = 1
@@ -140,16 +140,11 @@ def write_store(docs: Iterable[Document], tokenizer, seq_len: int, out: str | os
         pending: list[int] = []
         cap = None if max_tokens is None else max(int(max_tokens), seq_len) // seq_len
         with open(staging / "rows.bin", "wb") as raw:
-            for doc in docs:
+            for doc, piece, n_tok in join_documents(docs, tokenizer):
                 if cap is not None and rows >= cap:
                     break
-                ids = tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]
-                if not ids:
-                    continue
-                if names:
-                    pending.append(eos)
-                pending.extend(ids)
-                n_bytes, n_text = n_bytes + len(doc.text.encode("utf-8")), n_text + len(ids)
+                pending.extend(piece)
+                n_bytes, n_text = n_bytes + len(doc.text.encode("utf-8")), n_text + n_tok
                 names.append(doc.name)
                 full = len(pending) // seq_len
                 if cap is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Int
@@ -79,6 +79,17 @@ def eos_token_id(tokenizer) -> int:
     return int(eos)
 
 
+def join_documents(docs: Iterable[Document], tokenizer) -> Iterator[tuple[Document, list[int], int]]:
+    """The joined token stream, one document at a time: ``(document, its ids preceded by EOS unless it is
+    the first, its own token count)``; documents without tokens are skipped (no special tokens added)."""
+    eos, first = eos_token_id(tokenizer), True
+    for doc in docs:
+        tok = tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]
+        if tok:
+            yield doc, (tok if first else [eos, *tok]), len(tok)
+            first = False
+
+
 def tokenize(docs: Sequence[Document], tokenizer, seq_len: int, *, max_tokens: int | None = None,
              n_ctx: int | None = None, source: str = "") -> TokenData:
     """Tokenise ``docs`` (no special tokens), join them with EOS, cut into ``[n, seq_len]``.
@@ -87,21 +98,15 @@ def tokenize(docs: Sequence[Document], tokenizer, seq_len: int, *, max_tokens: i
     the remainder shorter than a sequence is dropped. ``n_ctx``: the model's context, checked
     against ``seq_len``. Raises ``LensError`` when the data is shorter than one sequence."""
     _check_seq_len(tokenizer, seq_len, n_ctx)
-    eos = eos_token_id(tokenizer)
     ids: list[int] = []
     n_bytes = n_text_tokens = 0
     used = []
-    for doc in docs:
+    for doc, piece, n_tok in join_documents(docs, tokenizer):
         if max_tokens is not None and len(ids) >= max_tokens:
             break
-        tok = tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]
-        if not tok:
-            continue
-        if ids:
-            ids.append(eos)
-        ids.extend(tok)
+        ids.extend(piece)
         n_bytes += len(doc.text.encode("utf-8"))
-        n_text_tokens += len(tok)
+        n_text_tokens += n_tok
         used.append(doc.name)
     if max_tokens is not None:
         ids = ids[: max(int(max_tokens), seq_len)]

@@ -69,20 +69,20 @@ class Dist:
         start = self.rank * base + min(self.rank, extra)
         return items[start:start + base + (self.rank < extra)]
 
-    def all_reduce_(self, tensors: Iterable[Tensor], what: str, op: str = "sum") -> None:
-        """Sum (or ``op="max"``) each tensor over the ranks, in place, as one flat buffer per dtype and device."""
+    def all_reduce_(self, tensors: Iterable[Tensor], what: str) -> None:
+        """Sum each tensor over the ranks, in place, as one flat buffer per dtype and device; ``what``
+        names the operation in the error if it fails."""
         tensors = [t for t in tensors if t is not None]
         if not self.active or not tensors:
             return
         import torch.distributed as tdist
 
-        reduce_op = {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX}[op]
         groups: dict[tuple, list[Tensor]] = {}
         for t in tensors:
             groups.setdefault((t.dtype, t.device), []).append(t)
         for group in groups.values():
             flat = torch.cat([t.reshape(-1) for t in group]).to(self.device)
-            self._call(tdist.all_reduce, flat, reduce_op, what=what)
+            self._call(tdist.all_reduce, flat, tdist.ReduceOp.SUM, what=what)
             flat = flat.to(group[0].device)
             offset = 0
             for t in group:
@@ -98,12 +98,6 @@ class Dist:
         buf = tensor.to(self.device).contiguous()
         self._call(tdist.broadcast, buf, 0, what=what)
         tensor.copy_(buf.to(tensor.device))
-
-    def any(self, flag: bool, what: str) -> bool:
-        """Whether ``flag`` is true on any rank (every rank gets the same answer)."""
-        t = torch.tensor([1.0 if flag else 0.0])
-        self.all_reduce_([t], what, op="max")
-        return bool(t.item())
 
     def barrier(self, what: str) -> None:
         """Wait until every rank is here."""
