@@ -211,7 +211,7 @@ def test_torchrun_train_and_eval_on_smollm2(tmp_path):
 
     common = ["--data", "shakespeare", "--seq-len", "32", "--no-progress"]
     train = ["train", *common, "--steps", "2", "--tokens-per-step", "128", "--lstsq-tokens", "128", "--layers", "5", "20",
-             "--optimizer", "sgd", "--lr", "0.5"]
+             "--optimizer", "sgd", "--lr", "0.5", "--matmul-dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
               str(_free_ports()[0]), "-m", "tl_tunedlens"]
@@ -225,7 +225,7 @@ def test_torchrun_train_and_eval_on_smollm2(tmp_path):
     ranks, one = (load_file(str(tmp_path / d / "lens.safetensors")) for d in ("ranks", "one"))
     assert _max_delta(ranks, one) <= 1e-4
     assert json.loads((tmp_path / "ranks" / "config.json").read_text())["training"]["ranks"] == 2
-    evaluate = ["eval", *common, "--lens", str(tmp_path / "ranks"), "--tokens", "93"]
+    evaluate = ["eval", *common, "--lens", str(tmp_path / "ranks"), "--tokens", "93", "--chunk-tokens", "64"]
     done = subprocess.run([*launch, *evaluate, "--out", str(tmp_path / "m2.json")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -199,6 +199,12 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         cfg = plan.apply(cfg)
     if "matmul_dtype" in saved_info:
         matmul_dtype, dtype_choice = MATMUL_DTYPES[saved_info["matmul_dtype"]], saved_info.get("matmul_dtype_choice")
+    elif dist.active and cfg.matmul_dtype == "auto":   # rank 0 measures; every rank takes its choice
+        matmul_dtype, dtype_choice = (resolve_matmul_dtype(lens.unembed, "auto", cfg.chunk_tokens) if dist.is_main
+                                      else (lens.unembed.dtype, "auto: rank 0's measurement"))
+        bf16 = torch.tensor([float(matmul_dtype == torch.bfloat16)])
+        dist.broadcast_(bf16, "the matmul dtype broadcast")
+        matmul_dtype = torch.bfloat16 if bf16.item() else (matmul_dtype if dist.is_main else lens.unembed.dtype)
     else:
         matmul_dtype, dtype_choice = resolve_matmul_dtype(lens.unembed, cfg.matmul_dtype, cfg.chunk_tokens)
     params = [p for i in layers for p in lens.translators[i].parameters()]
