@@ -210,7 +210,9 @@ def test_torchrun_train_and_eval_on_smollm2(tmp_path):
     from tl_tunedlens.cli import main
 
     common = ["--data", "shakespeare", "--seq-len", "32", "--no-progress"]
-    train = ["train", *common, "--steps", "2", "--tokens-per-step", "128", "--lstsq-tokens", "128", "--layers", "5", "20",
+    # identity start: a 128-token ridge fit in 576 dimensions is too ill-posed to compare across sum orders
+    # (the 2-rank least-squares start is compared on the tiny model above)
+    train = ["train", *common, "--steps", "2", "--tokens-per-step", "128", "--init", "identity", "--layers", "5", "20",
              "--optimizer", "sgd", "--lr", "0.5", "--matmul-dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
