@@ -21,6 +21,7 @@ training may run it itself (:attr:`Unembed.fusable`) in a lower precision
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ class Unembed:
 
     def __init__(self, model: Model):
         facts = model_facts(model)
+        self._model = weakref.ref(model)
         self.backend: str = facts.backend
         self.ln_final = facts.ln_final
         self.unembed = facts.unembed
@@ -56,6 +58,11 @@ class Unembed:
         self._sha256: str | None = None
         self._fingerprint: list[float] | None = None
         self._transposed: dict[str, tuple] = {}  # "model" / "training" -> (key, W_U.T contiguous, b_U)
+
+    @property
+    def model(self) -> Model | None:
+        """The model this decoder was read from (held weakly: ``None`` once it is gone)."""
+        return self._model()
 
     @property
     def device(self) -> torch.device:
