@@ -40,6 +40,10 @@ def to_log_probs(logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*bat
     return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
 
 
+def _no_model() -> None:
+    return None
+
+
 class Unembed:
     """``logits = softcap(unembed(ln_final(h)))`` exactly as the model's own forward does (a
     ``HookedTransformer`` or a ``TransformerBridge``, see :mod:`.backend`)."""
@@ -61,8 +65,16 @@ class Unembed:
 
     @property
     def model(self) -> Model | None:
-        """The model this decoder was read from (held weakly: ``None`` once it is gone)."""
+        """The model this decoder was read from (held weakly: ``None`` once it is gone, or after pickling)."""
         return self._model()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None}  # a weak reference does not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._model is None:
+            self._model = _no_model
 
     @property
     def device(self) -> torch.device:
