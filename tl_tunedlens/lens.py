@@ -71,6 +71,7 @@ class Lens(HooksMixin, nn.Module):
 
     @property
     def layers(self) -> list[int]:
+        """Every lens layer, ``0..n_layers`` (the last is the model's own output)."""
         return list(range(self.n_layers + 1))
 
     def layer_index(self, layer: int) -> int:

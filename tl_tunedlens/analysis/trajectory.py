@@ -220,10 +220,12 @@ class PredictionTrajectory:
 
     @property
     def batch(self) -> int:
+        """Number of prompts."""
         return self.tokens.shape[0]
 
     @property
     def n_pos(self) -> int:
+        """Number of positions per prompt."""
         return self.tokens.shape[1]
 
     def prompt_index(self, index: int) -> int:

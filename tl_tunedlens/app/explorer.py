@@ -1,8 +1,8 @@
 """The explorer's computations, independent of any web server.
 
-:class:`Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
+:class:`~tl_tunedlens.app.explorer.Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
 once. For a text it runs the model once (``run_with_cache`` on the lens hook names) and streams every
-lens layer by layer into a :class:`~tl_tunedlens.analysis.PredictionTrajectory`, keeping besides the
+lens layer by layer into a :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`, keeping besides the
 log-probs and ranks of a few *watched* tokens (the chosen token, the two tokens of the logit
 difference), so memory stays ``lenses x layers x pos x k``. Analyses are cached per (text, watched
 tokens), so changing the statistic, top-k or position redraws without running the model again.
@@ -149,6 +149,7 @@ class Analysis:
     uses: int = 1
 
     def watch_index(self, token_id: int) -> int:
+        """The column of ``token_id`` in the watched-token log-probs."""
         return self.watched.index(token_id)
 
 
@@ -191,10 +192,12 @@ class Explorer:
 
     @property
     def tuned_names(self) -> list[str]:
+        """The names of the tuned lenses (every lens but the logit lens)."""
         return [name for name in self.lenses if name != LOGIT_LENS]
 
     @property
     def model_name(self) -> str:
+        """The model's name, as shown on the page."""
         return str(getattr(self.model.cfg, "model_name", "model"))
 
     def settings(self) -> dict[str, Any]:
@@ -204,6 +207,7 @@ class Explorer:
 
     # --- input --------------------------------------------------------------------------
     def tokenize(self, text: str) -> Int[Tensor, "1 pos"]:
+        """``text`` as token ids ``[1, pos]``; a :class:`~tl_tunedlens.errors.LensError` if empty or over ``limits.max_tokens``."""
         tokens = to_tokens(self.model, text)
         if tokens.shape[1] > self.limits.max_tokens:
             raise LensError(f"the text is {tokens.shape[1]} tokens long; the limit is {self.limits.max_tokens} "

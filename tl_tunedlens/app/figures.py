@@ -1,6 +1,6 @@
 """The explorer's own figure: the per-layer logit difference of two tokens; and tokens made visible.
 
-The trajectory heatmaps themselves are :func:`tl_tunedlens.viz.compare_heatmaps`.
+The trajectory heatmaps themselves are :func:`tl_tunedlens.viz.plots.compare_heatmaps`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from .common import add_model_args, check_lens_arg, load_model_from_args, option
 
 
 def register(subparsers) -> None:
+    """Add the ``serve`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "serve", help="explore lenses in the browser: type text, see every layer's prediction (local web app)",
         description="Load the model and the lenses once and serve a local web page: type a text and see the "
@@ -40,6 +41,7 @@ def lens_names(dirs: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model and lenses, then serve the explorer until Ctrl+C; exit status."""
     from ..app.explorer import Explorer, Limits
     from ..app.server import Server, is_loopback  # a one-line error without the [app] extra (werkzeug)
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens)

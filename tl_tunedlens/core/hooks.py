@@ -60,6 +60,7 @@ class LensRecord:
 
     @property
     def layers(self) -> list[int]:
+        """The lens layers recorded so far, ascending."""
         return sorted(self.log_probs or self.top_k_log_probs)
 
     def clear(self) -> None:

@@ -78,10 +78,12 @@ class Unembed:
 
     @property
     def device(self) -> torch.device:
+        """The device of the unembedding weights."""
         return self.unembed.W_U.device
 
     @property
     def softcapped(self) -> bool:
+        """Whether the model soft-caps its output logits (``tanh``), which the fused path cannot do."""
         return self.softcap is not None
 
     # --- the fast path ----------------------------------------------------------------
@@ -183,6 +185,7 @@ class Unembed:
 
     @property
     def fingerprint(self) -> list[float]:
+        """Log-probs of fixed probe vectors (computed once): the model identity that survives processing flags."""
         if self._fingerprint is None:
             self._fingerprint = self.compute_fingerprint()
         return self._fingerprint
