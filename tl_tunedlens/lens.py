@@ -243,7 +243,7 @@ class TunedLens(Lens):
                         allow_unverified: bool = False) -> "TunedLens":
         """Load from a local folder, a hub repo, or the reference space ``AlignmentResearch/tuned-lens``
         (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used. Checked like
-        :meth:`load` (``allow_unverified`` as there)."""
+        :meth:`~tl_tunedlens.lens.TunedLens.load` (``allow_unverified`` as there)."""
         return artifacts.from_pretrained(cls, path_or_repo_id, model, revision=revision, cache_dir=cache_dir,
                                          dtype=dtype, repo_type=repo_type, subfolder=subfolder, token=token,
                                          allow_unverified=allow_unverified)

@@ -63,7 +63,7 @@ def strict_json(obj: Any, what: str) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented, strict JSON (:func:`strict_json`) to ``path`` atomically."""
+    """Write ``obj`` as indented, strict JSON (:func:`~tl_tunedlens.artifacts.files.strict_json`) to ``path`` atomically."""
     write_text_atomic(path, strict_json(obj, str(path)) + "\n")
 
 

@@ -88,7 +88,7 @@ def check_folder(path: str | os.PathLike, *, allow_unverified: bool = False) -> 
 
 def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
          dtype: torch.dtype | None = None, source: str | None = None, allow_unverified: bool = False) -> "TunedLens":
-    """Load the lens in folder ``path`` (either format) for ``model``; see :mod:`.native` for what is
+    """Load the lens in folder ``path`` (either format) for ``model``; see :mod:`tl_tunedlens.artifacts.native` for what is
     checked (``allow_unverified``: accept a native config that records no model identity)."""
     path = Path(path)
     config = check_folder(path, allow_unverified=allow_unverified)

@@ -1,14 +1,14 @@
 """Where a command writes: checked before the work starts, and owned while it runs.
 
-- :func:`check_file_output`: a single-file output (``eval --out``, ``show --out``) must not be a
+- :func:`~tl_tunedlens.artifacts.outdir.check_file_output`: a single-file output (``eval --out``, ``show --out``) must not be a
   folder, must not lie below a file, and its folder must be creatable and writable; checked by
   creating and removing a probe file in the nearest existing folder, so a read-only file system or
   folder fails here, before any model or data is loaded.
-- :class:`OutputFolder` (``train --out``, ``demo --out``): the same checks for a folder, then an
+- :class:`~tl_tunedlens.artifacts.outdir.OutputFolder` (``train --out``, ``demo --out``): the same checks for a folder, then an
   exclusive lock (``.tl-tunedlens.lock``, an ``flock`` held until the run ends, naming its holder:
   pid, host, start time, command), so a second run on the same folder fails at once; the lock's
   taker removes the temporary files an interrupted atomic write left behind (``.NAME.XXXXXXXX.tmp``,
-  see :mod:`.files`). A folder already holding a lens or results is refused unless the run resumes
+  see :mod:`tl_tunedlens.artifacts.files`). A folder already holding a lens or results is refused unless the run resumes
   it or ``overwrite=True``, which removes the files a run writes (``OWNED_NAMES``) and nothing else.
 
 The lock is advisory and POSIX-only (``fcntl.flock``); the kernel releases it when its holder dies,
@@ -90,7 +90,7 @@ class OutputFolder:
     """An output folder, checked and locked for one run (a context manager; see the module doc).
 
     ``resume``: the run continues the folder's checkpoint, so its lens and results may stay;
-    ``overwrite``: the folder may hold an earlier lens or results, which :meth:`clear` removes."""
+    ``overwrite``: the folder may hold an earlier lens or results, which :meth:`~tl_tunedlens.artifacts.outdir.OutputFolder.clear` removes."""
 
     def __init__(self, path: str | os.PathLike, *, flag: str = "--out", resume: bool = False,
                  overwrite: bool = False):

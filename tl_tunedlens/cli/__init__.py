@@ -19,7 +19,7 @@ class UsageError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors raise :class:`UsageError` (one line) instead of printing the usage."""
+    """An ``ArgumentParser`` whose errors raise :class:`~tl_tunedlens.cli.UsageError` (one line) instead of printing the usage."""
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: error: {first_line(Exception(message), 300)} (see {self.prog} --help)")

@@ -220,7 +220,7 @@ def hooks_silenced(module: nn.Module | None) -> Iterator[None]:
 
 def hook_points(model: Model) -> "weakref.WeakSet[HookPoint]":
     """Every ``HookPoint`` of ``model`` (its ``hook_dict``), held weakly: what a lens hook checks its
-    hook point against (see :mod:`.hooks`)."""
+    hook point against (see :mod:`tl_tunedlens.core.hooks`)."""
     return weakref.WeakSet(model.hook_dict.values())
 
 

@@ -98,7 +98,7 @@ def as_positions(positions: Positions) -> slice | Int[Tensor, " n"] | None:
 
 
 def check_positions(positions: slice | Tensor | None, n_pos: int) -> None:
-    """Raise a one-line error if an index of ``positions`` (see :func:`as_positions`) is outside a sequence of ``n_pos`` tokens."""
+    """Raise a one-line error if an index of ``positions`` (see :func:`~tl_tunedlens.core.hooks.as_positions`) is outside a sequence of ``n_pos`` tokens."""
     if isinstance(positions, Tensor) and len(positions):
         bad = positions[(positions >= n_pos) | (positions < -n_pos)]
         if len(bad):
@@ -218,7 +218,7 @@ class HooksMixin:
     ) -> HookList:
         """Hooks that replace the residual stream at ``layers`` with ``lens.transform(resid, layer)``
         (at ``positions`` only, if given), so the rest of the model runs on the translator's output.
-        ``model``: as in :meth:`recording_hooks`."""
+        ``model``: as in :meth:`~tl_tunedlens.core.hooks.HooksMixin.recording_hooks`."""
         positions = as_positions(positions)
         guard = self._hook_guard(model)
 

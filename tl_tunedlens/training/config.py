@@ -32,7 +32,7 @@ MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _option(help: str, **rules: Any) -> dict[str, Any]:
-    """Field metadata: ``help`` for the CLI, and the rules :func:`option_problem` checks (beyond the
+    """Field metadata: ``help`` for the CLI, and the rules :func:`~tl_tunedlens.training.config.option_problem` checks (beyond the
     field's type): ``choices``, ``min``/``max`` (with ``unit`` for the message), ``positive``, ``below``;
     ``flag`` (CLI name), ``label`` (for messages)."""
     return {"help": help, **rules}
@@ -137,8 +137,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = None) -> str | None:
-    """Why ``value`` breaks ``rules`` (see the field metadata of :class:`TrainConfig`), or ``None`` when it is fine: the one check
-    behind :class:`TrainConfig`'s fields and every numeric command-line option (:func:`~tl_tunedlens.cli.common.option_type`).
+    """Why ``value`` breaks ``rules`` (see the field metadata of :class:`~tl_tunedlens.training.config.TrainConfig`), or ``None`` when it is fine: the one check
+    behind :class:`~tl_tunedlens.training.config.TrainConfig`'s fields and every numeric command-line option (:func:`~tl_tunedlens.cli.common.option_type`).
 
     ``kind`` (``int``, ``float``, ``str``): the type the value must have; an ``int`` is never a
     ``bool``, a ``float`` may be an ``int`` and must be finite."""
@@ -169,7 +169,7 @@ def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = Non
 
 def check_option(name: str, value: Any, rules: Mapping[str, Any], kind: type | None = None) -> None:
     """Raise a one-line :class:`~tl_tunedlens.errors.LensError` (``name=value: why``) unless ``value``
-    satisfies ``rules`` (see :func:`option_problem`)."""
+    satisfies ``rules`` (see :func:`~tl_tunedlens.training.config.option_problem`)."""
     problem = option_problem(value, rules, kind)
     if problem is not None:
         label = rules.get("label", name.replace("_", " "))
@@ -179,7 +179,7 @@ def check_option(name: str, value: Any, rules: Mapping[str, Any], kind: type | N
 
 
 def field_kind(hint: Any) -> tuple[type, bool, bool]:
-    """``(element type, is a list, may be None)`` of a :class:`TrainConfig` field's type hint."""
+    """``(element type, is a list, may be None)`` of a :class:`~tl_tunedlens.training.config.TrainConfig` field's type hint."""
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     optional = type(None) in args
     kind = next(a for a in args if a is not type(None))

@@ -8,10 +8,10 @@ translators' ``.grad``: no autograd graph over the vocabulary-sized softmax is e
 most one block of logits plus the target is alive at a time. The target, the softmax, the loss and
 its gradient are fp32 whatever the decoder's matmul precision.
 
-Divergence (:class:`DivergenceWatch`): a non-finite loss or weight stops training at once; so does a
+Divergence (:class:`~tl_tunedlens.training.loss.DivergenceWatch`): a non-finite loss or weight stops training at once; so does a
 layer whose mean loss stays above ``DIVERGENCE_FACTOR`` times its first step's loss (and at least
 ``DIVERGENCE_MARGIN`` nats above it, so that tiny losses may fluctuate) for
-``DIVERGENCE_STEPS`` steps in a row. Both raise :func:`diverged`'s error, naming the layer and step.
+``DIVERGENCE_STEPS`` steps in a row. Both raise :func:`~tl_tunedlens.training.loss.diverged`'s error, naming the layer and step.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DivergenceWatch:
     rising: list[int] = field(default_factory=list)
 
     def update(self, layer_losses: list[float], layers: list[int], step: int) -> None:
-        """Record one step's per-layer mean losses; raise :func:`diverged`'s error on a sustained rise."""
+        """Record one step's per-layer mean losses; raise :func:`~tl_tunedlens.training.loss.diverged`'s error on a sustained rise."""
         if self.start is None or len(self.start) != len(layer_losses):
             self.start, self.rising = list(layer_losses), [0] * len(layer_losses)
             return
@@ -71,7 +71,7 @@ class DivergenceWatch:
         return {"start": self.start, "rising": self.rising}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Continue from :meth:`state_dict` (``None``, a checkpoint from before the watch: start afresh)."""
+        """Continue from :meth:`~tl_tunedlens.training.loss.DivergenceWatch.state_dict` (``None``, a checkpoint from before the watch: start afresh)."""
         state = state or {}
         self.start, self.rising = state.get("start"), list(state.get("rising") or [])
 

@@ -12,7 +12,7 @@
 
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
 ``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight, or
-a layer's loss staying well above its first step's (:class:`~.loss.DivergenceWatch`), stops training
+a layer's loss staying well above its first step's (:class:`~tl_tunedlens.training.loss.DivergenceWatch`), stops training
 with an error naming the layer and step (the last checkpoint stays intact).
 With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
 before a step that would end past the budget.
