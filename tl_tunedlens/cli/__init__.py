@@ -18,7 +18,7 @@ class UsageError(Exception):
     """A bad command line, as one line: ``prog: error: message (see prog --help)``."""
 
 
-class OneLineParser(argparse.ArgumentParser):
+class _OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors raise :class:`~tl_tunedlens.cli.UsageError` (one line) instead of printing the usage."""
 
     def error(self, message: str):
@@ -30,7 +30,7 @@ SUBCOMMANDS = ["predict", "train", "eval", "show", "serve", "demo"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tl-tunedlens`` argument parser, one subparser per module in ``SUBCOMMANDS``."""
-    parser = OneLineParser(
+    parser = _OneLineParser(
         prog="tl-tunedlens",
         description="Tuned lenses for TransformerLens models: train, evaluate, inspect.",
     )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Container, Iterator
 
 import torch
 from einops import rearrange
@@ -218,7 +218,7 @@ def hooks_silenced(module: nn.Module | None) -> Iterator[None]:
             sub._forward_hooks, sub._backward_hooks = fwd, bwd
 
 
-def hook_points(model: Model) -> "weakref.WeakSet[HookPoint]":
+def hook_points(model: Model) -> Container[HookPoint]:
     """Every ``HookPoint`` of ``model`` (its ``hook_dict``), held weakly: what a lens hook checks its
     hook point against (see :mod:`tl_tunedlens.core.hooks`)."""
     return weakref.WeakSet(model.hook_dict.values())
