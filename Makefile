@@ -55,7 +55,7 @@ browser:
 	  else echo "note: install chromium (apt-get install chromium) for the browser test and PNG export"; fi; }
 
 demo: setup
-	$(BIN)/tl-tunedlens demo --out $(OUT)
+	$(BIN)/tl-tunedlens demo --out $(OUT) --overwrite
 
 test: setup browser
 	$(BIN)/python -m pytest

@@ -228,20 +228,25 @@ class TunedLens(Lens):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Model, *,
-             dtype: torch.dtype | None = None) -> "TunedLens":
+             dtype: torch.dtype | None = None, allow_unverified: bool = False) -> "TunedLens":
         """Load a lens folder (ours or the reference's) for ``model``, checked against its
-        unembedding, ``n_layers``, ``d_model`` and residual stream."""
-        return artifacts.load(cls, path, model, dtype=dtype)
+        unembedding, ``n_layers``, ``d_model`` and residual stream; the config's fields, the weights'
+        SHA-256 and finiteness are checked too. ``allow_unverified``: accept a config of ours that
+        records no model identity (refused by default)."""
+        return artifacts.load(cls, path, model, dtype=dtype, allow_unverified=allow_unverified)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: Model,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None, *,
                         dtype: torch.dtype | None = None, repo_type: str | None = None,
-                        subfolder: str | None = None, token: str | bool | None = None) -> "TunedLens":
+                        subfolder: str | None = None, token: str | bool | None = None,
+                        allow_unverified: bool = False) -> "TunedLens":
         """Load from a local folder, a hub repo, or the reference space ``AlignmentResearch/tuned-lens``
-        (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used."""
+        (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used. Checked like
+        :meth:`~tl_tunedlens.lens.TunedLens.load` (``allow_unverified`` as there)."""
         return artifacts.from_pretrained(cls, path_or_repo_id, model, revision=revision, cache_dir=cache_dir,
-                                         dtype=dtype, repo_type=repo_type, subfolder=subfolder, token=token)
+                                         dtype=dtype, repo_type=repo_type, subfolder=subfolder, token=token,
+                                         allow_unverified=allow_unverified)
 
     def push_to_hub(self, repo_id: str, *, format: str = "tl-tunedlens", training: dict[str, Any] | None = None,
                     repo_type: str = "model", path_in_repo: str | None = None, revision: str | None = None,

@@ -32,7 +32,7 @@ from ..errors import LensError
 from ..lens import LogitLens
 from ..training.decoder import make_decoder
 from ..training.loss import log_softmax_
-from .metrics import EvalMetrics
+from .metrics import EvalMetrics, check_finite
 
 from ..core.backend import Model
 
@@ -77,7 +77,7 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
         batch = sequences[start:min(start + micro, n_seq)]
         resids = flatten_tokens(capture_residuals(model, batch, logit.hook_names)[:, :, :-1])
         evaluator.add(resids, batch[:, 1:].flatten())
-    return evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token)
+    return check_finite(evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token))
 
 
 class LensEvaluator:

@@ -14,8 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import (DEFAULT_TEXT, add_backend_args, add_progress_arg, add_train_config_args, load_model_from_args,
-                     train_config_from_args)
+from .common import (DEFAULT_TEXT, add_backend_args, add_overwrite_arg, add_progress_arg, add_train_config_args,
+                     load_model_from_args, option_type, train_config_from_args)
 from .eval import eval_tokens_needed
 
 
@@ -28,8 +28,9 @@ def register(subparsers) -> None:
                     "against the logit lens on held-out plays; lens + metrics.json + reports written to --out.",
     )
     parser.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: %(default)s)")
-    parser.add_argument("--eval-tokens", type=int, default=1024, help="held-out positions scored (default: %(default)s)")
+    add_overwrite_arg(parser)
+    parser.add_argument("--seq-len", type=option_type(int, min=2, unit="tokens"), default=256, help="tokens per sequence (default: %(default)s)")
+    parser.add_argument("--eval-tokens", type=option_type(int, min=1, unit="tokens"), default=1024, help="held-out positions scored (default: %(default)s)")
     add_backend_args(parser)
     add_train_config_args(parser)
     add_progress_arg(parser)
@@ -40,16 +41,23 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens demo``; returns the exit status."""
     import torch
 
+    from ..artifacts.outdir import OutputFolder
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 2)
+    config = train_config_from_args(args)
+    config.check(args.seq_len)
+    with OutputFolder(args.out, overwrite=args.overwrite) as folder:  # locked until everything is written
+        return _demo(args, config, folder, t_start)
+
+
+def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
     from ..analysis import evaluate_lenses
     from ..analysis.metrics import layers_where_worse
     from ..data import load_tokens
     from ..lens import TunedLens
     from ..training import train_lens
 
-    t_start = time.perf_counter()
-    torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 2)
-    config = train_config_from_args(args)
-    config.check(args.seq_len)
     model = load_model_from_args(args, "smollm2-135m")
     shakespeare = dict(held_out=0.1, seed=0, n_ctx=model.cfg.n_ctx)
     train = load_tokens("shakespeare", model.tokenizer, args.seq_len, split="train",
@@ -59,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {model.cfg.model_name}, {model.cfg.n_layers} layers; training plays: {len(train.documents)}, "
           f"held-out plays: {', '.join(_play(name) for name in held.documents)}")
 
+    folder.clear()
     lens = TunedLens.from_model(model)
     t0 = time.perf_counter()
     result = train_lens(model, lens, train.sequences, config, progress=not args.no_progress, data_info=train.info())
     train_s = time.perf_counter() - t0
-    out = Path(args.out)
+    out = folder.path
     lens.save(out, training=result.info)
     t0 = time.perf_counter()
     metrics = evaluate_lenses(model, held.sequences, tuned=lens, bytes_per_token=held.bytes_per_token,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import MATMUL_DTYPES
-from .common import add_data_args, add_model_args, add_progress_arg, load_data_from_args, load_model_from_args
+from .common import (add_data_args, add_model_args, add_progress_arg, check_lens_arg, load_data_from_args,
+                     load_model_from_args, option_type)
 
 
 def register(subparsers) -> None:
@@ -20,9 +21,9 @@ def register(subparsers) -> None:
     add_model_args(parser)
     parser.add_argument("--lens", help="folder of a trained tuned lens (default: evaluate the logit lens only)")
     add_data_args(parser, default_split="heldout")
-    parser.add_argument("--tokens", type=int, default=4096,
+    parser.add_argument("--tokens", type=option_type(int, min=1, unit="tokens"), default=4096,
                         help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
-    parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=option_type(int, min=1, unit="tokens"), default=512, help="tokens per logits block (default: %(default)s)")
     parser.add_argument("--matmul-dtype", default="float32", choices=tuple(MATMUL_DTYPES),
                         help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
                              "scored in float32 and the largest KL difference printed (default: %(default)s)")
@@ -41,13 +42,12 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import evaluate_lenses
     from ..analysis.tables import metrics_table
     from ..artifacts.files import write_json_atomic
-    from ..errors import LensError
+    from ..artifacts.outdir import check_file_output
     from ..lens import TunedLens
 
-    if args.tokens < 1:
-        raise LensError(f"--tokens {args.tokens} must be positive")
-    if args.seq_len < 2:
-        raise LensError(f"--seq-len {args.seq_len} is too short: use at least 2")
+    if args.out:
+        check_file_output(args.out)
+    check_lens_arg(args.lens)
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else None
     data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))

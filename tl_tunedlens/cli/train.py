@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_data_args, add_model_args, add_progress_arg, add_train_config_args, budget_plan,
-                     load_data_from_args, load_model_from_args, train_config_from_args, training_summary)
+from .common import (add_data_args, add_model_args, add_overwrite_arg, add_progress_arg, add_train_config_args,
+                     budget_plan, load_data_from_args, load_model_from_args, option_type, train_config_from_args,
+                     training_summary)
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,8 @@ def register(subparsers) -> None:
     add_data_args(parser, default_split="train")
     add_train_config_args(parser)
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt with the same options")
-    parser.add_argument("--max-tokens", type=int, default=None,
+    add_overwrite_arg(parser)
+    parser.add_argument("--max-tokens", type=option_type(int, min=1, unit="tokens"), default=None,
                         help="tokens to read from the data (default: what the settings need, see TrainConfig.token_budget)")
     add_progress_arg(parser)
     parser.set_defaults(func=run)
@@ -30,18 +32,19 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens train``; returns the exit status."""
-    from ..artifacts.checkpoint import CHECKPOINT_NAME
-    from ..errors import LensError
+    from ..artifacts.outdir import OutputFolder
+
+    config = train_config_from_args(args)
+    config.check(args.seq_len)
+    with OutputFolder(args.out, resume=args.resume, overwrite=args.overwrite) as folder:  # locked until the lens is saved
+        return _train(args, config, folder)
+
+
+def _train(args: argparse.Namespace, config, folder) -> int:
     from ..lens import TunedLens
     from ..training import train_lens
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise LensError(f"--out {out} is a file: pass a folder path")
-    if not args.resume and (out / CHECKPOINT_NAME).exists():
-        raise LensError(f"{out} already holds a training checkpoint: pass --resume to continue it or another --out")
-    config = train_config_from_args(args)
-    config.check(args.seq_len)
+    out = folder.path
     model = load_model_from_args(args)
     lens = TunedLens.from_model(model)
     plan = budget_plan(model, lens, config, args.seq_len, out if args.resume else None)
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     data = load_data_from_args(args, model, args.max_tokens or planned.token_budget(args.seq_len))
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
           f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents")
+    if removed := folder.clear():
+        print(f"--overwrite: removed the earlier {', '.join(removed)} from {out}")
     result = train_lens(model, lens, data.sequences, config, out_dir=out, resume=args.resume,
                         progress=not args.no_progress, data_info=data.info(), plan=plan)
     lens.save(out, training=result.info)

@@ -29,8 +29,9 @@ classes are looked up when a model is inspected, so the package imports on 3.x a
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Container, Iterator
 
 import torch
 from einops import rearrange
@@ -217,6 +218,12 @@ def hooks_silenced(module: nn.Module | None) -> Iterator[None]:
             sub._forward_hooks, sub._backward_hooks = fwd, bwd
 
 
+def hook_points(model: Model) -> Container[HookPoint]:
+    """Every ``HookPoint`` of ``model`` (its ``hook_dict``), held weakly: what a lens hook checks its
+    hook point against (see :mod:`tl_tunedlens.core.hooks`)."""
+    return weakref.WeakSet(model.hook_dict.values())
+
+
 class _Captured(Exception):
     """Raised by the last capturing hook: the rest of the forward pass is not needed."""
 
@@ -271,18 +278,34 @@ def as_token_batch(tokens: Tensor | None) -> Int[Tensor, "batch pos"] | None:
     return tokens.long()
 
 
-def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1) -> Int[Tensor, "batch pos"]:
+def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1, max_tokens: int | None = None,
+              truncate: bool = False) -> Int[Tensor, "batch pos"]:
     """Token ids on the model's device: a string goes through ``model.to_tokens`` (TransformerLens's
     own BOS convention, ``cfg.default_prepend_bos``; the embedded SmolLM2 prepends none on either
-    backend), ids ``[pos]``/``[batch pos]`` pass through."""
+    backend), ids ``[pos]``/``[batch pos]`` pass through.
+
+    Never cut silently: more tokens than the model's context ``n_ctx`` (or ``max_tokens``, if lower)
+    is a one-line error, unless ``truncate``, which keeps the *last* tokens (and a prepended BOS), so
+    the last position is still the text's own end."""
+    bos = None
     if isinstance(text, str):
         if not text:
             raise LensError("the text is empty: pass some words")
         if getattr(model, "tokenizer", None) is None:
             raise LensError("this model has no tokenizer: pass token ids instead of a string")
-        tokens = model.to_tokens(text)
+        tokens = model.to_tokens(text, truncate=False)
+        bos = getattr(model.tokenizer, "bos_token_id", None) if getattr(model.cfg, "default_prepend_bos", False) else None
     else:
         tokens = as_token_batch(text)
     if tokens.shape[-1] < min_tokens:
         raise LensError(f"the text must be at least {min_tokens} token(s) long: pass a longer text")
+    n_ctx = int(model.cfg.n_ctx)
+    limit = min(n_ctx, max_tokens) if max_tokens is not None else n_ctx
+    if tokens.shape[-1] > limit:
+        if not truncate:
+            why = f"the model's context n_ctx={n_ctx}" if limit == n_ctx else f"the limit of {limit}"
+            raise LensError(f"the text is {tokens.shape[-1]} tokens long, more than {why}: shorten it, or ask for "
+                            f"truncation (--truncate, truncate=True) to keep its last {limit} tokens")
+        keep_bos = int(bos is not None and bool((tokens[:, 0] == bos).all()) and limit > 1)
+        tokens = torch.cat([tokens[:, :keep_bos], tokens[:, tokens.shape[-1] - (limit - keep_bos):]], dim=-1)
     return tokens.to(model.cfg.device)

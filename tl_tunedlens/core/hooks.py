@@ -10,6 +10,14 @@ Three routes give identical results on the same input:
 
 ``lens.hooks(intervene=layer)`` instead replaces the residual stream at ``layer`` with its
 translated version, so the rest of the model runs on the translator's output.
+
+**The right model.** The cache route checks the cache's model (``cache.model``). The hook route
+checks, at every call, that the hook point it runs on belongs to the model the lens was built or
+loaded for (a weak reference kept by its :class:`~tl_tunedlens.core.unembed.Unembed`), or to the
+``model=`` passed to ``lens.hooks``, which is then checked like ``lens.check_model(model)`` (the same
+weights in another instance or backend pass, another model raises). Hooks running in any other model
+raise a one-line :class:`~tl_tunedlens.errors.LensError` at their first call. A hook function called by
+hand (``hook`` not a TransformerLens ``HookPoint``) is not checked.
 """
 
 from __future__ import annotations
@@ -21,14 +29,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from transformer_lens.hook_points import HookPoint
+
 from ..errors import LensError
-from .layers import normalize_layers
+from .backend import Model, hook_points
+from .layers import as_index, normalize_layers
 from .unembed import to_log_probs
 
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache
 
+    from .unembed import Unembed
+
 HookList = list[tuple[str, Callable]]
+Positions = int | slice | list[int] | Int[Tensor, " n"] | None
 
 
 @dataclass
@@ -63,8 +77,40 @@ class LensRecord:
         return torch.stack([source[i] for i in sorted(source)])
 
 
-def _select_positions(resid: Tensor, positions) -> Tensor:
-    return resid if positions is None else resid[:, positions]
+def as_positions(positions: Positions) -> slice | Int[Tensor, " n"] | None:
+    """``positions`` checked and normalised: ``None`` (all), a slice of ints, or a 1-D ``long`` tensor
+    (from an int, a list/tuple of ints or an integer tensor); anything else is a one-line error."""
+    if positions is None:
+        return None
+    if isinstance(positions, slice):
+        for part in (positions.start, positions.stop, positions.step):
+            if part is not None:
+                as_index(part, "a positions slice bound")
+        return positions
+    if isinstance(positions, Tensor):
+        if positions.dtype == torch.bool or positions.is_floating_point() or positions.is_complex() or positions.ndim > 1:
+            raise LensError(f"positions must be an integer tensor of shape [n], got {positions.dtype} of shape "
+                            f"{tuple(positions.shape)}: pass e.g. positions=[-1]")
+        return positions.long().reshape(-1).cpu()
+    if isinstance(positions, (list, tuple)):
+        return torch.tensor([as_index(p, "position") for p in positions], dtype=torch.long)
+    return torch.tensor([as_index(positions, "positions")], dtype=torch.long)
+
+
+def check_positions(positions: slice | Tensor | None, n_pos: int) -> None:
+    """Raise a one-line error if an index of ``positions`` (see :func:`~tl_tunedlens.core.hooks.as_positions`) is outside a sequence of ``n_pos`` tokens."""
+    if isinstance(positions, Tensor) and len(positions):
+        bad = positions[(positions >= n_pos) | (positions < -n_pos)]
+        if len(bad):
+            raise LensError(f"position {int(bad[0])} is out of range for a sequence of {n_pos} tokens: "
+                            f"use 0..{n_pos - 1} (or -{n_pos}..-1 from the end)")
+
+
+def _select_positions(resid: Tensor, positions: slice | Tensor | None) -> Tensor:
+    if positions is None:
+        return resid
+    check_positions(positions, resid.shape[1])
+    return resid[:, positions]
 
 
 class HooksMixin:
@@ -74,9 +120,31 @@ class HooksMixin:
     the methods ``transform(h, layer)``, ``log_probs(h, layer)``, ``forward_all(resids)`` and
     ``check_model(model)``."""
 
+    unembed: "Unembed"
     n_layers: int
     d_vocab: int
     hook_names: list[str]
+
+    def _hook_guard(self, model: Model | None) -> Callable[[object], None]:
+        """A check that a hook point belongs to ``model`` (checked now with ``check_model``) or, without
+        it, to the model this lens was built or loaded for; see the module doc."""
+        if model is not None:
+            self.check_model(model)
+        owner = model if model is not None else self.unembed.model
+        points = None
+
+        def check(hook: object) -> None:
+            nonlocal points
+            if not isinstance(hook, HookPoint):
+                return
+            if points is None:
+                points = hook_points(owner) if owner is not None else ()
+            if hook not in points:
+                raise LensError(
+                    f"lens hooks ran on {getattr(hook, 'name', None) or 'a hook point'} of a model other than the one "
+                    f"this {type(self).__name__} was built for: pass lens.hooks(..., model=that_model) to check and "
+                    "use it there, or TunedLens.load the lens for that model")
+        return check
 
     # --- ActivationCache route ------------------------------------------------------
     def residuals_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_model"]:
@@ -106,28 +174,29 @@ class HooksMixin:
         record: LensRecord,
         *,
         layers: int | list[int] | None = None,
-        positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
+        positions: Positions = None,
         top_k: int | None = None,
         detach: bool = True,
+        model: Model | None = None,
     ) -> HookList:
         """Hooks that write lens predictions into ``record`` during a normal forward pass.
 
         ``layers``: lens layers to record (default all); ``positions``: an index, slice or list of
         positions (default all); ``top_k``: keep only the ``k`` most likely tokens per position
         (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
-        without building a graph. The model's own output is not changed."""
+        without building a graph; ``model``: the model the hooks will run in, when it is not the one
+        the lens was built for (checked). The model's own output is not changed."""
         if not isinstance(record, LensRecord):
             raise LensError(f"record must be a LensRecord, got {type(record).__name__}: pass LensRecord()")
-        if top_k is not None and not 1 <= int(top_k) <= self.d_vocab:
+        if top_k is not None and not 1 <= as_index(top_k, "top_k") <= self.d_vocab:
             raise LensError(f"top_k={top_k} is out of range: use 1..{self.d_vocab} or None")
-        if isinstance(positions, int):
-            positions = [positions]
-        if isinstance(positions, list):
-            positions = torch.tensor(positions, dtype=torch.long)
+        positions = as_positions(positions)
         record.positions = positions if isinstance(positions, Tensor) else None
+        guard = self._hook_guard(model)
 
         def make_hook(layer: int) -> Callable:
             def hook_fn(resid: Tensor, hook) -> None:
+                guard(hook)
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
                     log_probs = self.log_probs(_select_positions(resid, positions), layer)
                     if top_k is None:
@@ -144,17 +213,21 @@ class HooksMixin:
         self,
         layers: int | list[int],
         *,
-        positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
+        positions: Positions = None,
+        model: Model | None = None,
     ) -> HookList:
         """Hooks that replace the residual stream at ``layers`` with ``lens.transform(resid, layer)``
-        (at ``positions`` only, if given), so the rest of the model runs on the translator's output."""
-        if isinstance(positions, int):
-            positions = [positions]
+        (at ``positions`` only, if given), so the rest of the model runs on the translator's output.
+        ``model``: as in :meth:`~tl_tunedlens.core.hooks.HooksMixin.recording_hooks`."""
+        positions = as_positions(positions)
+        guard = self._hook_guard(model)
 
         def make_hook(layer: int) -> Callable:
             def hook_fn(resid: Tensor, hook) -> Tensor:
+                guard(hook)
                 if positions is None:
                     return self.transform(resid, layer)
+                check_positions(positions, resid.shape[1])
                 out = resid.clone()
                 out[:, positions] = self.transform(resid[:, positions], layer)
                 return out
@@ -167,21 +240,24 @@ class HooksMixin:
         record: LensRecord | None = None,
         *,
         layers: int | list[int] | None = None,
-        positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
+        positions: Positions = None,
         top_k: int | None = None,
         intervene: int | list[int] | None = None,
         detach: bool = True,
+        model: Model | None = None,
     ) -> HookList:
         """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record`` and/or intervene.
 
         Recording hooks come first, so at an intervened layer the record holds the lens
         prediction of the residual as the model computed it (see :meth:`recording_hooks`,
-        :meth:`intervention_hooks`)."""
+        :meth:`intervention_hooks`). ``model``: the model the hooks will run in when it is not the
+        one this lens was built or loaded for (checked now, like ``lens.check_model(model)``)."""
         if record is None and intervene is None:
             raise LensError("lens.hooks() needs a LensRecord to record into and/or intervene=LAYER")
         hooks: HookList = []
         if record is not None:
-            hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach)
+            hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach,
+                                          model=model)
         if intervene is not None:
-            hooks += self.intervention_hooks(intervene, positions=positions)
+            hooks += self.intervention_hooks(intervene, positions=positions, model=model)
         return hooks

@@ -9,6 +9,8 @@ so the lens there equals the model's own output. This matches the reference
 
 from __future__ import annotations
 
+import operator
+
 from ..errors import LensError
 
 
@@ -24,13 +26,20 @@ def resid_hook_names(n_layers: int) -> list[str]:
     return [resid_hook_name(i) for i in range(n_layers + 1)]
 
 
+def as_index(value, what: str = "layer") -> int:
+    """``value`` as a Python int when it is a whole number of an integer type (``int``, a numpy integer,
+    a 0-d integer tensor); a bool, a float (even ``1.0``) or a string is a one-line error."""
+    if not isinstance(value, bool) and "bool" not in str(getattr(value, "dtype", type(value).__name__)):
+        try:
+            return operator.index(value)  # ints, numpy ints and 0-d integer tensors; never floats or strings
+        except TypeError:
+            pass
+    raise LensError(f"{what} must be an integer, got {value!r} ({type(value).__name__}): pass e.g. {what}=1")
+
+
 def normalize_layer(layer: int, n_layers: int) -> int:
     """Map a lens layer (negative counts from the end, like Python) to ``0..n_layers``."""
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        try:
-            layer = int(layer)  # accepts 0-d tensors and numpy ints
-        except (TypeError, ValueError):
-            raise LensError(f"layer must be an int, got {type(layer).__name__}") from None
+    layer = as_index(layer)
     n = n_layers + 1
     if not -n <= layer < n:
         raise LensError(
@@ -44,7 +53,8 @@ def normalize_layers(layers, n_layers: int) -> list[int]:
     """Normalise ``None`` (all layers), an int, or an iterable of ints; sorted, unique."""
     if layers is None:
         return list(range(n_layers + 1))
-    if isinstance(layers, int):
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__") or (
+            hasattr(layers, "ndim") and layers.ndim == 0):
         layers = [layers]
     return sorted({normalize_layer(layer, n_layers) for layer in layers})
 

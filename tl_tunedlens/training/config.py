@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -30,8 +32,9 @@ MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _option(help: str, **rules: Any) -> dict[str, Any]:
-    """Field metadata: ``help`` for the CLI, and the rules :meth:`TrainConfig.validate` checks:
-    ``choices``, ``min`` (with ``unit`` for the message), ``positive``, ``flag`` (CLI name), ``label``."""
+    """Field metadata: ``help`` for the CLI, and the rules :func:`~tl_tunedlens.training.config.option_problem` checks (beyond the
+    field's type): ``choices``, ``min``/``max`` (with ``unit`` for the message), ``positive``, ``below``;
+    ``flag`` (CLI name), ``label`` (for messages)."""
     return {"help": help, **rules}
 
 
@@ -88,10 +91,18 @@ class TrainConfig:
     # --- validation -------------------------------------------------------------------
     def validate(self) -> None:
         """Check every field against its rules (field metadata) and the cross-field ones."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_field(f.name, getattr(self, f.name), f.metadata)
-        if self.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers):
-            raise LensError(f"layers={self.layers!r}: pass a list of layer numbers")
+            value = getattr(self, f.name)
+            kind, is_list, optional = field_kind(hints[f.name])
+            if value is None and optional:
+                continue
+            if is_list:
+                if not isinstance(value, (list, tuple)) or not value or any(
+                        option_problem(v, f.metadata, kind) for v in value):
+                    raise LensError(f"{f.name}={value!r}: pass a non-empty list of layer numbers")
+                continue
+            check_option(f.name, value, f.metadata, kind)
         if not self.warmup_steps < self.steps:
             raise LensError(f"warmup of {self.warmup_steps} steps must be >= 0 and below the {self.steps} steps")
 
@@ -125,22 +136,53 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_field(name: str, value: Any, rules: Any) -> None:
-    if value is None and name in ("lr", "clip", "micro_batch", "layers", "time_budget"):
-        return
-    label = rules.get("label", name.replace("_", " "))
+def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = None) -> str | None:
+    """Why ``value`` breaks ``rules`` (see the field metadata of :class:`~tl_tunedlens.training.config.TrainConfig`), or ``None`` when it is fine: the one check
+    behind :class:`~tl_tunedlens.training.config.TrainConfig`'s fields and every numeric command-line option (:func:`~tl_tunedlens.cli.common.option_type`).
+
+    ``kind`` (``int``, ``float``, ``str``): the type the value must have; an ``int`` is never a
+    ``bool``, a ``float`` may be an ``int`` and must be finite."""
     if "choices" in rules:
-        if value not in rules["choices"]:
-            raise LensError(f"unknown {label} {value!r}: use one of {', '.join(rules['choices'])}")
-        return
-    if not ("min" in rules or "positive" in rules or "below" in rules):
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise LensError(f"{name}={value!r}: pass a finite number")
+        return None if value in rules["choices"] else f"use one of {', '.join(map(str, rules['choices']))}"
+    numeric = kind in (int, float) or any(k in rules for k in ("min", "max", "positive", "below"))
+    if kind is str and not isinstance(value, str):
+        return "pass a string"
+    if not numeric:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "pass a whole number" if kind is int else "pass a finite number"
+    if kind is int and not isinstance(value, int):
+        return "pass a whole number"
+    if not math.isfinite(value):
+        return "pass a finite number"
     unit = f" {rules['unit']}" if "unit" in rules else ""
     if "min" in rules and value < rules["min"]:
-        raise LensError(f"{name}={value}: use at least {rules['min']}{unit}")
+        return f"use at least {rules['min']}{unit}"
+    if "max" in rules and value > rules["max"]:
+        return f"use at most {rules['max']}{unit}"
     if rules.get("positive") and not value > 0:
-        raise LensError(f"{name}={value}: must be positive")
+        return "must be positive"
     if "below" in rules and not value < rules["below"]:
-        raise LensError(f"{name}={value}: must be below {rules['below']}")
+        return f"must be below {rules['below']}"
+    return None
+
+
+def check_option(name: str, value: Any, rules: Mapping[str, Any], kind: type | None = None) -> None:
+    """Raise a one-line :class:`~tl_tunedlens.errors.LensError` (``name=value: why``) unless ``value``
+    satisfies ``rules`` (see :func:`~tl_tunedlens.training.config.option_problem`)."""
+    problem = option_problem(value, rules, kind)
+    if problem is not None:
+        label = rules.get("label", name.replace("_", " "))
+        if "choices" in rules:
+            raise LensError(f"unknown {label} {value!r}: {problem}")
+        raise LensError(f"{name}={value!r}: {problem}")
+
+
+def field_kind(hint: Any) -> tuple[type, bool, bool]:
+    """``(element type, is a list, may be None)`` of a :class:`~tl_tunedlens.training.config.TrainConfig` field's type hint."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    optional = type(None) in args
+    kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is list:
+        return typing.get_args(kind)[0], True, optional
+    return kind, False, optional

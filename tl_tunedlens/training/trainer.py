@@ -11,8 +11,9 @@
 4. :func:`finish` freezes the lens again and returns a :class:`TrainResult`.
 
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
-``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight
-stops training with an error naming the layer and step (the last checkpoint stays intact).
+``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight, or
+a layer's loss staying well above its first step's (:class:`~tl_tunedlens.training.loss.DivergenceWatch`), stops training
+with an error naming the layer and step (the last checkpoint stays intact).
 With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
 before a step that would end past the budget.
 """
@@ -35,7 +36,7 @@ from ..errors import LensError
 from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
 from .decoder import Decoder, make_decoder, resolve_matmul_dtype
-from .loss import accumulate_lens_grads, diverged
+from .loss import DivergenceWatch, accumulate_lens_grads, diverged
 from .lstsq import lstsq_init_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
@@ -86,6 +87,7 @@ class Run:
     info: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
+    watch: DivergenceWatch = field(default_factory=DivergenceWatch)
 
 
 def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
@@ -218,6 +220,7 @@ def start(run: Run, *, progress: bool) -> None:
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
         run.elapsed = float(state.get("seconds", 0.0))
         run.step_seconds = list(state.get("step_seconds", []))
+        run.watch.load_state_dict(state.get("divergence"))
         run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
@@ -256,6 +259,7 @@ def train_step(run: Run) -> None:
         if not all(torch.isfinite(p).all() for p in lens.translators[layer].parameters()):
             raise diverged("the translator", layer, run.step)
     run.layer_losses = (sums / run.step_tokens).tolist()
+    run.watch.update(run.layer_losses, run.layers, run.step)
     run.losses.append(float(sum(run.layer_losses)))
     dt = time.perf_counter() - t0
     run.elapsed += dt
@@ -269,6 +273,7 @@ def save_run(run: Run) -> None:
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
         "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
+        "divergence": run.watch.state_dict(),
     })
 
 

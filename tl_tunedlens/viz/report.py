@@ -45,22 +45,28 @@ def _summary_table(logit: PredictionTrajectory, tuned: PredictionTrajectory, js_
     return '<table class="summary">' + "".join(rows) + "</table>"
 
 
+def check_stats(stats: Sequence[str]) -> None:
+    """Raise a one-line error for a statistic the report cannot draw."""
+    for stat in stats:
+        if stat.removeprefix("delta_") not in STATISTICS:
+            raise LensError(f"unknown statistic {stat!r}: use some of {', '.join(STATISTICS)} (or delta_<stat>)")
+
+
 @torch.no_grad()
 def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                 logit_lens: "Lens | None" = None, stats: Sequence[str] = ("kl", "entropy", "ce"),
-                top_k: int = 5, title: str | None = None) -> str:
+                top_k: int = 5, title: str | None = None, max_tokens: int | None = None,
+                truncate: bool = False) -> str:
     """The report page as a string (see :func:`write_report`)."""
-    for stat in stats:
-        if stat not in STATISTICS and not stat.startswith("delta_"):
-            raise LensError(f"unknown statistic {stat!r}: use some of {', '.join(STATISTICS)}")
-    tokens = to_tokens(model, text, min_tokens=2)
+    check_stats(stats)
+    tokens = to_tokens(model, text, min_tokens=2, max_tokens=max_tokens, truncate=truncate)
     logit_lens = logit_lens or LogitLens.from_model(model)
     logit, tuned, comparison = trajectory_pair(logit_lens, lens, model, tokens, top_k=max(top_k, 10))
     params = list(lens.parameters())
     if params and all(not p.detach().any() for p in params):  # zero translators: the logit lens exactly
         tuned.lens_name = "tuned lens (untrained = logit lens)"
     name = getattr(model.cfg, "model_name", "model")
-    shown = text if isinstance(text, str) else " ".join(tuned.input_strings(0))
+    shown = text if isinstance(text, str) and not truncate else " ".join(tuned.input_strings(0))
     parts = [
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title or f'tl_tunedlens report: {name}')}</title><style>{STYLE}</style></head><body>",
@@ -91,6 +97,8 @@ def write_report(path: str | os.PathLike, model: Model, lens: "Lens", text: str 
                  **kwargs: Any) -> Path:
     """Write the offline report for ``text`` (a string, or token ids ``[pos]``/``[1 pos]``):
     logit-vs-tuned heatmaps of ``stats`` (default KL, entropy, CE), a table of per-layer means and
-    the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``."""
+    the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``,
+    ``max_tokens`` (a longer text is an error, default: the model's ``n_ctx``) and ``truncate`` (keep
+    its last ``max_tokens`` tokens instead). The page's size grows linearly with the tokens."""
     write_text_atomic(path, report_html(model, lens, text, **kwargs))
     return Path(path)
