@@ -65,9 +65,9 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
 
     if sequences.ndim != 2 or sequences.shape[1] < 2 or len(sequences) == 0:
         raise LensError("evaluation needs token sequences of shape [n_seq, seq_len >= 2]: pass more text")
-    logit = LogitLens.from_model(model)
     if tuned is not None:
         tuned.check_model(model)
+    logit = LogitLens.from_model(model, hook_names=None if tuned is None else tuned.hook_names)
     lenses = {"logit": logit} | ({"tuned": tuned} if tuned is not None else {})
     per_seq = sequences.shape[1] - 1
     n_seq = len(sequences) if max_tokens is None else max(1, min(len(sequences), -(-int(max_tokens) // per_seq)))

@@ -1,7 +1,8 @@
 """Our lens format: ``config.json`` + ``lens.safetensors`` in a folder.
 
 ``config.json`` records the format and its version, the model name, ``n_layers``, ``d_model``,
-``d_vocab``, the layer convention, ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``:
+``d_vocab``, the layer convention (the default, or ``"hook_names"`` for a lens on other residual
+hook points, :mod:`tl_tunedlens.core.layers`) with the hook name of every lens layer, ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``:
 sha256 of the raw parameters; ``unembed_fingerprint``: processing-invariant probe log-probs), the
 residual-stream kind the translators were trained on (``"raw"`` = Hugging Face hidden states, or
 ``"centred"``, see :mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data,
@@ -30,6 +31,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "lens.safetensors"
 LAYER_CONVENTION = "resid_after_n_blocks"  # lens layer i = residual stream after i blocks
+HOOKS_CONVENTION = "hook_names"            # lens layer i reads hook_names[i] (other residual hook points)
 REQUIRED_KEYS = ("lens_type", "n_layers", "d_model", "d_vocab")
 
 
@@ -41,10 +43,10 @@ def lens_config(lens: "TunedLens", training: dict[str, Any] | None = None) -> di
         "format_version": FORMAT_VERSION,
         "lens_type": lens.lens_type,
         "model_name": lens.model_name,
-        "n_layers": lens.n_layers,
+        "n_layers": lens.model_n_layers,
         "d_model": lens.d_model,
         "d_vocab": lens.d_vocab,
-        "layer_convention": LAYER_CONVENTION,
+        "layer_convention": LAYER_CONVENTION if lens.default_convention else HOOKS_CONVENTION,
         "hook_names": lens.hook_names,
         "bias": lens.bias,
         "dtype": str(params[0].dtype).removeprefix("torch.") if params else None,
@@ -108,9 +110,19 @@ def validate_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "n_layers" else 1):
             raise LensError(f"{cfg_file}: {key} must be a positive integer, got {value!r}: re-save the lens")
-    if config.get("layer_convention", LAYER_CONVENTION) != LAYER_CONVENTION:
-        raise LensError(f"{cfg_file} has layer_convention {config['layer_convention']!r}, expected {LAYER_CONVENTION!r}")
+    convention = config.get("layer_convention", LAYER_CONVENTION)
+    if convention not in (LAYER_CONVENTION, HOOKS_CONVENTION):
+        raise LensError(f"{cfg_file} has layer_convention {convention!r}, expected {LAYER_CONVENTION!r} "
+                        f"or {HOOKS_CONVENTION!r}")
+    names = config.get("hook_names")
+    if convention == HOOKS_CONVENTION and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise LensError(f"{cfg_file}: layer_convention {HOOKS_CONVENTION!r} needs a list of hook_names: re-save the lens")
     return config
+
+
+def config_hook_names(config: dict[str, Any]) -> list[str] | None:
+    """The hook names a validated config's lens reads, or ``None`` for the default convention."""
+    return config["hook_names"] if config.get("layer_convention") == HOOKS_CONVENTION else None
 
 
 def read_weights(path: str | os.PathLike, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
