@@ -60,9 +60,8 @@ class CausalEffects:
 
 def _ranks(x: Tensor) -> Tensor:
     """Ranks 1..n, ties sharing their average rank."""
-    x = x.double()
-    less = (x[None, :] < x[:, None]).sum(1)
-    equal = (x[None, :] == x[:, None]).sum(1)
+    less = (x[None, :] < x[:, None]).sum(1, dtype=torch.float64)
+    equal = (x[None, :] == x[:, None]).sum(1, dtype=torch.float64)
     return less + (equal + 1) / 2
 
 
@@ -76,7 +75,7 @@ def spearman(a: Float[Tensor, " n"], b: Float[Tensor, " n"]) -> float:
     ra, rb = _ranks(a.cpu()), _ranks(b.cpu())
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = ra.norm() * rb.norm()
-    return float((ra @ rb) / denom) if denom > 0 else float("nan")
+    return float(((ra @ rb) / denom).clamp(-1, 1)) if denom > 0 else float("nan")
 
 
 def layer_residuals(lens: "Lens", model: Model, tokens: Tensor | str, layer: int

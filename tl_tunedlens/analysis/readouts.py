@@ -38,6 +38,19 @@ def watch_ids(watch: Sequence[int], vocab: int) -> list[int]:
     return ids
 
 
+def single_token_id(tokenizer: Any, token: int | str) -> int:
+    """``token`` if it is an id, else the id of the string ``token``, which must be exactly one token of
+    ``tokenizer`` (mind the leading space: ``" Paris"``); a one-line error otherwise."""
+    if not isinstance(token, str):
+        return int(token)
+    if tokenizer is None or not hasattr(tokenizer, "encode"):
+        raise LensError(f"no tokenizer to read {token!r}: pass a token id")
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise LensError(f"{token!r} is {len(ids)} tokens, not one: pass a single token (e.g. ' Paris', with its space)")
+    return int(ids[0])
+
+
 def _as_index(index: Index | None) -> slice | Tensor:
     if index is None:
         return slice(None)
@@ -77,15 +90,8 @@ class TrajectoryReadouts:
         return self.take(positions=positions)
 
     def token_id(self, token: int | str) -> int:
-        """A token id as given, or the id of a string that is exactly one token (mind the leading space)."""
-        if not isinstance(token, str):
-            return int(token)
-        if self.tokenizer is None or not hasattr(self.tokenizer, "encode"):
-            raise LensError(f"this trajectory has no tokenizer to read {token!r}: pass a token id")
-        ids = self.tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise LensError(f"{token!r} is {len(ids)} tokens, not one: pass a single token (e.g. ' Paris', with its space)")
-        return int(ids[0])
+        """A token id as given, or the id of a string that is exactly one token (see :func:`single_token_id`)."""
+        return single_token_id(self.tokenizer, token)
 
     def token_log_probs(self, token: int | str) -> Float[Tensor, "layer batch pos"]:
         """Log-prob (nats) of ``token`` at every layer, prompt and position."""

@@ -23,6 +23,11 @@ def register(subparsers) -> None:
                         help="comma-separated heatmap statistics: kl, entropy, ce, prob, rank, max_prob, kl_step, "
                              "delta_<stat> (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=5, help="predictions shown on hover (default: %(default)s)")
+    parser.add_argument("--contrast", nargs=2, metavar=("A", "B"),
+                        help="also show logit(A) - logit(B) per layer, each a single token with its leading space "
+                             "(e.g. --contrast ' Paris' ' London'), and every token's prediction depth")
+    parser.add_argument("--position", type=int, default=-1,
+                        help="the position of the --contrast figure (default: the last)")
     parser.set_defaults(func=run)
 
 
@@ -39,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise LensError(f"--top-k must be at least 1, got {args.top_k}")
     model = load_model_from_args(args)
     lens = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k)
+    path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k,
+                        contrast=tuple(args.contrast) if args.contrast else None, position=args.position)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser (works offline)")
     return 0
