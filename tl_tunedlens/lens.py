@@ -10,8 +10,10 @@ next-token logits through the model's own frozen ``ln_final`` and ``unembed``::
 initialised to zero, so an untrained tuned lens equals the logit lens exactly. Layer
 ``n_layers`` has no translator: it decodes the final residual stream like the model does.
 The TransformerLens routes (``run_with_cache`` readers, ``lens.hooks(...)`` for
-``run_with_hooks``) come from :class:`tl_tunedlens.core.hooks.HooksMixin`; saving and loading
-from :mod:`tl_tunedlens.artifacts`.
+``run_with_hooks``, including subspace ablation) come from :class:`tl_tunedlens.core.hooks.HooksMixin`;
+inversion from :mod:`tl_tunedlens.core.inversion`; saving and loading from :mod:`tl_tunedlens.artifacts`.
+A lens reads the default hook points or any residual ones (``hook_names=``, :mod:`tl_tunedlens.core.layers`);
+``n_layers`` is its own number of translated layers, ``model_n_layers`` the model's.
 
 >>> model = load_model("smollm2-135m")
 >>> lens = TunedLens.from_model(model)             # untrained: equals the logit lens

@@ -26,7 +26,6 @@ from ..errors import LensError
 
 #: fields indexed ``[batch pos]``; every other tensor field is ``[row batch pos ...]``
 _BATCH_FIRST = ("tokens", "targets")
-Index = int | slice | Sequence[int] | Tensor
 
 
 def watch_ids(watch: Sequence[int], vocab: int) -> list[int]:
@@ -51,7 +50,7 @@ def single_token_id(tokenizer: Any, token: int | str) -> int:
     return int(ids[0])
 
 
-def _as_index(index: Index | None) -> slice | Tensor:
+def _as_index(index: int | slice | Sequence[int] | Tensor | None) -> slice | Tensor:
     if index is None:
         return slice(None)
     if isinstance(index, slice):
@@ -71,7 +70,8 @@ class TrajectoryReadouts:
     watched_log_probs: Tensor | None
     tokenizer: Any
 
-    def take(self, *, batch: Index | None = None, positions: Index | None = None) -> Any:
+    def take(self, *, batch: int | slice | Sequence[int] | Tensor | None = None,
+             positions: int | slice | Sequence[int] | Tensor | None = None) -> Any:
         """The trajectory restricted to prompts ``batch`` and positions ``positions`` (each an index, a
         slice, a list or a tensor of indices; ``None`` keeps all), every statistic sliced alike."""
         b, p = _as_index(batch), _as_index(positions)
@@ -85,7 +85,7 @@ class TrajectoryReadouts:
                 changes[f.name] = value[b][:, p] if f.name in _BATCH_FIRST else value[:, b][:, :, p]
         return replace(self, **changes)
 
-    def slice_positions(self, positions: Index) -> Any:
+    def slice_positions(self, positions: int | slice | Sequence[int] | Tensor) -> Any:
         """The trajectory at ``positions`` only (an index, a slice, a list or a tensor of indices)."""
         return self.take(positions=positions)
 

@@ -41,6 +41,7 @@ def check_subspace(subspace: Tensor, d_model: int, atol: float = 1e-4) -> Float[
 
 
 def check_method(method: str) -> str:
+    """``method`` if it is one of ``METHODS``; a one-line error otherwise."""
     if method not in METHODS:
         raise LensError(f"unknown ablation method {method!r}: use one of {', '.join(METHODS)}")
     return method
