@@ -82,7 +82,8 @@ class _Builder:
             raise LensError(f"targets have shape {tuple(self.targets.shape)}, expected [{batch}, {n_pos}]")
         self.final, self.k, self.keep = final, max(1, min(int(top_k), vocab)), keep_log_probs
         self.watch = watch_ids(watch, vocab)
-        self.acc: dict[str, list[Tensor]] = {n: [] for n in ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full", "watch")}
+        names = ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full", "watch")
+        self.acc: dict[str, list[Tensor]] = {n: [] for n in names}
         self.previous: Tensor | None = None
 
     def add(self, lp: Tensor) -> None:
@@ -362,15 +363,15 @@ def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryCompa
 
 @torch.no_grad()
 def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: Model, tokens: Tensor | str, *,
-                    targets: Tensor | None = None, top_k: int = 10, keep_log_probs: bool = False, watch: Sequence[int] = ()
-                    ) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
+                    targets: Tensor | None = None, top_k: int = 10, keep_log_probs: bool = False,
+                    watch: Sequence[int] = ()) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
     """Trajectories of two lenses (e.g. logit and tuned) and their comparison (KL(a || b), JS, TV),
     from one forward pass, streaming layer by layer (two layers' log-probs in memory at a time)."""
     lens_a.check_model(model)
     lens_b.check_model(model)
     if lens_a.hook_names != lens_b.hook_names:
-        raise LensError(f"the lenses read different hook points ({lens_a.n_layers} and {lens_b.n_layers} layers): "
-                        "use lenses of one model on the same hooks (e.g. LogitLens.from_model(model, hook_names=tuned.hook_names))")
+        raise LensError("the lenses read different hook points: use lenses of one model on the same hooks "
+                        "(e.g. LogitLens.from_model(model, hook_names=tuned.hook_names))")
     tokens = to_tokens(model, tokens)
     logits, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
     resids = lens_a.residuals_from_cache(cache)
