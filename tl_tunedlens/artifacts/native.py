@@ -1,12 +1,12 @@
 """Our lens format: ``config.json`` + ``lens.safetensors`` in a folder.
 
-``config.json`` records the format and its version, the model name, ``n_layers``, ``d_model``,
-``d_vocab``, the layer convention (the default, or ``"hook_names"`` for a lens on other residual
-hook points, :mod:`tl_tunedlens.core.layers`) with the hook name of every lens layer, ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``:
-sha256 of the raw parameters; ``unembed_fingerprint``: processing-invariant probe log-probs), the
-residual-stream kind the translators were trained on (``"raw"`` = Hugging Face hidden states, or
-``"centred"``, see :mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data,
-loss, steps...). Both files are written all-or-nothing.
+``config.json`` records the format and its version, the model name, ``n_layers`` (the model's),
+``d_model``, ``d_vocab``, the layer convention (the default, or ``"hook_names"`` for a lens on other
+residual hook points, :mod:`tl_tunedlens.core.layers`) with the hook name of every lens layer,
+``bias``, ``dtype``, the unembedding's identity (``unembed_hash``: sha256 of the raw parameters;
+``unembed_fingerprint``: processing-invariant probe log-probs), the residual-stream kind the
+translators were trained on (``"raw"`` = Hugging Face hidden states, or ``"centred"``, see
+:mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data, loss, steps...). Both files are written all-or-nothing.
 """
 
 from __future__ import annotations
