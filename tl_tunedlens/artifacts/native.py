@@ -6,7 +6,8 @@ residual hook points, :mod:`tl_tunedlens.core.layers`) with the hook name of eve
 ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``: sha256 of the raw parameters;
 ``unembed_fingerprint``: processing-invariant probe log-probs), the residual-stream kind the
 translators were trained on (``"raw"`` = Hugging Face hidden states, or ``"centred"``, see
-:mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data, loss, steps...). Both files are written all-or-nothing.
+:mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data, loss, steps...).
+Both files are written all-or-nothing.
 """
 
 from __future__ import annotations
