@@ -8,6 +8,9 @@ the model's final output (KL, nats), and Spearman's rank correlation between the
 layer and pooled over layers. Not a test:
 
     .venv/bin/python bench/causal_fidelity.py --lens DIR [--layers 10 20] [--k 8] [--tokens 64]
+
+Without ``--lens`` the tuned lens is the least-squares start (:func:`~tl_tunedlens.training.lstsq_init_`)
+fitted here on ``--fit-tokens`` training tokens at the chosen layers only.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import torch
 from tl_tunedlens import LogitLens, TunedLens, load_model, load_tokens
 from tl_tunedlens.analysis import ablation_effects, causal_basis, spearman
 from tl_tunedlens.analysis.tables import format_table
+from tl_tunedlens.training import lstsq_init_
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lens", required=True, help="folder of a trained tuned lens for SmolLM2-135M")
+    parser.add_argument("--lens", help="folder of a trained tuned lens for SmolLM2-135M (default: fit one, --fit-tokens)")
+    parser.add_argument("--fit-tokens", type=int, default=4096, help="tokens of the least-squares start without --lens")
     parser.add_argument("--layers", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--k", type=int, default=8, help="directions per layer and lens")
     parser.add_argument("--tokens", type=int, default=64, help="held-out positions the directions are fitted and scored on")
@@ -32,10 +37,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = load_model("smollm2-135m")
-    lenses = {"logit lens": LogitLens.from_model(model), "tuned lens": TunedLens.load(args.lens, model)}
+    start = time.perf_counter()
+    if args.lens:
+        tuned = TunedLens.load(args.lens, model)
+    else:
+        tuned = TunedLens.from_model(model)
+        train = load_tokens("shakespeare", model.tokenizer, 256, split="train", max_tokens=args.fit_tokens).sequences
+        lstsq_init_(tuned, model, train, layers=args.layers)
+        print(f"least-squares start on {train.numel()} tokens at layers {args.layers}: {time.perf_counter() - start:.0f} s")
+    lenses = {"logit lens": LogitLens.from_model(model), "tuned lens": tuned}
     tokens = load_tokens("shakespeare", model.tokenizer, args.tokens, split="heldout", max_tokens=args.tokens).sequences[:1]
     rows, pooled = [], {name: ([], []) for name in lenses}
-    start = time.perf_counter()
     for layer in args.layers:
         for name, lens in lenses.items():
             basis = causal_basis(lens, model, tokens, layer, k=args.k, max_iter=args.max_iter)

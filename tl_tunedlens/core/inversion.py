@@ -3,8 +3,8 @@
 ``invert(lens, target, layer)`` looks for ``h`` (the residual stream a hook at that lens layer sees,
 before the final norm) with ``lens.log_probs(h, layer) ~= target``, in two stages:
 
-1. **Least-squares start.** The target log-probs (``-inf`` clamped to 50 nats below the row's top)
-   are logits up to a constant, so the normalised residual ``x`` solves
+1. **Least-squares start.** The target log-probs (``-inf`` replaced by the row's lowest finite value
+   minus 50 nats) are logits up to a constant, so the normalised residual ``x`` solves
    ``min ||x W_U + b_U + c - target||`` over ``x`` and a constant ``c`` (pseudo-inverse of
    ``[W_U; 1]``). ``ln_final`` is taken as the identity on that ``x`` (exact for a folded, unit-norm
    ``x``); the translator's affine map ``h' = h M + b`` is then undone with the pseudo-inverse of
@@ -31,7 +31,7 @@ from ..errors import LensError
 if TYPE_CHECKING:
     from ..lens import Lens
 
-#: how far below a row's most likely token ``-inf`` (or tiny) target log-probs are clamped for the start
+#: how far below a row's lowest finite target log-prob a ``-inf`` one is put for the start
 CLAMP_NATS = 50.0
 
 
@@ -70,7 +70,9 @@ def least_squares_start(lens: "Lens", target: Float[Tensor, "n d_vocab"], layer:
     w_u = module.W_U.detach().double()                                     # [d_model d_vocab]
     b_u = getattr(module, "b_U", None)
     z = target.double()
-    z = torch.maximum(z, z.max(-1, keepdim=True).values - CLAMP_NATS)
+    finite = torch.isfinite(z)
+    lowest = torch.where(finite, z, torch.full_like(z, torch.inf)).min(-1, keepdim=True).values
+    z = torch.where(finite, z, lowest - CLAMP_NATS)  # real targets are exact: a clamp would spoil the solution
     if b_u is not None:
         z = z - b_u.detach().double()
     design = torch.cat([w_u, torch.ones(1, w_u.shape[1], dtype=w_u.dtype, device=w_u.device)])  # [d_model+1 d_vocab]
