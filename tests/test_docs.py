@@ -32,7 +32,7 @@ def test_every_page_is_built(site):
     for page in ("index.html", "api.html", "tutorials/training_and_evaluating_lenses.html",
                  "tutorials/loading_pretrained_lenses.html", "tutorials/lenses_in_transformerlens.html",
                  "tutorials/transformerbridge.html", "tutorials/explorer.html", "guide.html",
-                 "tutorials/safety.html",
+                 "tutorials/safety.html", "tutorials/experiments.html",
                  "_autosummary/tl_tunedlens.lens.TunedLens.html"):
         assert page in pages
     tutorial = (site / "tutorials" / "training_and_evaluating_lenses.html").read_text()

@@ -87,3 +87,12 @@ def metrics_table(metrics: Mapping) -> str:
     footer = (f"model CE {base['ce']:.3f} nats/token ({base['bits_per_byte']['ce']:.3f} bits/byte), entropy "
               f"{base['entropy']:.3f} nats; {metrics['tokens']} tokens; KL and CE in nats per token")
     return format_table(headers, rows) + "\n" + footer
+
+
+def transfer_table(transfer: Mapping) -> str:
+    """The layer-transfer matrix (:func:`~tl_tunedlens.analysis.transfer.transfer_matrix`): rows = the
+    residual's layer, columns = the translator's, KL(model || lens) in nats."""
+    layers = list(transfer["layers"])
+    rows = [[f"resid {i}", *row] for i, row in zip(layers, transfer["kl"])]
+    return (format_table(["", *(f"T{j}" for j in layers)], rows)
+            + f"\nlayer transfer: KL(model || translator Tj on the residual of layer i), nats; {transfer['tokens']} tokens")

@@ -28,7 +28,6 @@ from torch import Tensor
 from ..analysis import stats
 from ..analysis.trajectory import PredictionTrajectory
 from ..core.backend import to_tokens
-from ..core.layers import layer_labels
 from ..core.unembed import to_log_probs
 from ..errors import LensError
 from ..lens import LogitLens, TunedLens
@@ -183,8 +182,12 @@ class Explorer:
             raise LensError(f"{LOGIT_LENS!r} is the logit lens's name: give the tuned lens another name")
         for name, lens in lenses.items():
             lens.check_model(model)
+        hooks = {tuple(lens.hook_names) for lens in lenses.values()}
+        if len(hooks) > 1:
+            raise LensError("the tuned lenses read different hook points: serve lenses trained on the same hooks")
         self.model, self.limits = model, limits or Limits()
-        self.lenses: dict[str, "Lens"] = {LOGIT_LENS: LogitLens.from_model(model), **lenses}
+        self.lenses: dict[str, "Lens"] = {LOGIT_LENS: LogitLens.from_model(model, hook_names=next(iter(hooks), None)),
+                                              **lenses}
         self.decoder = _CachedDecoder(model.tokenizer)
         self.cache: OrderedDict[tuple, Analysis] = OrderedDict()
         self.cache_size = cache_size
@@ -242,7 +245,7 @@ class Explorer:
         resids = first.residuals_from_cache(cache)  # [layer batch pos d_model], the same hooks for every lens
         final = to_log_probs(logits)
         watch_ids = torch.tensor(watched, dtype=torch.long, device=final.device)
-        n, labels = first.n_layers, layer_labels(first.n_layers)
+        n, labels = first.n_layers, first.layer_labels
         trajs, lps, ranks = [], [], []
         for name, lens in self.lenses.items():
             rows: dict[int, tuple[Tensor, Tensor | None]] = {}

@@ -37,6 +37,9 @@ def save(lens: "TunedLens", path: str | os.PathLike, *, format: str = "tl-tunedl
          training: dict[str, Any] | None = None) -> Path:
     """Write ``lens`` into folder ``path`` in ``format``; all-or-nothing."""
     _check_format(format)
+    if format == "tuned-lens" and not lens.default_convention:
+        raise LensError("the tuned-lens format only holds lenses on the default hook points (resid_pre/resid_post): "
+                        "save this lens with format='tl-tunedlens'")
     path = Path(path)
     other = ref.PARAMS_NAME if format == "tl-tunedlens" else native.WEIGHTS_NAME
     if (path / other).exists():
@@ -113,7 +116,7 @@ def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
                model_name=config.get("model_name") or facts.model_name,
                residual_stream=model_kind if lens_kind is not None else None,
                reference_unembed_hash=config.get("reference_unembed_hash"),
-               training_info=config.get("training") or {})
+               training_info=config.get("training") or {}, hook_names=native.config_hook_names(config))
     tensors = native.read_weights(path, lens.state_dict(), config.get("weights_sha256"))
     if lens_kind == CENTRED and model_kind == RAW:  # exact conversion, see core.basis
         tensors = {k: centred_to_raw_weight(v) if k.endswith(".weight") else v for k, v in tensors.items()}

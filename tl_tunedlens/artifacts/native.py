@@ -1,12 +1,14 @@
 """Our lens format: ``config.json`` + ``lens.safetensors`` in a folder.
 
-``config.json`` records the format and its version, the model name, ``n_layers``, ``d_model``,
-``d_vocab``, the layer convention, ``bias``, ``dtype``, the unembedding's identity (``unembed_hash``:
-sha256 of the raw parameters; ``unembed_fingerprint``: processing-invariant probe log-probs), the
-residual-stream kind the translators were trained on (``"raw"`` = Hugging Face hidden states, or
-``"centred"``, see :mod:`tl_tunedlens.core.basis`) and training metadata (tokens seen, data,
-loss, steps...), and ``weights_sha256``, the SHA-256 of ``lens.safetensors``'s bytes. Both files
-are written all-or-nothing, as strict JSON (no NaN).
+``config.json`` records the format and its version, the model name, ``n_layers`` (the model's),
+``d_model``, ``d_vocab``, the layer convention (the default, or ``"hook_names"`` for a lens on other
+residual hook points, :mod:`tl_tunedlens.core.layers`) with the hook name of every lens layer,
+``bias``, ``dtype``, the unembedding's identity (``unembed_hash``: sha256 of the raw parameters;
+``unembed_fingerprint``: processing-invariant probe log-probs), the residual-stream kind the
+translators were trained on (``"raw"`` = Hugging Face hidden states, or ``"centred"``, see
+:mod:`tl_tunedlens.core.basis`), training metadata (tokens seen, data, loss, steps...) and
+``weights_sha256``, the SHA-256 of ``lens.safetensors``'s bytes. Both files are written
+all-or-nothing, as strict JSON (no NaN).
 
 Loading checks, each a one-line error naming the file: every config field's type
 (``FIELD_TYPES``), the weights' keys and shapes, that every tensor is finite (by name), and the
@@ -40,6 +42,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "lens.safetensors"
 LAYER_CONVENTION = "resid_after_n_blocks"  # lens layer i = residual stream after i blocks
+HOOKS_CONVENTION = "hook_names"            # lens layer i reads hook_names[i] (other residual hook points)
 REQUIRED_KEYS = ("lens_type", "n_layers", "d_model", "d_vocab")
 _HEX64 = "a 64-digit hex string"
 #: each config field: (what it must be, its check); ``None`` is allowed where the check says so
@@ -118,10 +121,10 @@ def lens_config(lens: "TunedLens", training: dict[str, Any] | None = None) -> di
         "format_version": FORMAT_VERSION,
         "lens_type": lens.lens_type,
         "model_name": lens.model_name,
-        "n_layers": lens.n_layers,
+        "n_layers": lens.model_n_layers,
         "d_model": lens.d_model,
         "d_vocab": lens.d_vocab,
-        "layer_convention": LAYER_CONVENTION,
+        "layer_convention": LAYER_CONVENTION if lens.default_convention else HOOKS_CONVENTION,
         "hook_names": lens.hook_names,
         "bias": lens.bias,
         "dtype": str(params[0].dtype).removeprefix("torch.") if params else None,
@@ -193,9 +196,18 @@ def validate_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
     for key, (what, ok) in FIELD_TYPES.items():
         if key in config and not ok(config[key]):
             raise LensError(f"{cfg_file}: {key} must be {what}, got {_short(config[key])}: fix it or re-save the lens")
-    if config.get("layer_convention", LAYER_CONVENTION) != LAYER_CONVENTION:
-        raise LensError(f"{cfg_file} has layer_convention {config['layer_convention']!r}, expected {LAYER_CONVENTION!r}")
+    convention = config.get("layer_convention", LAYER_CONVENTION)
+    if convention not in (LAYER_CONVENTION, HOOKS_CONVENTION):
+        raise LensError(f"{cfg_file} has layer_convention {convention!r}, expected {LAYER_CONVENTION!r} "
+                        f"or {HOOKS_CONVENTION!r}")
+    if convention == HOOKS_CONVENTION and not isinstance(config.get("hook_names"), list):
+        raise LensError(f"{cfg_file}: layer_convention {HOOKS_CONVENTION!r} needs a list of hook_names: re-save the lens")
     return config
+
+
+def config_hook_names(config: dict[str, Any]) -> list[str] | None:
+    """The hook names a validated config's lens reads, or ``None`` for the default convention."""
+    return config["hook_names"] if config.get("layer_convention") == HOOKS_CONVENTION else None
 
 
 def _short(value: Any) -> str:

@@ -27,7 +27,13 @@ def register(subparsers) -> None:
     parser.add_argument("--matmul-dtype", default="float32", choices=tuple(MATMUL_DTYPES),
                         help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
                              "scored in float32 and the largest KL difference printed (default: %(default)s)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also measure layer transfer (needs --lens): KL(model || translator j on the residual of "
+                             "layer i) for every pair of --transfer-layers, into the JSON under \"transfer\"")
+    parser.add_argument("--transfer-layers", type=int, nargs="+", default=None, metavar="LAYER",
+                        help="lens layers of the transfer matrix (default: all; it costs layers² vocabulary products)")
     parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
+    parser.add_argument("--report", help="write an offline HTML page of the metric curves (and the transfer heatmap) here")
     add_progress_arg(parser)
     parser.set_defaults(func=run)
 
@@ -40,21 +46,32 @@ def eval_tokens_needed(positions: int, seq_len: int) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens eval``; returns the exit status."""
     from ..analysis import evaluate_lenses
-    from ..analysis.tables import metrics_table
+    from ..analysis.tables import metrics_table, transfer_table
+    from ..analysis.transfer import transfer_matrix
+    from ..viz.experiments import write_metrics_page
     from ..artifacts.files import write_json_atomic
     from ..artifacts.outdir import check_file_output
+    from ..errors import LensError
     from ..lens import TunedLens
 
     if args.out:
         check_file_output(args.out)
     check_lens_arg(args.lens)
+    if (args.transfer or args.transfer_layers) and not args.lens:
+        raise LensError("--transfer measures a tuned lens's translators: pass --lens DIR")
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else None
     data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
     metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
                               max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
                               matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress)
+    if args.transfer or args.transfer_layers:
+        metrics["transfer"] = transfer_matrix(model, tuned, data.sequences, layers=args.transfer_layers,
+                                              max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
+                                              progress=not args.no_progress)
     print(metrics_table(metrics))
+    if "transfer" in metrics:
+        print(transfer_table(metrics["transfer"]))
     if "precision" in metrics:
         check = metrics["precision"]
         print(f"{check['matmul_dtype']} lens products: KL within {check['max_kl_error']:.2g} nats of float32 "
@@ -62,4 +79,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json_atomic(args.out, metrics)
         print(f"metrics written to {args.out}")
+    if args.report:
+        print(f"report written to {write_metrics_page(metrics, args.report)}")
     return 0

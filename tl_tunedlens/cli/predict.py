@@ -37,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
     print(f"text:  {args.text!r}  ({tokens.shape[1]} tokens; decoding position {args.position})")
     label = "tuned" if args.lens else "tuned(untrained)"
-    print(prediction_table(model, {"logit": LogitLens.from_model(model), label: tuned}, tokens,
-                           position=args.position, top_k=args.top_k))
+    logit = LogitLens.from_model(model, hook_names=tuned.hook_names)
+    print(prediction_table(model, {"logit": logit, label: tuned}, tokens, position=args.position, top_k=args.top_k))
     return 0

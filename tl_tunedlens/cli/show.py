@@ -31,6 +31,11 @@ def register(subparsers) -> None:
                         help="longest text accepted, in tokens (at most the model's n_ctx); the page and the memory "
                              "grow linearly with it (default: %(default)s)")
     add_truncate_arg(parser)
+    parser.add_argument("--contrast", nargs=2, metavar=("A", "B"),
+                        help="also show logit(A) - logit(B) per layer, each a single token with its leading space "
+                             "(e.g. --contrast ' Paris' ' London'), and every token's prediction depth")
+    parser.add_argument("--position", type=int, default=-1,
+                        help="the position of the --contrast figure (default: the last)")
     parser.set_defaults(func=run)
 
 
@@ -50,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     lens = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
     path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k, max_tokens=args.max_tokens,
-                        truncate=args.truncate)
+                        truncate=args.truncate, contrast=tuple(args.contrast) if args.contrast else None,
+                        position=args.position)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser (works offline)")
     return 0

@@ -20,6 +20,10 @@ def register(subparsers) -> None:
     )
     add_model_args(parser)
     parser.add_argument("--out", required=True, help="output folder for the lens and its checkpoint")
+    parser.add_argument("--hooks", default=None,
+                        help="residual hook points the lens reads instead of the default (embeddings, then every "
+                             "resid_post): 'resid_mid' (every blocks.{i}.hook_resid_mid, after attention) or "
+                             "comma-separated names, e.g. blocks.3.hook_resid_mid,blocks.7.hook_resid_pre")
     add_data_args(parser, default_split="train")
     add_train_config_args(parser)
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt with the same options")
@@ -46,7 +50,7 @@ def _train(args: argparse.Namespace, config, folder) -> int:
 
     out = folder.path
     model = load_model_from_args(args)
-    lens = TunedLens.from_model(model)
+    lens = TunedLens.from_model(model, hook_names=parse_hooks(args.hooks))
     plan = budget_plan(model, lens, config, args.seq_len, out if args.resume else None)
     planned = plan.apply(config) if plan is not None else config
     data = load_data_from_args(args, model, args.max_tokens or planned.token_budget(args.seq_len))
@@ -59,3 +63,11 @@ def _train(args: argparse.Namespace, config, folder) -> int:
     lens.save(out, training=result.info)
     print(f"{training_summary(result)}; lens saved to {out}")
     return 0
+
+
+def parse_hooks(text: str | None) -> str | list[str] | None:
+    """``--hooks``: ``None`` (the default hook points), a named set such as ``resid_mid``, or a comma list."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names[0] if len(names) == 1 and "." not in names[0] else names

@@ -9,7 +9,9 @@ Three routes give identical results on the same input:
   then ``record.log_probs[layer]`` (or ``record.top_k_log_probs`` / ``record.top_k_indices``).
 
 ``lens.hooks(intervene=layer)`` instead replaces the residual stream at ``layer`` with its
-translated version, so the rest of the model runs on the translator's output.
+translated version, so the rest of the model runs on the translator's output, and
+``lens.hooks(ablate=layer, subspace=U, method="mean"|"resample"|"zero")`` removes the span of ``U``
+from the residual stream there (:mod:`.ablation`).
 
 **The right model.** The cache route checks the cache's model (``cache.model``). The hook route
 checks, at every call, that the hook point it runs on belongs to the model the lens was built or
@@ -32,6 +34,8 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from ..errors import LensError
+from .ablation import ablate as ablate_subspace
+from .ablation import check_method, check_subspace
 from .backend import Model, hook_points
 from .layers import as_index, normalize_layers
 from .unembed import to_log_probs
@@ -122,6 +126,7 @@ class HooksMixin:
 
     unembed: "Unembed"
     n_layers: int
+    d_model: int
     d_vocab: int
     hook_names: list[str]
 
@@ -235,6 +240,26 @@ class HooksMixin:
 
         return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
 
+    def ablation_hooks(
+        self,
+        layers: int | list[int],
+        subspace: Float[Tensor, "d_model k"],
+        *,
+        method: str = "mean",
+        mean: Float[Tensor, " d_model"] | None = None,
+        seed: int = 0,
+    ) -> HookList:
+        """Hooks that remove the span of ``subspace`` (orthonormal columns) from the residual stream at
+        ``layers`` by ``method`` (``"mean"``, ``"resample"`` or ``"zero"``; ``mean``: the mean residual to
+        use, default the batch's; ``seed``: the resample derangement's). See :mod:`.ablation`."""
+        basis = check_subspace(subspace, self.d_model)
+        check_method(method)
+
+        def hook_fn(resid: Tensor, hook) -> Tensor:
+            return ablate_subspace(resid, basis, method, mean=mean, seed=seed)
+
+        return [(self.hook_names[i], hook_fn) for i in normalize_layers(layers, self.n_layers)]
+
     def hooks(
         self,
         record: LensRecord | None = None,
@@ -245,16 +270,27 @@ class HooksMixin:
         intervene: int | list[int] | None = None,
         detach: bool = True,
         model: Model | None = None,
+        ablate: int | list[int] | None = None,
+        subspace: Float[Tensor, "d_model k"] | None = None,
+        method: str = "mean",
+        mean: Float[Tensor, " d_model"] | None = None,
+        seed: int = 0,
     ) -> HookList:
-        """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record`` and/or intervene.
+        """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record``, intervene and/or ablate.
 
-        Recording hooks come first, so at an intervened layer the record holds the lens
-        prediction of the residual as the model computed it (see :meth:`recording_hooks`,
-        :meth:`intervention_hooks`). ``model``: the model the hooks will run in when it is not the
-        one this lens was built or loaded for (checked now, like ``lens.check_model(model)``)."""
-        if record is None and intervene is None:
-            raise LensError("lens.hooks() needs a LensRecord to record into and/or intervene=LAYER")
+        Ablation hooks (``ablate=layer, subspace=U, method=, mean=, seed=``, :meth:`ablation_hooks`)
+        come first, so the record sees the ablated stream; then recording hooks, so at an intervened
+        layer the record holds the lens prediction of the residual before the translator replaced it
+        (see :meth:`recording_hooks`, :meth:`intervention_hooks`). ``model``: the model the hooks will
+        run in when it is not the one this lens was built or loaded for (checked now, like
+        ``lens.check_model(model)``)."""
+        if record is None and intervene is None and ablate is None:
+            raise LensError("lens.hooks() needs a LensRecord to record into, intervene=LAYER and/or ablate=LAYER")
+        if (ablate is None) != (subspace is None):
+            raise LensError("ablation needs both ablate=LAYER and subspace=U (a [d_model, k] orthonormal basis)")
         hooks: HookList = []
+        if ablate is not None:
+            hooks += self.ablation_hooks(ablate, subspace, method=method, mean=mean, seed=seed)
         if record is not None:
             hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach,
                                           model=model)

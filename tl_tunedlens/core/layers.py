@@ -1,17 +1,31 @@
 """Layer indexing: which TransformerLens hook point each lens layer reads.
 
-Lens layer ``i`` in ``0..n_layers`` is the residual stream after ``i`` blocks:
-``i = 0`` is ``blocks.0.hook_resid_pre`` (the embeddings) and ``i >= 1`` is
-``blocks.{i-1}.hook_resid_post``. Layer ``n_layers`` is decoded with no translator,
-so the lens there equals the model's own output. This matches the reference
-``tuned-lens`` package's ``hidden_states[i]`` indexing one to one.
+The default convention: lens layer ``i`` in ``0..n_layers`` is the residual stream after ``i``
+blocks: ``i = 0`` is ``blocks.0.hook_resid_pre`` (the embeddings) and ``i >= 1`` is
+``blocks.{i-1}.hook_resid_post``. Layer ``n_layers`` is decoded with no translator, so the lens
+there equals the model's own output. This matches the reference ``tuned-lens`` package's
+``hidden_states[i]`` indexing one to one.
+
+A lens may read other residual-stream hook points instead (:func:`lens_hook_names`): every
+``blocks.{i}.hook_resid_mid`` (after attention, before the MLP: ``hooks="resid_mid"``) or any list
+of ``blocks.{i}.hook_resid_pre/mid/post`` names (a Bridge's ``hook_in``/``hook_out`` are the same
+streams). They are put in forward order, and the model's final residual stream is always appended
+as the last lens layer (the output row), so a lens on ``m`` hook points has layers ``0..m``.
 """
 
 from __future__ import annotations
 
 import operator
+import re
+from typing import Sequence
 
 from ..errors import LensError
+
+#: a residual-stream hook point: block, then where in the block (a Bridge's hook_in/hook_out are aliases)
+RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|in|out)$")
+_STAGE = {"resid_pre": 0, "in": 0, "resid_mid": 1, "resid_post": 2, "out": 2}
+#: named sets of hook points accepted by :func:`lens_hook_names`
+HOOK_SETS = ("resid_mid",)
 
 
 def resid_hook_name(layer: int) -> str:
@@ -37,6 +51,53 @@ def as_index(value, what: str = "layer") -> int:
     raise LensError(f"{what} must be an integer, got {value!r} ({type(value).__name__}): pass e.g. {what}=1")
 
 
+def hook_depth(name: str, n_layers: int) -> int:
+    """Position of residual hook ``name`` in the forward pass, in half-blocks: ``resid_pre`` of block
+    ``i`` is ``2i``, its ``resid_mid`` ``2i + 1``, its ``resid_post`` ``2i + 2`` (= the next ``resid_pre``);
+    the final residual stream is ``2 n_layers``. A one-line error for anything else."""
+    match = RESID_HOOK.match(name) if isinstance(name, str) else None
+    if match is None:
+        raise LensError(f"{name!r} is not a residual-stream hook point: use blocks.{{i}}.hook_resid_pre, "
+                        "hook_resid_mid or hook_resid_post")
+    block = int(match.group(1))
+    if block >= n_layers:
+        raise LensError(f"{name!r} is past the last block: this model has blocks 0..{n_layers - 1}")
+    return 2 * block + _STAGE[match.group(2)]
+
+
+def lens_hook_names(n_layers: int, hooks: str | Sequence[str] | None = None) -> list[str]:
+    """The hook name of every lens layer, the model's final residual stream last.
+
+    ``hooks``: ``None`` (the default convention, :func:`resid_hook_names`), ``"resid_mid"`` (every
+    ``blocks.{i}.hook_resid_mid``) or a list of residual hook names (sorted into forward order; a name
+    reading the final residual stream is the output row and may be left out)."""
+    if hooks is None:
+        return resid_hook_names(n_layers)
+    if isinstance(hooks, str):
+        if hooks in HOOK_SETS:
+            hooks = [f"blocks.{i}.hook_{hooks}" for i in range(n_layers)]
+        else:
+            hooks = [hooks]
+    names = list(hooks)
+    depths = [hook_depth(name, n_layers) for name in names]
+    seen: dict[int, str] = {}
+    for name, depth in zip(names, depths):
+        if depth in seen:
+            raise LensError(f"{seen[depth]!r} and {name!r} read the same residual stream: list it once")
+        seen[depth] = name
+    final = resid_hook_name(n_layers)
+    out = [seen[d] for d in sorted(seen) if d < 2 * n_layers] + [final]
+    if len(out) < 2:
+        raise LensError("a lens needs at least one hook point before the final residual stream: "
+                        f"pass e.g. hooks='resid_mid' or ['blocks.0.hook_resid_mid']")
+    return out
+
+
+def is_default_convention(hook_names: Sequence[str], n_layers: int) -> bool:
+    """Whether ``hook_names`` are the default convention's (:func:`resid_hook_names`)."""
+    return list(hook_names) == resid_hook_names(n_layers)
+
+
 def normalize_layer(layer: int, n_layers: int) -> int:
     """Map a lens layer (negative counts from the end, like Python) to ``0..n_layers``."""
     layer = as_index(layer)
@@ -59,6 +120,17 @@ def normalize_layers(layers, n_layers: int) -> list[int]:
     return sorted({normalize_layer(layer, n_layers) for layer in layers})
 
 
-def layer_labels(n_layers: int) -> list[str]:
-    """Display labels of lens layers ``0..n_layers``: the numbers up to ``n_layers - 1``, then ``"output"``."""
-    return [str(i) for i in range(n_layers)] + ["output"]
+def hook_label(name: str) -> str:
+    """Short display label of a residual hook name: ``blocks.3.hook_resid_mid`` -> ``3.mid``."""
+    match = RESID_HOOK.match(name)
+    if match is None:
+        return name
+    return f"{match.group(1)}.{match.group(2).removeprefix('resid_')}"
+
+
+def layer_labels(n_layers: int, hook_names: Sequence[str] | None = None) -> list[str]:
+    """Display labels of lens layers ``0..n_layers``, then ``"output"``: the layer numbers under the
+    default convention, else short hook labels (:func:`hook_label`) of ``hook_names``."""
+    if hook_names is None or is_default_convention(hook_names, n_layers):
+        return [str(i) for i in range(n_layers)] + ["output"]
+    return [hook_label(name) for name in list(hook_names)[:-1]] + ["output"]

@@ -197,7 +197,7 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         per_step=per_step, micro=cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len),
         n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
         fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
-                     "data_digest": data_digest(sequences)},
+                     "data_digest": data_digest(sequences), "hook_names": lens.hook_names},
         ckpt_path=ckpt_path, resume_state=state,
         info={"init": cfg.init, "matmul_dtype": _dtype_name(matmul_dtype), "matmul_dtype_choice": dtype_choice,
               **({"budget": plan.info()} if plan is not None else {})},
@@ -303,6 +303,8 @@ def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
         if saved.get(key) != fingerprint[key]:
             raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
                             "resume with the same --data and --seq-len, or drop --resume")
+    if saved.get("hook_names", fingerprint["hook_names"]) != fingerprint["hook_names"]:
+        raise LensError(f"{path} was written for a lens on other hook points: resume with the same --hooks, or drop --resume")
     saved_config = {"matmul_dtype": "float32", **saved.get("config", {})}  # checkpoints from before the option
     for key, value in fingerprint["config"].items():
         if saved_config.get(key) != value:

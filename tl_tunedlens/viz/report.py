@@ -20,7 +20,9 @@ from ..artifacts.files import write_text_atomic
 from ..core.backend import to_tokens
 from ..errors import LensError
 from ..lens import LogitLens
+from ..analysis.readouts import single_token_id
 from .circuits import circuitsvis_bundle, lens_view
+from .experiments import prediction_depth_figure, trajectory_logit_diff_figure
 from .plots import compare_heatmaps, figure_html
 
 from ..core.backend import Model
@@ -56,12 +58,16 @@ def check_stats(stats: Sequence[str]) -> None:
 def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                 logit_lens: "Lens | None" = None, stats: Sequence[str] = ("kl", "entropy", "ce"),
                 top_k: int = 5, title: str | None = None, max_tokens: int | None = None,
-                truncate: bool = False) -> str:
+                truncate: bool = False, contrast: tuple[int | str, int | str] | None = None,
+                position: int = -1) -> str:
     """The report page as a string (see :func:`write_report`)."""
     check_stats(stats)
     tokens = to_tokens(model, text, min_tokens=2, max_tokens=max_tokens, truncate=truncate)
-    logit_lens = logit_lens or LogitLens.from_model(model)
-    logit, tuned, comparison = trajectory_pair(logit_lens, lens, model, tokens, top_k=max(top_k, 10))
+    watch = [single_token_id(getattr(model, "tokenizer", None), t) for t in contrast] if contrast else []
+    if not -tokens.shape[1] <= position < tokens.shape[1]:
+        raise LensError(f"position {position} is out of range: the text has {tokens.shape[1]} tokens")
+    logit_lens = logit_lens or LogitLens.from_model(model, hook_names=lens.hook_names)
+    logit, tuned, comparison = trajectory_pair(logit_lens, lens, model, tokens, top_k=max(top_k, 10), watch=watch)
     params = list(lens.parameters())
     if params and all(not p.detach().any() for p in params):  # zero translators: the logit lens exactly
         tuned.lens_name = "tuned lens (untrained = logit lens)"
@@ -83,6 +89,12 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
         fig.update_layout(title=None, width=None, autosize=True, margin={"t": 40})
         parts.append(figure_html(fig, include_plotlyjs=(i == 0), full_html=False,
                                  div_id=f"heatmap-{stat}", default_width="100%", config={"responsive": True}))
+    if contrast:
+        for fig in (trajectory_logit_diff_figure([logit, tuned], *watch, position=position),
+                    prediction_depth_figure([logit, tuned])):
+            parts.append(f"<h2>{html.escape(fig.layout.title.text)}</h2>")
+            fig.update_layout(title=None)
+            parts.append(figure_html(fig, include_plotlyjs=False, full_html=False, default_width="100%"))
     parts.append("<h2>Per-layer averages over positions (nats)</h2>")
     parts.append(_summary_table(logit, tuned, comparison.mean("js")))
     parts.append(f"<script>{circuitsvis_bundle()}</script>")
@@ -99,6 +111,8 @@ def write_report(path: str | os.PathLike, model: Model, lens: "Lens", text: str 
     logit-vs-tuned heatmaps of ``stats`` (default KL, entropy, CE), a table of per-layer means and
     the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``,
     ``max_tokens`` (a longer text is an error, default: the model's ``n_ctx``) and ``truncate`` (keep
-    its last ``max_tokens`` tokens instead). The page's size grows linearly with the tokens."""
+    its last ``max_tokens`` tokens instead); ``contrast=(a, b)`` (single tokens or ids) adds
+    ``logit(a) - logit(b)`` per layer at ``position`` and every token's prediction depth, for both
+    lenses. The page's size grows linearly with the tokens."""
     write_text_atomic(path, report_html(model, lens, text, **kwargs))
     return Path(path)
