@@ -33,7 +33,8 @@ def _undocumented(module) -> list[str]:
                 func = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
                 if attr.startswith("_") or not (inspect.isfunction(func)):
                     continue
-                if not (inspect.getdoc(getattr(obj, attr)) if not isinstance(member, property) else func.__doc__ or "").strip():
+                doc = member.__doc__ if isinstance(member, property) else inspect.getdoc(getattr(obj, attr))
+                if not (doc or "").strip():
                     missing.append(f"{module.__name__}.{name}.{attr}")
     return missing
 

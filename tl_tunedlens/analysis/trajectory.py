@@ -230,15 +230,8 @@ class PredictionTrajectory(TrajectoryReadouts):
         """Number of rows: lens layers ``0..n_layers``, so ``n_layers + 1``."""
         return len(self.entropies)
 
-    @property
-    def batch(self) -> int:
-        """Number of prompts."""
-        return self.tokens.shape[0]
-
-    @property
-    def n_pos(self) -> int:
-        """Number of positions per prompt."""
-        return self.tokens.shape[1]
+    batch = property(lambda self: self.tokens.shape[0], doc="Number of prompts.")
+    n_pos = property(lambda self: self.tokens.shape[1], doc="Number of positions per prompt.")
 
     def prompt_index(self, index: int) -> int:
         """``index`` (negative counts from the end) as ``0..batch-1``; a clear error when out of range."""
