@@ -10,6 +10,12 @@ Three routes give identical results on the same input:
 
 ``lens.hooks(intervene=layer)`` instead replaces the residual stream at ``layer`` with its
 translated version, so the rest of the model runs on the translator's output.
+
+Both routes read through sae-lens SAEs (:mod:`.saes`): where an SAE is attached at a lens site, they
+read its ``hook_sae_output`` (what flows downstream) or, with ``sae_read="input"``, its
+``hook_sae_input`` (the clean residual); interventions replace ``hook_sae_output``. That is why hooks
+are placed with name predicates (:class:`~tl_tunedlens.core.saes.SiteFilter`) and why a cache for a
+lens is best taken with ``names_filter=lens.names_filter``.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from torch import Tensor
 
 from ..errors import LensError
 from .layers import normalize_layers
+from .saes import SAE_READS, SiteFilter, check_sae_read, find_site, missing_site
 from .unembed import to_log_probs
 
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache
 
-HookList = list[tuple[str, Callable]]
+HookList = list[tuple[Callable[[str], bool], Callable]]
 
 
 @dataclass
@@ -78,26 +85,38 @@ class HooksMixin:
     hook_names: list[str]
 
     # --- ActivationCache route ------------------------------------------------------
-    def residuals_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_model"]:
-        """Residual stream at every lens layer, stacked, from a TransformerLens cache."""
-        missing = [name for name in self.hook_names if name not in cache]
-        if missing:
-            raise LensError(
-                f"the cache lacks {len(missing)} lens hook(s), e.g. {missing[0]!r}: run "
-                "model.run_with_cache(tokens, names_filter=lens.hook_names)"
-            )
+    @property
+    def names_filter(self) -> SiteFilter:
+        """A hook-name predicate for ``run_with_cache(tokens, names_filter=lens.names_filter)`` (or
+        ``run_with_cache_with_saes``): it caches the lens sites and, at a site wrapped by an sae-lens SAE,
+        both its ``hook_sae_output`` and ``hook_sae_input``. Without SAEs it caches exactly what
+        ``names_filter=lens.hook_names`` does."""
+        return SiteFilter(self.hook_names, SAE_READS)
+
+    def residuals_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                             ) -> Float[Tensor, "layer batch pos d_model"]:
+        """Residual stream at every lens layer, stacked, from a TransformerLens cache. At a site wrapped by
+        an sae-lens SAE: its ``hook_sae_output`` (``sae_read="output"``) or ``hook_sae_input`` (``"input"``)."""
+        check_sae_read(sae_read)
+        names = [find_site(name, cache, sae_read) for name in self.hook_names]
+        if None in names:
+            site = self.hook_names[names.index(None)]
+            raise missing_site(site, cache, sae_read, fix="run model.run_with_cache(tokens, names_filter=lens.names_filter)")
         model = getattr(cache, "model", None)
         if model is not None and hasattr(model, "unembed"):
             self.check_model(model)
-        return torch.stack([cache[name] for name in self.hook_names])
+        return torch.stack([cache[name] for name in names])
 
-    def logits_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
-        """Lens logits of every layer ``0..n_layers``; the last row is the model's own output."""
-        return self.forward_all(self.residuals_from_cache(cache))
+    def logits_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                          ) -> Float[Tensor, "layer batch pos d_vocab"]:
+        """Lens logits of every layer ``0..n_layers``; the last row is the model's own output
+        (``sae_read``: see :meth:`residuals_from_cache`)."""
+        return self.forward_all(self.residuals_from_cache(cache, sae_read=sae_read))
 
-    def log_probs_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
+    def log_probs_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                             ) -> Float[Tensor, "layer batch pos d_vocab"]:
         """Like :meth:`logits_from_cache`, as log-probs (nats), fp32 or better."""
-        return to_log_probs(self.logits_from_cache(cache))
+        return to_log_probs(self.logits_from_cache(cache, sae_read=sae_read))
 
     # --- hooks route ----------------------------------------------------------------
     def recording_hooks(
@@ -108,13 +127,16 @@ class HooksMixin:
         positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
         top_k: int | None = None,
         detach: bool = True,
+        sae_read: str = "output",
     ) -> HookList:
         """Hooks that write lens predictions into ``record`` during a normal forward pass.
 
-        ``layers``: lens layers to record (default all); ``positions``: an index, slice or list of
-        positions (default all); ``top_k``: keep only the ``k`` most likely tokens per position
-        (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
-        without building a graph. The model's own output is not changed."""
+        ``layers``: lens layers (or their hook names) to record (default all); ``positions``: an index,
+        slice or list of positions (default all); ``top_k``: keep only the ``k`` most likely tokens per
+        position (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
+        without building a graph; ``sae_read``: at a site wrapped by an sae-lens SAE, read its
+        ``"output"`` (default) or its ``"input"``. The model's own output is not changed."""
+        check_sae_read(sae_read)
         if not isinstance(record, LensRecord):
             raise LensError(f"record must be a LensRecord, got {type(record).__name__}: pass LensRecord()")
         if top_k is not None and not 1 <= int(top_k) <= self.d_vocab:
@@ -137,7 +159,7 @@ class HooksMixin:
                         record.top_k_indices[layer] = indices
             return hook_fn
 
-        return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]], [sae_read]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
 
     def intervention_hooks(
         self,
@@ -146,7 +168,8 @@ class HooksMixin:
         positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
     ) -> HookList:
         """Hooks that replace the residual stream at ``layers`` with ``lens.transform(resid, layer)``
-        (at ``positions`` only, if given), so the rest of the model runs on the translator's output."""
+        (at ``positions`` only, if given), so the rest of the model runs on the translator's output
+        (at a site wrapped by an sae-lens SAE: its ``hook_sae_output``, what flows downstream)."""
         if isinstance(positions, int):
             positions = [positions]
 
@@ -159,7 +182,7 @@ class HooksMixin:
                 return out
             return hook_fn
 
-        return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
 
     def hooks(
         self,
@@ -170,6 +193,7 @@ class HooksMixin:
         top_k: int | None = None,
         intervene: int | list[int] | None = None,
         detach: bool = True,
+        sae_read: str = "output",
     ) -> HookList:
         """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record`` and/or intervene.
 
@@ -180,7 +204,8 @@ class HooksMixin:
             raise LensError("lens.hooks() needs a LensRecord to record into and/or intervene=LAYER")
         hooks: HookList = []
         if record is not None:
-            hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach)
+            hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach,
+                                          sae_read=sae_read)
         if intervene is not None:
             hooks += self.intervention_hooks(intervene, positions=positions)
         return hooks
