@@ -4,7 +4,8 @@
 - :mod:`.metrics`: the shape of the metrics JSON and the summaries read from it (:func:`~tl_tunedlens.analysis.metrics.mean_kl`);
 - :mod:`.trajectory`: prediction trajectories (layers x positions) and comparisons between lenses;
 - :mod:`.stats`: entropy, KL, JS, total variation and ranks of distributions given as log-probs;
-- :mod:`.tables`: plain-text tables for the terminal.
+- :mod:`.tables`: plain-text tables for the terminal;
+- :mod:`.sae`: lenses and sae-lens SAEs together: the per-layer effect of splicing an SAE, of ablating or steering a latent.
 
 May import: :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`, :mod:`tl_tunedlens.data`, :mod:`tl_tunedlens.errors`,
 and the fused vocabulary products of :mod:`tl_tunedlens.training` (evaluation shares them with training).
@@ -12,7 +13,9 @@ and the fused vocabulary products of :mod:`tl_tunedlens.training` (evaluation sh
 
 from .evaluate import LensEvaluator, evaluate_lenses
 from .metrics import EvalMetrics, mean_kl
+from .sae import LatentEffect, SpliceEffect, ablate_latent, most_active_latent, splice_effect, steer_latent
 from .trajectory import PredictionTrajectory, TrajectoryComparison, compare, compare_lenses, trajectory_pair
 
 __all__ = ["evaluate_lenses", "LensEvaluator", "EvalMetrics", "mean_kl", "PredictionTrajectory", "TrajectoryComparison",
-           "compare", "compare_lenses", "trajectory_pair"]
+           "compare", "compare_lenses", "trajectory_pair", "splice_effect", "ablate_latent", "steer_latent",
+           "most_active_latent", "SpliceEffect", "LatentEffect"]

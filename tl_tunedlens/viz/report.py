@@ -2,7 +2,8 @@
 
 plotly.js and the circuitsvis bundle are inlined once each, so the page makes no network
 request. ``write_report(path, model, lens, text)`` is what ``tl-tunedlens show`` and
-``make demo`` call.
+``make demo`` call; with ``sae=`` (an sae-lens SAE on a lens site of an sae-lens model) the page also
+shows the SAE experiments of :mod:`tl_tunedlens.analysis.sae` (:mod:`.sae`'s figures).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..analysis.sae import ablate_latent, most_active_latent, splice_effect
 from ..analysis.trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
 from ..artifacts.files import write_text_atomic
 from ..core.backend import to_tokens
@@ -22,6 +24,7 @@ from ..errors import LensError
 from ..lens import LogitLens
 from .circuits import circuitsvis_bundle, lens_view
 from .plots import compare_heatmaps, figure_html
+from .sae import latent_effect_figure, splice_effect_figure
 
 from ..core.backend import Model
 
@@ -48,7 +51,7 @@ def _summary_table(logit: PredictionTrajectory, tuned: PredictionTrajectory, js_
 @torch.no_grad()
 def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                 logit_lens: "Lens | None" = None, stats: Sequence[str] = ("kl", "entropy", "ce"),
-                top_k: int = 5, title: str | None = None) -> str:
+                top_k: int = 5, title: str | None = None, sae: Any = None, latent: int | None = None) -> str:
     """The report page as a string (see :func:`write_report`)."""
     for stat in stats:
         if stat not in STATISTICS and not stat.startswith("delta_"):
@@ -79,6 +82,8 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                                  div_id=f"heatmap-{stat}", default_width="100%", config={"responsive": True}))
     parts.append("<h2>Per-layer averages over positions (nats)</h2>")
     parts.append(_summary_table(logit, tuned, comparison.mean("js")))
+    if sae is not None:
+        parts += _sae_sections(model, lens, sae, tokens, latent)
     parts.append(f"<script>{circuitsvis_bundle()}</script>")
     parts.append("<h2>Tokens coloured by KL to the output, and top-k predictions per layer (circuitsvis)</h2>")
     for traj in (tuned, logit):
@@ -87,10 +92,26 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
     return "\n".join(parts)
 
 
+def _sae_sections(model: Model, lens: "Lens", sae: Any, tokens: torch.Tensor, latent: int | None) -> list[str]:
+    """The SAE experiments on the report's text: splicing ``sae``, and ablating ``latent`` (default: the most active)."""
+    latent = most_active_latent(model, sae, tokens) if latent is None else latent
+    figures = {"splice": splice_effect_figure(splice_effect(lens, model, sae, tokens)),
+               "latent": latent_effect_figure(ablate_latent(lens, model, sae, tokens, latent))}
+    parts = []
+    for key, fig in figures.items():
+        parts.append(f"<h2>{html.escape(fig.layout.title.text)}</h2>")
+        fig.update_layout(title=None, margin={"t": 40})
+        parts.append(figure_html(fig, include_plotlyjs=False, full_html=False, div_id=f"sae-{key}"))
+    return parts
+
+
 def write_report(path: str | os.PathLike, model: Model, lens: "Lens", text: str | torch.Tensor,
                  **kwargs: Any) -> Path:
     """Write the offline report for ``text`` (a string, or token ids ``[pos]``/``[1 pos]``):
     logit-vs-tuned heatmaps of ``stats`` (default KL, entropy, CE), a table of per-layer means and
-    the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``."""
+    the circuitsvis views of both lenses. ``kwargs``: ``logit_lens``, ``stats``, ``top_k``, ``title``;
+    ``sae`` (an sae-lens SAE on a lens site; the model must be sae-lens's, see
+    :func:`~tl_tunedlens.models.sae.as_sae_transformer`) adds the splice effect and the ablation of
+    ``latent`` (default: the latent most active on the text), :mod:`tl_tunedlens.analysis.sae`."""
     write_text_atomic(path, report_html(model, lens, text, **kwargs))
     return Path(path)
