@@ -31,6 +31,7 @@ def test_every_page_is_built(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     for page in ("index.html", "api.html", "tutorials/training_and_evaluating_lenses.html",
                  "tutorials/loading_pretrained_lenses.html", "tutorials/lenses_in_transformerlens.html",
+                 "tutorials/lenses_and_saes.html",
                  "_autosummary/tl_tunedlens.lens.TunedLens.html"):
         assert page in pages
     tutorial = (site / "tutorials" / "training_and_evaluating_lenses.html").read_text()

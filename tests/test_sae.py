@@ -14,6 +14,8 @@ from conftest import BACKENDS, make_tiny_model, random_tuned_lens, tiny_hf_model
 from sae_lens import TopKSAE, TopKSAEConfig  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 from tl_tunedlens import LensError, LensRecord, LogitLens, ModelLoadError, as_sae_transformer, load_model  # noqa: E402
+from tl_tunedlens.cli import main as cli_main  # noqa: E402
+from tl_tunedlens.models import load_sae  # noqa: E402
 from tl_tunedlens.analysis import PredictionTrajectory  # noqa: E402
 from tl_tunedlens.analysis.sae import ablate_latent, most_active_latent, splice_effect, steer_latent  # noqa: E402
 from tl_tunedlens.core.backend import capture_residuals  # noqa: E402
@@ -171,3 +173,18 @@ def test_report_shows_the_sae_experiments():
     page = report_html(model, random_tuned_lens(model), torch.randint(0, 37, (1, 8)), sae=tiny_sae(), latent=3)
     assert 'id="sae-splice"' in page and 'id="sae-latent"' in page
     assert "Splicing the SAE at blocks.1.hook_resid_post" in page and "Ablating latent 3" in page
+
+
+def test_load_sae_reads_what_sae_lens_saved(tmp_path, capsys):
+    sae = tiny_sae()
+    sae.save_model(tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae")
+    assert type(loaded).__name__ == "TopKSAE" and loaded.cfg.metadata.hook_name == SITE
+    assert torch.equal(loaded.W_dec, sae.W_dec) and torch.equal(loaded.W_enc, sae.W_enc)
+    with pytest.raises(ModelLoadError, match="no SAE in .* \\(no cfg.json\\): pass a folder written by sae-lens"):
+        load_sae(tmp_path)
+    assert cli_main(["show", "--sae", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert cli_main(["show", "--latent", "3", "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no cfg.json" in err[0] and "--latent needs --sae" in err[1]
+    assert not (tmp_path / "r.html").exists()

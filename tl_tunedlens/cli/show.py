@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                         help="comma-separated heatmap statistics: kl, entropy, ce, prob, rank, max_prob, kl_step, "
                              "delta_<stat> (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=5, help="predictions shown on hover (default: %(default)s)")
+    parser.add_argument("--sae", help="folder of an sae-lens SAE on a lens site (sae.save_model(folder)): "
+                                      "adds its splice effect and a latent ablation to the page (extra [sae])")
+    parser.add_argument("--latent", type=int, help="the SAE latent to ablate (default: the most active on the text)")
     parser.set_defaults(func=run)
 
 
@@ -30,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens show``; returns the exit status."""
     from ..errors import LensError
     from ..lens import TunedLens
+    from ..models.sae import load_sae
     from ..viz.report import write_report
 
     stats = [s.strip() for s in args.stats.split(",") if s.strip()]
@@ -37,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
         raise LensError("--stats is empty: pass e.g. --stats kl,entropy")
     if args.top_k < 1:
         raise LensError(f"--top-k must be at least 1, got {args.top_k}")
-    model = load_model_from_args(args)
+    if args.latent is not None and not args.sae:
+        raise LensError("--latent needs --sae: pass the SAE's folder")
+    sae = load_sae(args.sae, device=getattr(args, "device", "cpu")) if args.sae else None
+    model = load_model_from_args(args, sae_transformer=sae is not None)
     lens = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k)
+    path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k, sae=sae, latent=args.latent)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser (works offline)")
     return 0

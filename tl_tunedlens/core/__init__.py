@@ -1,10 +1,12 @@
 """The lens core: everything a lens needs to read a TransformerLens model and decode its residual stream.
 
-- :mod:`.layers`: which hook point each lens layer reads (lens layer ``i`` = residual after ``i`` blocks);
+- :mod:`.layers`: which hook point each lens layer reads (lens layer ``i`` = residual after ``i`` blocks), and
+  the layer a hook name is read by;
 - :mod:`.backend`: the one place that reads a model, a ``HookedTransformer`` or a ``TransformerBridge``
   (config facts, ``ln_final``/``unembed``, running it with hooks to capture residual streams, text to tokens);
 - :mod:`.unembed`: the frozen decoder every lens shares (``ln_final`` then ``unembed``) and its identity;
 - :mod:`.basis`: whether a residual stream is Hugging Face's or its mean-centred copy;
+- :mod:`.saes`: where a lens site is found when an sae-lens SAE is attached there (names only, no sae-lens import);
 - :mod:`.hooks`: the TransformerLens routes of a lens (``ActivationCache`` readers, ``fwd_hooks``).
 
 May import: torch, transformer_lens, jaxtyping and :mod:`tl_tunedlens.errors`; nothing else of the package.

@@ -33,9 +33,9 @@ from ..errors import ModelLoadError, first_line
 from .bridge import is_hf_folder, load_bridge
 from .embedded import SMOLLM2_ALIASES, load_smollm2
 from .remote import not_cached, require_hub_model
-from .sae import as_sae_transformer, sae_lens_analysis
+from .sae import as_sae_transformer, load_sae, sae_lens_analysis
 
-__all__ = ["load_model", "as_sae_transformer"]
+__all__ = ["load_model", "as_sae_transformer", "load_sae"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 

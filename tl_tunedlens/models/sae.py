@@ -4,17 +4,22 @@ sae-lens (the optional extra ``[sae]``, TransformerLens 3.x only) attaches SAEs 
 ``HookedSAETransformer`` or, for a ``TransformerBridge``, an ``SAETransformerBridge``; its own
 ``from_pretrained``/``boot_transformers`` download the model. ``as_sae_transformer(model)`` turns a
 model already loaded (the embedded SmolLM2 included) into the matching class, and
-``load_model(..., sae_transformer=True)`` does it on loading.
+``load_model(..., sae_transformer=True)`` does it on loading. :func:`load_sae` reads an SAE folder
+written by sae-lens (what ``tl-tunedlens show --sae`` takes).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..core.backend import BRIDGE, Model, backend_of
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 
 
 def sae_lens_analysis() -> Any:
@@ -59,3 +64,19 @@ def as_sae_transformer(model: Model) -> Model:
     for name, param in sae_model.named_parameters():
         param.requires_grad_(grads[name])
     return sae_model.train(model.training)
+
+
+def load_sae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
+    """An sae-lens SAE from a folder sae-lens wrote (``sae.save_model(folder)``: ``cfg.json`` +
+    ``sae_weights.safetensors``), through ``SAE.load_from_disk``; a one-line error when it cannot."""
+    sae_lens_analysis()
+    from sae_lens import SAE
+
+    folder = Path(path).expanduser()
+    if not (folder / "cfg.json").is_file():
+        raise ModelLoadError(f"no SAE in {str(path)!r} (no cfg.json): pass a folder written by sae-lens, "
+                             "e.g. sae.save_model(folder)")
+    try:
+        return SAE.load_from_disk(str(folder), device=str(device))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelLoadError(f"cannot load the SAE in {str(path)!r}: {first_line(err)}") from err
