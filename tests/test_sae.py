@@ -107,12 +107,12 @@ def test_what_to_run_when_the_sae_site_is_not_cached(setup):
     _, model, lens, tokens = setup
     with model.saes(saes=[tiny_sae()]):
         _, plain = model.run_with_cache(tokens, names_filter=lens.hook_names)
-        with pytest.raises(LensError, match=r"'blocks.1.hook_resid_post' \(or, with an sae-lens SAE attached there, its "
-                                             r"hook_sae_output\) is missing: run .*names_filter=lens.names_filter"):
+        with pytest.raises(LensError, match=r"the cache has no hook point 'blocks.1.hook_resid_post' \(nor, with an "
+                                             r"sae-lens SAE attached there, its hook_sae_output\): run .*names_filter=lens.names_filter"):
             lens.residuals_from_cache(plain)
         _, inputs_only = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_sae_input")
                                               or lens.names_filter(name) and "hook_sae" not in name)
-        with pytest.raises(LensError, match="wrapped by an SAE and only its hook_sae_input is available.*sae_read='input'"):
+        with pytest.raises(LensError, match="wrapped by an SAE and the cache has only its hook_sae_input.*sae_read='input'"):
             lens.residuals_from_cache(inputs_only)
         assert lens.residuals_from_cache(inputs_only, sae_read="input").shape[0] == N_LAYERS + 1
         with pytest.raises(LensError, match="sae_read must be 'output'"):

@@ -75,6 +75,8 @@ class Lens(HooksMixin, nn.Module):
 
     def layer_index(self, layer: int | str) -> int:
         """Normalise ``layer`` (negative counts from the end, or the hook name it reads) to ``0..n_layers``."""
+        if isinstance(layer, str) and layer in self.hook_names:
+            return self.hook_names.index(layer)
         return normalize_layer(layer, self.n_layers)
 
     def layer_of(self, hook_name: str | int) -> int:
@@ -82,7 +84,7 @@ class Lens(HooksMixin, nn.Module):
         (``blocks.{i}.hook_resid_pre`` is layer ``i``; Bridge names and the hook points of an sae-lens SAE
         at the site, e.g. ``sae.cfg.metadata.hook_name``, alike). Every method that takes a layer
         number takes such a name too."""
-        return normalize_layer(hook_name, self.n_layers)
+        return self.layer_index(hook_name)
 
     def hook_name(self, layer: int | str) -> str:
         """The hook name read by lens layer ``layer`` (negative counts from the end)."""

@@ -239,7 +239,8 @@ def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names
     found = {name: find_site(name, available, sae_read) for name in wanted}
     unknown = [name for name in wanted if found[name] is None]
     if unknown:
-        raise missing_site(unknown[0], available, sae_read, fix="pass hook names of this model (e.g. lens.hook_names)")
+        raise missing_site(unknown[0], available, sae_read, fix="pass hook names of this model (e.g. lens.hook_names)",
+                           where="the model")
     store: dict[str, Tensor] = {}
 
     def saver(name: str):

@@ -101,7 +101,8 @@ class HooksMixin:
         names = [find_site(name, cache, sae_read) for name in self.hook_names]
         if None in names:
             site = self.hook_names[names.index(None)]
-            raise missing_site(site, cache, sae_read, fix="run model.run_with_cache(tokens, names_filter=lens.names_filter)")
+            raise missing_site(site, cache, sae_read, fix="run model.run_with_cache(tokens, names_filter=lens.names_filter)",
+                               where="the cache")
         model = getattr(cache, "model", None)
         if model is not None and hasattr(model, "unembed"):
             self.check_model(model)

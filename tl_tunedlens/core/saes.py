@@ -57,15 +57,15 @@ def find_site(hook_name: str, available: Container[str], sae_read: str = "output
     return next((name for name in site_candidates(hook_name, sae_read) if name in available), None)
 
 
-def missing_site(hook_name: str, available: Container[str], sae_read: str, fix: str) -> LensError:
-    """The one-line error for a lens site absent from ``available`` under every name: it says whether an
-    SAE is attached there and what to run (``fix``)."""
+def missing_site(hook_name: str, available: Container[str], sae_read: str, fix: str, where: str) -> LensError:
+    """The one-line error for a lens site absent from ``available`` (``where``: ``"the cache"``, ``"the model"``)
+    under every name: it says whether an SAE is attached there and what to do (``fix``)."""
     other = "input" if sae_read == "output" else "output"
     if find_site(hook_name, available, other) not in (None, hook_name, bridge_hook_name(hook_name)):
-        return LensError(f"{hook_name!r} is wrapped by an SAE and only its hook_sae_{other} is available, not "
+        return LensError(f"{hook_name!r} is wrapped by an SAE and {where} has only its hook_sae_{other}, not "
                          f"hook_sae_{sae_read}: pass sae_read={other!r} or {fix}")
-    return LensError(f"{hook_name!r} (or, with an sae-lens SAE attached there, its hook_sae_{sae_read}) is "
-                     f"missing: {fix}")
+    return LensError(f"{where} has no hook point {hook_name!r} (nor, with an sae-lens SAE attached there, its "
+                     f"hook_sae_{sae_read}): {fix}")
 
 
 class SiteFilter:
