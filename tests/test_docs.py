@@ -33,6 +33,7 @@ def test_every_page_is_built(site):
                  "tutorials/loading_pretrained_lenses.html", "tutorials/lenses_in_transformerlens.html",
                  "tutorials/transformerbridge.html", "tutorials/explorer.html", "guide.html",
                  "tutorials/safety.html", "tutorials/experiments.html",
+                 "tutorials/lenses_and_saes.html",
                  "_autosummary/tl_tunedlens.lens.TunedLens.html"):
         assert page in pages
     tutorial = (site / "tutorials" / "training_and_evaluating_lenses.html").read_text()

@@ -92,11 +92,20 @@ class Lens(HooksMixin, nn.Module):
         """Every lens layer, ``0..n_layers`` (the last is the model's own output)."""
         return list(range(self.n_layers + 1))
 
-    def layer_index(self, layer: int) -> int:
-        """Normalise ``layer`` (negative counts from the end) to ``0..n_layers``."""
+    def layer_index(self, layer: int | str) -> int:
+        """Normalise ``layer`` (negative counts from the end, or the hook name it reads) to ``0..n_layers``."""
+        if isinstance(layer, str) and layer in self.hook_names:
+            return self.hook_names.index(layer)
         return normalize_layer(layer, self.n_layers)
 
-    def hook_name(self, layer: int) -> str:
+    def layer_of(self, hook_name: str | int) -> int:
+        """The lens layer that reads ``hook_name``: ``lens.layer_of("blocks.10.hook_resid_post") == 11``
+        (``blocks.{i}.hook_resid_pre`` is layer ``i``; Bridge names and the hook points of an sae-lens SAE
+        at the site, e.g. ``sae.cfg.metadata.hook_name``, alike). Every method that takes a layer
+        number takes such a name too."""
+        return self.layer_index(hook_name)
+
+    def hook_name(self, layer: int | str) -> str:
         """The hook name read by lens layer ``layer`` (negative counts from the end)."""
         return self.hook_names[self.layer_index(layer)]
 

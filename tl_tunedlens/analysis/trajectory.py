@@ -191,7 +191,7 @@ class PredictionTrajectory(TrajectoryReadouts):
     @classmethod
     def from_cache(cls, lens: "Lens", cache: "ActivationCache",
                    model_logits: Float[Tensor, "batch pos vocab"] | None = None, tokens: Tensor | None = None, **kwargs: Any) -> "PredictionTrajectory":
-        """Build from a TransformerLens ``ActivationCache`` holding ``lens.hook_names``.
+        """Build from a TransformerLens ``ActivationCache`` holding the lens sites (``names_filter=lens.names_filter``).
 
         The last row is ``model_logits`` (the model's output) when given, else the lens's own final
         layer (identical). Without ``tokens`` the next-token statistics are NaN. ``kwargs`` go to
@@ -220,7 +220,7 @@ class PredictionTrajectory(TrajectoryReadouts):
         lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
         lens.check_model(model)
         tokens = to_tokens(model, tokens)
-        logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
+        logits, cache = model.run_with_cache(tokens, names_filter=lens.names_filter)
         kwargs.setdefault("tokenizer", getattr(model, "tokenizer", None))
         return cls.from_cache(lens, cache, logits, tokens, **kwargs)
 
@@ -373,7 +373,7 @@ def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: Model, tokens: Tensor
         raise LensError("the lenses read different hook points: use lenses of one model on the same hooks "
                         "(e.g. LogitLens.from_model(model, hook_names=tuned.hook_names))")
     tokens = to_tokens(model, tokens)
-    logits, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
+    logits, cache = model.run_with_cache(tokens, names_filter=lens_a.names_filter)
     resids = lens_a.residuals_from_cache(cache)
     n = lens_a.n_layers
     final = to_log_probs(logits)

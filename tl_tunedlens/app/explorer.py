@@ -241,7 +241,7 @@ class Explorer:
             return self.cache[key]
         start = time.perf_counter()
         first = next(iter(self.lenses.values()))
-        logits, cache = self.model.run_with_cache(tokens, names_filter=first.hook_names)
+        logits, cache = self.model.run_with_cache(tokens, names_filter=first.names_filter)
         resids = first.residuals_from_cache(cache)  # [layer batch pos d_model], the same hooks for every lens
         final = to_log_probs(logits)
         watch_ids = torch.tensor(watched, dtype=torch.long, device=final.device)

@@ -70,12 +70,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default: %(default)s)")
 
 
-def load_model_from_args(args: argparse.Namespace, name: str | None = None) -> Model:
-    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``."""
+def load_model_from_args(args: argparse.Namespace, name: str | None = None, *, sae_transformer: bool = False) -> Model:
+    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``
+    (as sae-lens's model class with ``sae_transformer``)."""
     from ..models import load_model
 
     return load_model(name or args.model, backend=args.backend, compatibility_mode=not args.raw_weights,
-                      dtype=DTYPES[getattr(args, "dtype", "float32")], device=getattr(args, "device", "cpu"))
+                      dtype=DTYPES[getattr(args, "dtype", "float32")], device=getattr(args, "device", "cpu"),
+                      sae_transformer=sae_transformer)
 
 
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                              "(e.g. --contrast ' Paris' ' London'), and every token's prediction depth")
     parser.add_argument("--position", type=int, default=-1,
                         help="the position of the --contrast figure (default: the last)")
+    parser.add_argument("--sae", help="folder of an sae-lens SAE on a lens site (sae.save_model(folder)): "
+                                      "adds its splice effect and a latent ablation to the page (extra [sae])")
+    parser.add_argument("--latent", type=option_type(int, min=0), help="the SAE latent to ablate (default: the most active on the text)")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..artifacts.outdir import check_file_output
     from ..errors import LensError
     from ..lens import TunedLens
+    from ..models.sae import load_sae
     from ..viz.report import check_stats, write_report
 
     stats = [s.strip() for s in args.stats.split(",") if s.strip()]
@@ -52,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
     check_stats(stats)
     check_file_output(args.out)
     check_lens_arg(args.lens)
-    model = load_model_from_args(args)
+    if args.latent is not None and not args.sae:
+        raise LensError("--latent needs --sae: pass the SAE's folder")
+    sae = load_sae(args.sae, device=getattr(args, "device", "cpu")) if args.sae else None
+    model = load_model_from_args(args, sae_transformer=sae is not None)
     lens = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
     path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k, max_tokens=args.max_tokens,
                         truncate=args.truncate, contrast=tuple(args.contrast) if args.contrast else None,
-                        position=args.position)
+                        position=args.position, sae=sae, latent=args.latent)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser (works offline)")
     return 0

@@ -18,7 +18,8 @@ still has a scale), whether the unembedding is a plain frozen linear map that tr
 (:func:`linear_unembed_weights`), the decoder's parameters under backend-independent names for the
 model-identity hash (:func:`decoder_state`), the token embedding (:func:`embedding_matrix`), running
 the model with hooks to capture residual streams (:func:`capture_residuals`), detaching the hooks of
-a module while a lens decodes inside a hook (:func:`hooks_silenced`) and text to tokens
+a module while a lens decodes inside a hook (:func:`hooks_silenced`; at a site wrapped by an sae-lens
+SAE the capture reads through it, :mod:`.saes`) and text to tokens
 (:func:`to_tokens`). The lens hook names (``blocks.0.hook_resid_pre``, ``blocks.{i}.hook_resid_post``,
 :mod:`.layers`) are valid on both kinds.
 
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from ..errors import LensError
+from .saes import check_sae_read, find_site, missing_site
 
 HOOKED, BRIDGE = "hooked", "bridge"
 BACKENDS = (HOOKED, BRIDGE)
@@ -229,18 +231,23 @@ class _Captured(Exception):
 
 
 @torch.no_grad()
-def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names: list[str]
-                      ) -> Float[Tensor, "layer batch pos d_model"]:
+def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names: list[str], *,
+                      sae_read: str = "output") -> Float[Tensor, "layer batch pos d_model"]:
     """Residual streams read by ``hook_names`` (e.g. ``lens.hook_names``), stacked in that order.
 
     The model runs frozen, without gradients, and stops as soon as every hook has fired (the hook
     that completes the set raises), so its own ``ln_final`` / unembedding never run on either backend
     (a Bridge ignores ``stop_at_layer=n_layers``). Captures are keyed by the requested name (on a Bridge
-    ``hook.name`` is the canonical one)."""
+    ``hook.name`` is the canonical one). At a site wrapped by an sae-lens SAE the capture reads its
+    ``hook_sae_output`` (``sae_read="output"``, what flows downstream) or ``hook_sae_input`` (``"input"``)."""
+    check_sae_read(sae_read)
     wanted = list(dict.fromkeys(hook_names))
-    unknown = [name for name in wanted if name not in model.hook_dict]
+    available = model.hook_dict
+    found = {name: find_site(name, available, sae_read) for name in wanted}
+    unknown = [name for name in wanted if found[name] is None]
     if unknown:
-        raise LensError(f"the model has no hook point {unknown[0]!r}: pass hook names of this model (e.g. lens.hook_names)")
+        raise missing_site(unknown[0], available, sae_read, fix="pass hook names of this model (e.g. lens.hook_names)",
+                           where="the model")
     store: dict[str, Tensor] = {}
 
     def saver(name: str):
@@ -251,7 +258,7 @@ def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names
         return save
 
     try:
-        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(name, saver(name)) for name in wanted])
+        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(found[name], saver(name)) for name in wanted])
     except _Captured:
         pass
     missing = [name for name in wanted if name not in store]

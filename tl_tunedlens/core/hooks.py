@@ -20,6 +20,12 @@ loaded for (a weak reference kept by its :class:`~tl_tunedlens.core.unembed.Unem
 weights in another instance or backend pass, another model raises). Hooks running in any other model
 raise a one-line :class:`~tl_tunedlens.errors.LensError` at their first call. A hook function called by
 hand (``hook`` not a TransformerLens ``HookPoint``) is not checked.
+
+Both routes read through sae-lens SAEs (:mod:`.saes`): where an SAE is attached at a lens site, they
+read its ``hook_sae_output`` (what flows downstream) or, with ``sae_read="input"``, its
+``hook_sae_input`` (the clean residual); interventions replace ``hook_sae_output``. That is why hooks
+are placed with name predicates (:class:`~tl_tunedlens.core.saes.SiteFilter`) and why a cache for a
+lens is best taken with ``names_filter=lens.names_filter``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from .ablation import ablate as ablate_subspace
 from .ablation import check_method, check_subspace
 from .backend import Model, hook_points
 from .layers import as_index, normalize_layers
+from .saes import SAE_READS, SiteFilter, check_sae_read, find_site, missing_site
 from .unembed import to_log_probs
 
 if TYPE_CHECKING:
@@ -45,7 +52,7 @@ if TYPE_CHECKING:
 
     from .unembed import Unembed
 
-HookList = list[tuple[str, Callable]]
+HookList = list[tuple[Callable[[str], bool], Callable]]
 Positions = int | slice | list[int] | Int[Tensor, " n"] | None
 
 
@@ -152,26 +159,39 @@ class HooksMixin:
         return check
 
     # --- ActivationCache route ------------------------------------------------------
-    def residuals_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_model"]:
-        """Residual stream at every lens layer, stacked, from a TransformerLens cache."""
-        missing = [name for name in self.hook_names if name not in cache]
-        if missing:
-            raise LensError(
-                f"the cache lacks {len(missing)} lens hook(s), e.g. {missing[0]!r}: run "
-                "model.run_with_cache(tokens, names_filter=lens.hook_names)"
-            )
+    @property
+    def names_filter(self) -> SiteFilter:
+        """A hook-name predicate for ``run_with_cache(tokens, names_filter=lens.names_filter)`` (or
+        ``run_with_cache_with_saes``): it caches the lens sites and, at a site wrapped by an sae-lens SAE,
+        both its ``hook_sae_output`` and ``hook_sae_input``. Without SAEs it caches exactly what
+        ``names_filter=lens.hook_names`` does."""
+        return SiteFilter(self.hook_names, SAE_READS)
+
+    def residuals_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                             ) -> Float[Tensor, "layer batch pos d_model"]:
+        """Residual stream at every lens layer, stacked, from a TransformerLens cache. At a site wrapped by
+        an sae-lens SAE: its ``hook_sae_output`` (``sae_read="output"``) or ``hook_sae_input`` (``"input"``)."""
+        check_sae_read(sae_read)
+        names = [find_site(name, cache, sae_read) for name in self.hook_names]
+        if None in names:
+            site = self.hook_names[names.index(None)]
+            raise missing_site(site, cache, sae_read, fix="run model.run_with_cache(tokens, names_filter=lens.names_filter)",
+                               where="the cache")
         model = getattr(cache, "model", None)
         if model is not None and hasattr(model, "unembed"):
             self.check_model(model)
-        return torch.stack([cache[name] for name in self.hook_names])
+        return torch.stack([cache[name] for name in names])
 
-    def logits_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
-        """Lens logits of every layer ``0..n_layers``; the last row is the model's own output."""
-        return self.forward_all(self.residuals_from_cache(cache))
+    def logits_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                          ) -> Float[Tensor, "layer batch pos d_vocab"]:
+        """Lens logits of every layer ``0..n_layers``; the last row is the model's own output
+        (``sae_read``: see :meth:`residuals_from_cache`)."""
+        return self.forward_all(self.residuals_from_cache(cache, sae_read=sae_read))
 
-    def log_probs_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
+    def log_probs_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                             ) -> Float[Tensor, "layer batch pos d_vocab"]:
         """Like :meth:`logits_from_cache`, as log-probs (nats), fp32 or better."""
-        return to_log_probs(self.logits_from_cache(cache))
+        return to_log_probs(self.logits_from_cache(cache, sae_read=sae_read))
 
     # --- hooks route ----------------------------------------------------------------
     def recording_hooks(
@@ -183,14 +203,17 @@ class HooksMixin:
         top_k: int | None = None,
         detach: bool = True,
         model: Model | None = None,
+        sae_read: str = "output",
     ) -> HookList:
         """Hooks that write lens predictions into ``record`` during a normal forward pass.
 
-        ``layers``: lens layers to record (default all); ``positions``: an index, slice or list of
-        positions (default all); ``top_k``: keep only the ``k`` most likely tokens per position
-        (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
-        without building a graph; ``model``: the model the hooks will run in, when it is not the one
-        the lens was built for (checked). The model's own output is not changed."""
+        ``layers``: lens layers (or their hook names) to record (default all); ``positions``: an index,
+        slice or list of positions (default all); ``top_k``: keep only the ``k`` most likely tokens per
+        position (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
+        without building a graph; ``model``: the model the hooks will run in, when it is not the one the
+        lens was built for (checked); ``sae_read``: at a site wrapped by an sae-lens SAE, read its
+        ``"output"`` (default) or its ``"input"``. The model's own output is not changed."""
+        check_sae_read(sae_read)
         if not isinstance(record, LensRecord):
             raise LensError(f"record must be a LensRecord, got {type(record).__name__}: pass LensRecord()")
         if top_k is not None and not 1 <= as_index(top_k, "top_k") <= self.d_vocab:
@@ -212,7 +235,7 @@ class HooksMixin:
                         record.top_k_indices[layer] = indices
             return hook_fn
 
-        return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]], [sae_read]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
 
     def intervention_hooks(
         self,
@@ -222,7 +245,8 @@ class HooksMixin:
         model: Model | None = None,
     ) -> HookList:
         """Hooks that replace the residual stream at ``layers`` with ``lens.transform(resid, layer)``
-        (at ``positions`` only, if given), so the rest of the model runs on the translator's output.
+        (at ``positions`` only, if given), so the rest of the model runs on the translator's output
+        (at a site wrapped by an sae-lens SAE: its ``hook_sae_output``, what flows downstream).
         ``model``: as in :meth:`~tl_tunedlens.core.hooks.HooksMixin.recording_hooks`."""
         positions = as_positions(positions)
         guard = self._hook_guard(model)
@@ -238,7 +262,7 @@ class HooksMixin:
                 return out
             return hook_fn
 
-        return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
 
     def ablation_hooks(
         self,
@@ -258,7 +282,7 @@ class HooksMixin:
         def hook_fn(resid: Tensor, hook) -> Tensor:
             return ablate_subspace(resid, basis, method, mean=mean, seed=seed)
 
-        return [(self.hook_names[i], hook_fn) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]]), hook_fn) for i in normalize_layers(layers, self.n_layers)]
 
     def hooks(
         self,
@@ -275,6 +299,7 @@ class HooksMixin:
         method: str = "mean",
         mean: Float[Tensor, " d_model"] | None = None,
         seed: int = 0,
+        sae_read: str = "output",
     ) -> HookList:
         """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record``, intervene and/or ablate.
 
@@ -293,7 +318,7 @@ class HooksMixin:
             hooks += self.ablation_hooks(ablate, subspace, method=method, mean=mean, seed=seed)
         if record is not None:
             hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach,
-                                          model=model)
+                                          model=model, sae_read=sae_read)
         if intervene is not None:
             hooks += self.intervention_hooks(intervene, positions=positions, model=model)
         return hooks

@@ -11,6 +11,11 @@ A lens may read other residual-stream hook points instead (:func:`lens_hook_name
 of ``blocks.{i}.hook_resid_pre/mid/post`` names (a Bridge's ``hook_in``/``hook_out`` are the same
 streams). They are put in forward order, and the model's final residual stream is always appended
 as the last lens layer (the output row), so a lens on ``m`` hook points has layers ``0..m``.
+
+Wherever a layer number is accepted, so is the hook name of its site (:func:`layer_of_hook`):
+``"blocks.10.hook_resid_post"`` is lens layer 11, ``"blocks.3.hook_resid_pre"`` lens layer 3;
+a TransformerBridge's canonical names (``blocks.{i}.hook_in``/``hook_out``) and the hook points of
+an sae-lens SAE at the site (``"blocks.10.hook_resid_post.hook_sae_output"``) name the same layer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|i
 _STAGE = {"resid_pre": 0, "in": 0, "resid_mid": 1, "resid_post": 2, "out": 2}
 #: named sets of hook points accepted by :func:`lens_hook_names`
 HOOK_SETS = ("resid_mid",)
+# a lens site, as a HookedTransformer or a Bridge names it, optionally inside an sae-lens SAE attached there
+_SITE = re.compile(r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_in|hook_out)(\.hook_sae_\w+)?")
+_BRIDGE_NAMES = {"hook_resid_pre": "hook_in", "hook_resid_post": "hook_out"}
 
 
 def resid_hook_name(layer: int) -> str:
@@ -98,9 +106,32 @@ def is_default_convention(hook_names: Sequence[str], n_layers: int) -> bool:
     return list(hook_names) == resid_hook_names(n_layers)
 
 
-def normalize_layer(layer: int, n_layers: int) -> int:
-    """Map a lens layer (negative counts from the end, like Python) to ``0..n_layers``."""
-    layer = as_index(layer)
+def bridge_hook_name(hook_name: str) -> str:
+    """The TransformerBridge's canonical name of a lens site (``blocks.{i}.hook_resid_pre/post`` are aliases of
+    ``blocks.{i}.hook_in/out``); other names are returned as they are."""
+    match = _SITE.fullmatch(hook_name)
+    if match is None or match.group(2) not in _BRIDGE_NAMES:
+        return hook_name
+    return f"blocks.{match.group(1)}.{_BRIDGE_NAMES[match.group(2)]}{match.group(3) or ''}"
+
+
+def layer_of_hook(hook_name: str, n_layers: int) -> int:
+    """The lens layer that reads ``hook_name``: ``blocks.{i}.hook_resid_pre`` is layer ``i``,
+    ``blocks.{i}.hook_resid_post`` layer ``i + 1`` (Bridge names and sae-lens SAE hook points at the site alike)."""
+    match = _SITE.fullmatch(hook_name.strip())
+    if match is None:
+        raise LensError(f"{hook_name!r} is not a lens site: lens layers read blocks.{{i}}.hook_resid_pre "
+                        "and blocks.{i}.hook_resid_post (or pass a layer number)")
+    block, after = int(match.group(1)), match.group(2) in ("hook_resid_post", "hook_out")
+    if block >= n_layers:
+        raise LensError(f"{hook_name!r} names block {block} but the model has blocks 0..{n_layers - 1}")
+    return block + after
+
+
+def normalize_layer(layer: int | str, n_layers: int) -> int:
+    """Map a lens layer (negative counts from the end, like Python) or the hook name it reads
+    (:func:`layer_of_hook`) to ``0..n_layers``."""
+    layer = layer_of_hook(layer, n_layers) if isinstance(layer, str) else as_index(layer)
     n = n_layers + 1
     if not -n <= layer < n:
         raise LensError(
@@ -111,7 +142,7 @@ def normalize_layer(layer: int, n_layers: int) -> int:
 
 
 def normalize_layers(layers, n_layers: int) -> list[int]:
-    """Normalise ``None`` (all layers), an int, or an iterable of ints; sorted, unique."""
+    """Normalise ``None`` (all layers), a layer or hook name, or an iterable of them; sorted, unique."""
     if layers is None:
         return list(range(n_layers + 1))
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__") or (

@@ -4,6 +4,7 @@
 - :mod:`.plots`: plotly heatmaps of trajectories and curves of evaluation metrics, saved offline (HTML, PNG);
 - :mod:`.experiments`: figures of the experiment tools (logit differences, prediction depth, layer transfer,
   causal effects) and the evaluation page;
+- :mod:`.sae`: per-layer curves of the SAE experiments (splicing an SAE, ablating or steering a latent);
 - :mod:`.report`: one offline HTML page per text (what ``tl-tunedlens show`` writes).
 
 May import: :mod:`tl_tunedlens.analysis`, :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`,
@@ -37,6 +38,7 @@ from .plots import (
     write_png,
 )
 from .report import report_html, write_report
+from .sae import latent_effect_figure, splice_effect_figure
 
 __all__ = [
     "CircuitsView", "colored_tokens_view", "top_k_view", "lens_view", "save_html",
@@ -44,4 +46,5 @@ __all__ = [
     "use_offline_renderer", "write_html", "write_png", "write_metric_curves", "report_html", "write_report",
     "logit_difference_figure", "trajectory_logit_diff_figure", "prediction_depth_figure", "transfer_heatmap",
     "causal_effects_figure", "write_metrics_page",
+    "splice_effect_figure", "latent_effect_figure",
 ]

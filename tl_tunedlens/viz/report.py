@@ -2,7 +2,8 @@
 
 plotly.js and the circuitsvis bundle are inlined once each, so the page makes no network
 request. ``write_report(path, model, lens, text)`` is what ``tl-tunedlens show`` and
-``make demo`` call.
+``make demo`` call; with ``sae=`` (an sae-lens SAE on a lens site of an sae-lens model) the page also
+shows the SAE experiments of :mod:`tl_tunedlens.analysis.sae` (:mod:`.sae`'s figures).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..analysis.sae import ablate_latent, most_active_latent, splice_effect
 from ..analysis.trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
 from ..artifacts.files import write_text_atomic
 from ..core.backend import to_tokens
@@ -24,6 +26,7 @@ from ..analysis.readouts import single_token_id
 from .circuits import circuitsvis_bundle, lens_view
 from .experiments import prediction_depth_figure, trajectory_logit_diff_figure
 from .plots import compare_heatmaps, figure_html
+from .sae import latent_effect_figure, splice_effect_figure
 
 from ..core.backend import Model
 
@@ -59,7 +62,7 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                 logit_lens: "Lens | None" = None, stats: Sequence[str] = ("kl", "entropy", "ce"),
                 top_k: int = 5, title: str | None = None, max_tokens: int | None = None,
                 truncate: bool = False, contrast: tuple[int | str, int | str] | None = None,
-                position: int = -1) -> str:
+                position: int = -1, sae: Any = None, latent: int | None = None) -> str:
     """The report page as a string (see :func:`write_report`)."""
     check_stats(stats)
     tokens = to_tokens(model, text, min_tokens=2, max_tokens=max_tokens, truncate=truncate)
@@ -97,12 +100,27 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
             parts.append(figure_html(fig, include_plotlyjs=False, full_html=False, default_width="100%"))
     parts.append("<h2>Per-layer averages over positions (nats)</h2>")
     parts.append(_summary_table(logit, tuned, comparison.mean("js")))
+    if sae is not None:
+        parts += _sae_sections(model, lens, sae, tokens, latent)
     parts.append(f"<script>{circuitsvis_bundle()}</script>")
     parts.append("<h2>Tokens coloured by KL to the output, and top-k predictions per layer (circuitsvis)</h2>")
     for traj in (tuned, logit):
         parts.append(lens_view(traj, "kl").fragment(include_bundle=False))
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _sae_sections(model: Model, lens: "Lens", sae: Any, tokens: torch.Tensor, latent: int | None) -> list[str]:
+    """The SAE experiments on the report's text: splicing ``sae``, and ablating ``latent`` (default: the most active)."""
+    latent = most_active_latent(model, sae, tokens) if latent is None else latent
+    figures = {"splice": splice_effect_figure(splice_effect(lens, model, sae, tokens)),
+               "latent": latent_effect_figure(ablate_latent(lens, model, sae, tokens, latent))}
+    parts = []
+    for key, fig in figures.items():
+        parts.append(f"<h2>{html.escape(fig.layout.title.text)}</h2>")
+        fig.update_layout(title=None, margin={"t": 40})
+        parts.append(figure_html(fig, include_plotlyjs=False, full_html=False, div_id=f"sae-{key}"))
+    return parts
 
 
 def write_report(path: str | os.PathLike, model: Model, lens: "Lens", text: str | torch.Tensor,
@@ -113,6 +131,9 @@ def write_report(path: str | os.PathLike, model: Model, lens: "Lens", text: str 
     ``max_tokens`` (a longer text is an error, default: the model's ``n_ctx``) and ``truncate`` (keep
     its last ``max_tokens`` tokens instead); ``contrast=(a, b)`` (single tokens or ids) adds
     ``logit(a) - logit(b)`` per layer at ``position`` and every token's prediction depth, for both
-    lenses. The page's size grows linearly with the tokens."""
+    lenses. ``sae`` (an sae-lens SAE on a lens site;
+    the model must be sae-lens's, see :func:`~tl_tunedlens.models.sae.as_sae_transformer`) adds the splice
+    effect and the ablation of ``latent`` (default: the latent most active on the text),
+    :mod:`tl_tunedlens.analysis.sae`. The page's size grows linearly with the tokens."""
     write_text_atomic(path, report_html(model, lens, text, **kwargs))
     return Path(path)
