@@ -239,7 +239,7 @@ def test_layer_out_of_range_is_a_clear_error(model, layer):
 
 
 def test_non_integer_layer_is_a_clear_error(model):
-    with pytest.raises(LensError, match="layer must be an int or a hook name"):
+    with pytest.raises(LensError, match="layer must be an integer"):
         TunedLens.from_model(model)(torch.randn(16), None)
     with pytest.raises(LensError, match="'first' is not a lens site"):
         TunedLens.from_model(model)(torch.randn(16), "first")

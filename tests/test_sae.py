@@ -85,10 +85,10 @@ def test_every_route_reads_through_an_attached_sae(setup):
         log_probs = lens.log_probs_from_cache(cache)
         _, full = model.run_with_cache(tokens)
         assert torch.equal(lens.log_probs_from_cache(full), log_probs)
-        # hook route, both reads
+        # hook route, both reads (the lens was built for `base`: model= names the model its hooks run in)
         for sae_read in ("output", "input"):
             record = LensRecord()
-            model.run_with_hooks(tokens, fwd_hooks=lens.hooks(record, sae_read=sae_read))
+            model.run_with_hooks(tokens, fwd_hooks=lens.hooks(record, sae_read=sae_read, model=model))
             assert torch.equal(record.stack(), lens.log_probs_from_cache(cache, sae_read=sae_read))
         # residual capture (training, evaluation) and trajectories
         assert torch.equal(capture_residuals(model, tokens, lens.hook_names), resids)
@@ -97,7 +97,7 @@ def test_every_route_reads_through_an_attached_sae(setup):
         traj = PredictionTrajectory.from_model(lens, model, tokens)
         assert torch.allclose(traj.mean("kl")[:-1], PredictionTrajectory.from_log_probs(log_probs, tokens).mean("kl")[:-1])
         # intervention: the translated residual replaces what flows downstream of the SAE
-        intervened = model.run_with_hooks(tokens, fwd_hooks=lens.hooks(intervene=SITE))
+        intervened = model.run_with_hooks(tokens, fwd_hooks=lens.hooks(intervene=SITE, model=model))
     finally:
         model.reset_saes()
     torch.testing.assert_close(intervened, by_hand, atol=1e-4, rtol=1e-4)

@@ -39,7 +39,7 @@ def world(model, tmp_path, monkeypatch):
 
     for name in COMMANDS:
         monkeypatch.setattr(importlib.import_module(f"tl_tunedlens.cli.{name}"), "load_model_from_args",
-                            lambda args, name=None: model)
+                            lambda args, name=None, **kwargs: model)
     monkeypatch.chdir(tmp_path)
     texts = tmp_path / "texts"
     texts.mkdir()

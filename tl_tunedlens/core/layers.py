@@ -120,8 +120,8 @@ def layer_of_hook(hook_name: str, n_layers: int) -> int:
     ``blocks.{i}.hook_resid_post`` layer ``i + 1`` (Bridge names and sae-lens SAE hook points at the site alike)."""
     match = _SITE.fullmatch(hook_name.strip())
     if match is None:
-        raise LensError(f"{hook_name!r} is not a lens site: lens layers read blocks.{{i}}.hook_resid_pre "
-                        "and blocks.{i}.hook_resid_post (or pass a layer number)")
+        raise LensError(f"{hook_name!r} is not a lens site: a layer must be an integer or the hook name it reads, "
+                        "blocks.{i}.hook_resid_pre or blocks.{i}.hook_resid_post")
     block, after = int(match.group(1)), match.group(2) in ("hook_resid_post", "hook_out")
     if block >= n_layers:
         raise LensError(f"{hook_name!r} names block {block} but the model has blocks 0..{n_layers - 1}")
