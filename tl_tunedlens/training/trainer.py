@@ -23,7 +23,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from jaxtyping import Int
@@ -89,31 +89,45 @@ class Run:
 
 def train_lens(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None) -> TrainResult:
+               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None,
+               on_step: Callable[[Run], None] | None = None) -> TrainResult:
     """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
 
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
     ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
     (e.g. :meth:`TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
-    ``plan`` is the :func:`plan_run` made before loading the data (made here when not given)."""
+    ``plan`` is the :func:`plan_run` made before loading the data (made here when not given).
+    ``on_step(run)`` is called after the start and after every step (e.g. to evaluate snapshots);
+    its time counts neither in ``result.seconds`` nor against the budget."""
     from tqdm.auto import tqdm
 
     t_begin = time.perf_counter()
     run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan, t_begin=t_begin)
     start(run, progress=progress)
+    _call(on_step, run)
     bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
     while run.step < run.cfg.steps and not out_of_time(run):
         train_step(run)
         if run.ckpt_path is not None and run.cfg.checkpoint_every and (
                 run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
             save_run(run)
+        _call(on_step, run)
         bar.update(1)
         bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
     bar.close()
     if run.step < run.cfg.steps and run.ckpt_path is not None:   # stopped by the budget: keep where it got
         save_run(run)
     return finish(run, data_info)
+
+
+def _call(on_step: Callable[[Run], None] | None, run: Run) -> None:
+    """Run the caller's callback off the clock: its time is added back to the deadline."""
+    if on_step is not None:
+        t0 = time.perf_counter()
+        on_step(run)
+        if run.deadline is not None:
+            run.deadline += time.perf_counter() - t0
 
 
 def plan_run(model: "HookedTransformer", lens: "TunedLens", config: TrainConfig, seq_len: int) -> BudgetPlan:
