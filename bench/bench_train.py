@@ -3,7 +3,10 @@
 All 30 layers of SmolLM2-135M, sequences of 256 Shakespeare tokens, SGD-Nesterov (paper defaults),
 the same tokens for both. Each side runs in its own subprocess (clean peak memory); a third
 subprocess measures this machine's fp32 and bf16 matmul rates on the unembedding shape, which give
-the FLOP bounds (ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound). Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
+the FLOP bounds (ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound). A fourth
+trains ours on a HookedTransformer and on a TransformerBridge of the same weights, alternating in one
+process (``backends``: the Bridge's tokens/s relative to HookedTransformer's, same load for both).
+Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
 
 The reference needs ``pip install --no-deps tuned-lens==0.2.0`` (only its lens classes are used;
 its training loop is reproduced in ``bench/reference_loop.py``: one forward with ``output_hidden_states``,
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WORKERS = ("matmul", "ours", "ours_bf16", "ref", "eval", "eval_bf16")
+WORKERS = ("matmul", "ours", "ours_bf16", "backends", "ref", "eval", "eval_bf16")
 
 
 class PeakRSS:
@@ -101,6 +104,30 @@ def worker_ours(args, seqs, matmul_dtype: str = "float32") -> dict:
             "base_mib": mem.base, "loss": res.losses[-1]}
 
 
+def worker_backends(args, seqs) -> dict:
+    """Ours on a HookedTransformer and on a TransformerBridge (compatibility mode) of the same weights, in one
+    process, alternating: ``--rounds`` rounds of one ``train_lens`` run per backend (``--warmup`` untimed steps,
+    then ``--steps`` timed ones), so both see the same machine load. Median tokens/s per backend."""
+    import statistics
+
+    from tl_tunedlens import TunedLens, load_model
+    from tl_tunedlens.training import TrainConfig, train_lens
+
+    models = {backend: load_model("smollm2-135m", backend=backend) for backend in ("hooked", "bridge")}
+    cfg = TrainConfig.preset("paper", steps=args.warmup + args.steps, tokens_per_step=args.tokens_per_step,
+                             micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0)
+    rates: dict[str, list[float]] = {backend: [] for backend in models}
+    fused = {}
+    for _ in range(args.rounds):
+        for backend, model in models.items():
+            lens = TunedLens.from_model(model)
+            fused[backend] = lens.unembed.fusable
+            res = train_lens(model, lens, seqs, cfg, progress=False)
+            timed = res.step_seconds[args.warmup:]
+            rates[backend].append(args.steps * res.info["tokens_per_step"] / sum(timed))
+    return {f"tok_s_{b}": statistics.median(r) for b, r in rates.items()} | {"rates": rates, "fused": fused}
+
+
 def worker_eval_bf16(args, seqs) -> dict:
     return worker_eval(args, seqs, matmul_dtype="bfloat16")
 
@@ -173,6 +200,7 @@ def main() -> int:
     parser.add_argument("--chunk-tokens", type=int, default=512, help="ours: tokens per logits block")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=2, help="backends: alternating rounds per backend")
     parser.add_argument("--eval-seqs", type=int, default=4, help="eval: timed sequences (of --seq-len)")
     parser.add_argument("--eval-chunk-tokens", type=int, default=512, help="eval: positions per logits block")
     parser.add_argument("--only", choices=WORKERS, nargs="+", default=list(WORKERS))
@@ -223,7 +251,7 @@ def main() -> int:
               f"{m['gflops'] * 1e9 / efpt:.1f} positions/s (fp32)")
     labels = {"ours": ("ours", "fp32"), "ours_bf16": ("ours", "bf16 matmul"), "ref": ("reference", "fp32"),
               "eval": ("ours eval", "fp32"), "eval_bf16": ("ours eval", "bf16 matmul")}
-    print(f"{'impl':10} {'precision':11} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} "
+    print(f"{'impl':12} {'precision':11} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} "
           f"{'of FLOP bound':>14} {'last loss':>10}")
     for name in ("ours", "ours_bf16", "ref", "eval", "eval_bf16"):
         if name in results:
@@ -233,8 +261,17 @@ def main() -> int:
                 bound *= fpt / efpt
             frac = f"{r['tok_s'] / bound:.2f}" if bound else "-"
             impl, prec = labels[name]
-            print(f"{impl:10} {prec:11} {r['tok_s']:>9.2f} {r['peak_mib']:>13.0f} {r['peak_mib'] - r['base_mib']:>14.0f} "
+            print(f"{impl:12} {prec:11} {r['tok_s']:>9.2f} {r['peak_mib']:>13.0f} {r['peak_mib'] - r['base_mib']:>14.0f} "
                   f"{frac:>14} {r['loss']:>10.3f}" + (f"  (KL within {r['kl_error']:.2g} nats of fp32)" if "kl_error" in r else ""))
+    if "backends" in results:
+        b = results["backends"]
+        for backend in ("hooked", "bridge"):
+            bound = bounds.get("fp32")
+            frac = f"{b[f'tok_s_{backend}'] / bound:.2f}" if bound else "-"
+            print(f"{'ours ' + backend:12} {'fp32':11} {b[f'tok_s_{backend}']:>9.2f} {'-':>13} {'-':>14} {frac:>14} {'-':>10}")
+        print(f"backends (one process, {args.rounds} alternating rounds, fp32, fused vocabulary path: {b['fused']}): "
+              f"HookedTransformer {b['tok_s_hooked']:.2f} tokens/s, TransformerBridge {b['tok_s_bridge']:.2f} tokens/s; "
+              f"bridge/hooked {b['tok_s_bridge'] / b['tok_s_hooked']:.2f}x (target >= 0.9)")
     if "ref" in results:
         r = results["ref"]
         for name in ("ours", "ours_bf16"):

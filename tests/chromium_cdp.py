@@ -1,7 +1,8 @@
 """A tiny headless-Chromium driver over the DevTools protocol (websocket-client), for tests.
 
-It opens a local file with the network cut off (unresolvable hosts, a dead proxy), records
-console errors, exceptions and every request URL, evaluates JavaScript and takes screenshots."""
+It opens a local file (or, with ``loopback=True``, a server on 127.0.0.1) with the network cut off
+(unresolvable hosts, a dead proxy), records console errors, exceptions and every request URL,
+evaluates JavaScript and takes screenshots."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _free_port() -> int:
 
 
 class Chromium:
-    def __init__(self, binary: str, width: int = 1400, height: int = 1000, timeout: float = 30.0):
+    def __init__(self, binary: str, width: int = 1400, height: int = 1000, timeout: float = 30.0,
+                 loopback: bool = False):
         import websocket  # websocket-client
 
         self.user_data = tempfile.mkdtemp(prefix="tl-chromium-")
@@ -50,7 +52,9 @@ class Chromium:
                 "--remote-allow-origins=*", f"--window-size={width},{height}",
                 # network off: no name resolves and every proxied request goes to a closed local port
                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+                "--proxy-server=http://127.0.0.1:9",
+                # loopback=True: 127.0.0.1 is reached directly (a test's own server); else it is proxied too
+                f"--proxy-bypass-list={'127.0.0.1' if loopback else '<-loopback>'}",
                 "about:blank"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.events: list[dict] = []
@@ -109,8 +113,10 @@ class Chromium:
         raise TimeoutError(method)
 
     def open(self, path: str | os.PathLike) -> None:
+        """Load a local file, or an ``http://127.0.0.1...`` URL, and wait for its load event."""
         self.events.clear()
-        self.send("Page.navigate", url=Path(path).resolve().as_uri())
+        url = str(path) if str(path).startswith("http://127.0.0.1") else Path(path).resolve().as_uri()
+        self.send("Page.navigate", url=url)
         self.wait_event("Page.loadEventFired")
 
     def evaluate(self, expression: str):

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import BACKENDS, make_tiny_model
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.analysis import evaluate_lenses, mean_kl
 from tl_tunedlens.analysis.tables import metrics_table
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = make_tiny_model("LN", n_layers=2, d_model=16, d_vocab=37)
+@pytest.fixture(scope="module", params=BACKENDS)
+def setup(request):
+    model = make_tiny_model("LN", n_layers=2, d_model=16, d_vocab=37, backend=request.param)
     lens = TunedLens.from_model(model)
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""SmolLM2-135M: a brief training run of a few layers beats the logit lens on held-out plays."""
+"""SmolLM2-135M, as a HookedTransformer and as a TransformerBridge: a brief training run of a few layers beats
+the logit lens on held-out plays."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from tl_tunedlens.training import TrainConfig, train_lens
 pytestmark = pytest.mark.integration
 
 
-def test_brief_training_beats_logit_lens_on_held_out_plays(smollm2, tmp_path):
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_brief_training_beats_logit_lens_on_held_out_plays(backend, request, tmp_path):
+    smollm2 = request.getfixturevalue("smollm2" if backend == "hooked" else "smollm2_bridge")
     train = load_tokens("shakespeare", smollm2.tokenizer, 128, split="train", max_tokens=2048)
     held = load_tokens("shakespeare", smollm2.tokenizer, 128, split="heldout", max_tokens=256)
     assert set(train.documents).isdisjoint(held.documents)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import BACKENDS, make_tiny_model
 
 from tl_tunedlens import LensError, TunedLens, UnembedMismatchError
 from tl_tunedlens.artifacts import native
@@ -35,8 +35,9 @@ def listing(folder):
 
 
 @pytest.mark.parametrize("process", [False, True])
-def test_round_trip_is_exact(tiny_model, tmp_path, process):
-    model = make_tiny_model(tiny_model.cfg.normalization_type, process=process)
+def test_round_trip_is_exact(tiny_spec, tmp_path, process):
+    kind, backend = tiny_spec
+    model = make_tiny_model(kind, process=process, backend=backend)
     lens = trained_lens(model)
     lens.save(tmp_path / "lens", training=TRAINING)
     assert listing(tmp_path / "lens") == ["config.json", "lens.safetensors"]
@@ -78,27 +79,30 @@ def test_overwrite_and_training_info_default(tmp_path):
     assert listing(tmp_path) == ["config.json", "lens.safetensors"]
 
 
-def test_same_model_processed_differently_is_accepted(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_model_processed_differently_is_accepted(tmp_path, backend):
     """RMS models: the residual stream and the fingerprint do not depend on processing."""
-    trained_lens(make_tiny_model("RMS")).save(tmp_path)
-    lens = TunedLens.load(tmp_path, make_tiny_model("RMS", process=True))
+    trained_lens(make_tiny_model("RMS", backend=backend)).save(tmp_path)
+    lens = TunedLens.load(tmp_path, make_tiny_model("RMS", process=True, backend=backend))
     assert lens.residual_stream == "raw"
 
 
-def test_raw_stream_lens_refuses_centred_model(tmp_path):
-    trained_lens(make_tiny_model("LN")).save(tmp_path)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_raw_stream_lens_refuses_centred_model(tmp_path, backend):
+    trained_lens(make_tiny_model("LN", backend=backend)).save(tmp_path)
     with pytest.raises(LensError, match="center_writing_weights=False"):
-        TunedLens.load(tmp_path, make_tiny_model("LN", process=True))
+        TunedLens.load(tmp_path, make_tiny_model("LN", process=True, backend=backend))
 
 
-def test_refuses_a_different_model(tmp_path):
-    trained_lens(make_tiny_model("RMS")).save(tmp_path)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refuses_a_different_model(tmp_path, backend):
+    trained_lens(make_tiny_model("RMS", backend=backend)).save(tmp_path)
     with pytest.raises(UnembedMismatchError, match="different unembedding"):
-        TunedLens.load(tmp_path, make_tiny_model("RMS", seed=5))
+        TunedLens.load(tmp_path, make_tiny_model("RMS", seed=5, backend=backend))
     with pytest.raises(LensError, match=r"n_layers=3, d_model=16 but the model has n_layers=2, d_model=16"):
-        TunedLens.load(tmp_path, make_tiny_model("RMS", n_layers=2))
+        TunedLens.load(tmp_path, make_tiny_model("RMS", n_layers=2, backend=backend))
     with pytest.raises(LensError, match=r"n_layers=3, d_model=16 but the model has n_layers=3, d_model=24"):
-        TunedLens.load(tmp_path, make_tiny_model("RMS", d_model=24))
+        TunedLens.load(tmp_path, make_tiny_model("RMS", d_model=24, backend=backend))
 
 
 # --- bad input: one-line errors naming the file ----------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "tl_tunedlens"
 # floors, bottom first: a module may import from its own floor or the ones below it
 FLOORS = [{"errors"}, {"core"}, {"artifacts"}, {"lens"}, {"models", "data"}, {"training"}, {"analysis"},
-          {"viz"}, {"cli", "__main__", "__init__"}]
+          {"viz"}, {"app"}, {"cli", "__main__", "__init__"}]
 MAX_LINES = 400
 
 

@@ -1,11 +1,12 @@
-"""The lens core on tiny random HookedTransformers (LayerNorm and RMSNorm, with/without processing)."""
+"""The lens core on tiny random models of both backends (GPT-2, Llama and soft-capped Gemma-2 types, with/without
+processing: HookedTransformer flags, or a Bridge's compatibility mode)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import BACKENDS, make_tiny_model
 from tl_tunedlens import LensError, LensRecord, LogitLens, TunedLens, UnembedMismatchError
 from tl_tunedlens.core.layers import normalize_layer, resid_hook_names
 
@@ -18,13 +19,20 @@ def randomize(lens: TunedLens, scale: float = 0.2, seed: int = 0) -> TunedLens:
     return lens
 
 
-ALL_MODELS = [("LN", False), ("LN", True), ("RMS", False), ("RMS", True)]
+ALL_MODELS = [(kind, process, backend) for backend in BACKENDS
+              for kind, process in [("LN", False), ("LN", True), ("RMS", False), ("RMS", True), ("gemma2", False)]]
 
 
-@pytest.fixture(params=ALL_MODELS, ids=lambda p: f"{p[0]}-{'processed' if p[1] else 'raw'}")
+@pytest.fixture(params=ALL_MODELS, ids=lambda p: f"{p[0]}-{'processed' if p[1] else 'raw'}-{p[2]}")
 def model(request):
-    norm, process = request.param
-    return make_tiny_model(norm, process=process)
+    kind, process, backend = request.param
+    return make_tiny_model(kind, process=process, backend=backend)
+
+
+def unembed_weight(model) -> torch.nn.Parameter:
+    """The unembedding's weight parameter (a Bridge's ``W_U`` is a transposed view of it)."""
+    original = getattr(model.unembed, "original_component", None)
+    return original.weight if original is not None else model.unembed.W_U
 
 
 def test_hook_names_follow_the_reference_indexing(model):
@@ -168,8 +176,9 @@ def test_only_translators_are_parameters_and_they_get_gradients(model, tiny_toke
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_translators_in_float32_for_a_bfloat16_model(tiny_tokens):
-    model = make_tiny_model("RMS", dtype=torch.bfloat16)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_translators_in_float32_for_a_bfloat16_model(tiny_tokens, backend):
+    model = make_tiny_model("RMS", dtype=torch.bfloat16, backend=backend)
     lens = TunedLens.from_model(model)
     assert lens.translators[0].weight.dtype == torch.float32
     logits, cache = model.run_with_cache(tiny_tokens, names_filter=lens.hook_names)
@@ -178,8 +187,9 @@ def test_translators_in_float32_for_a_bfloat16_model(tiny_tokens):
     assert torch.equal(lens(cache[lens.hook_names[1]], 1), LogitLens.from_model(model)(cache[lens.hook_names[1]], 1))
 
 
-def test_output_softcap_is_applied_like_the_model(tiny_tokens):
-    model = make_tiny_model("RMS", output_logits_soft_cap=2.0)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_softcap_is_applied_like_the_model(tiny_tokens, backend):
+    model = make_tiny_model("RMS", output_logits_soft_cap=2.0, backend=backend)  # Gemma-2 type on the Bridge
     lens = TunedLens.from_model(model)
     logits, cache = model.run_with_cache(tiny_tokens, names_filter=lens.hook_names)
     assert logits.abs().max() <= 2.0
@@ -211,8 +221,9 @@ def test_non_integer_layer_is_a_clear_error(model):
         TunedLens.from_model(model)(torch.randn(16), "first")
 
 
-def test_a_different_model_is_refused(tiny_tokens):
-    model_a, model_b = make_tiny_model("LN", seed=0), make_tiny_model("LN", seed=1)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_different_model_is_refused(tiny_tokens, backend):
+    model_a, model_b = make_tiny_model("LN", seed=0, backend=backend), make_tiny_model("LN", seed=1, backend=backend)
     lens = TunedLens.from_model(model_a)
     with pytest.raises(UnembedMismatchError, match="different unembedding"):
         lens.check_model(model_b)
@@ -220,16 +231,20 @@ def test_a_different_model_is_refused(tiny_tokens):
     with pytest.raises(UnembedMismatchError, match="use the model the lens was trained on"):
         lens.logits_from_cache(cache_b)
     with pytest.raises(LensError, match="this lens has 3 layers but the model has 2"):
-        lens.check_model(make_tiny_model("LN", n_layers=2))
+        lens.check_model(make_tiny_model("LN", n_layers=2, backend=backend))
     with pytest.raises(UnembedMismatchError, match="d_vocab=37 but the model has d_model=16, d_vocab=41"):
-        lens.check_model(make_tiny_model("LN", d_vocab=41))
+        lens.check_model(make_tiny_model("LN", d_vocab=41, backend=backend))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", ["LN", "RMS"])
-def test_the_same_model_processed_differently_is_accepted(norm):
-    raw, processed = make_tiny_model(norm), make_tiny_model(norm)
-    state = {k: v.clone() for k, v in processed.state_dict().items()}  # fold_ln + center_unembed keep the stream
-    processed.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=False, center_unembed=True)
+def test_the_same_model_processed_differently_is_accepted(norm, backend):
+    raw, processed = make_tiny_model(norm, backend=backend), make_tiny_model(norm, backend=backend)
+    if backend == "bridge":  # fold_ln + center_unembed keep the stream
+        processed.enable_compatibility_mode(disable_warnings=True, center_writing_weights=False)
+    else:
+        state = {k: v.clone() for k, v in processed.state_dict().items()}
+        processed.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=False, center_unembed=True)
     lens = TunedLens.from_model(raw)
     assert lens.unembed_sha256 != TunedLens.from_model(processed).unembed_sha256
     lens.check_model(processed)  # same function: the fingerprint matches
@@ -254,19 +269,21 @@ def test_hooks_need_something_to_do(model):
         LensRecord().stack()
 
 
-def test_not_a_hooked_transformer_is_a_clear_error():
-    with pytest.raises(LensError, match="expected a TransformerLens HookedTransformer"):
+def test_not_a_transformerlens_model_is_a_clear_error():
+    with pytest.raises(LensError, match="expected a TransformerLens HookedTransformer or TransformerBridge"):
         TunedLens.from_model(torch.nn.Linear(2, 2))
 
 
-def test_a_lens_for_the_centred_stream_is_refused_on_the_raw_one():
-    centred = make_tiny_model("LN", process=True)  # center_writing_weights on a LayerNorm model
-    raw = make_tiny_model("LN", process=False)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lens_for_the_centred_stream_is_refused_on_the_raw_one(backend):
+    centred = make_tiny_model("LN", process=True, backend=backend)  # center_writing_weights on a LayerNorm model
+    raw = make_tiny_model("LN", process=False, backend=backend)
     lens = TunedLens.from_model(centred)
     assert lens.residual_stream == "centred" and TunedLens.from_model(raw).residual_stream == "raw"
     with pytest.raises(LensError, match="trained on a centred residual stream but the model's is raw"):
         lens.check_model(raw)
-    TunedLens.from_model(make_tiny_model("RMS", process=True)).check_model(make_tiny_model("RMS"))
+    TunedLens.from_model(make_tiny_model("RMS", process=True, backend=backend)).check_model(
+        make_tiny_model("RMS", backend=backend))
 
 
 def test_cached_unembedding_is_bit_identical_and_follows_weight_changes(model, tiny_tokens):
@@ -277,7 +294,7 @@ def test_cached_unembedding_is_bit_identical_and_follows_weight_changes(model, t
     with torch.no_grad():
         model.unembed.W_U.mul_(2.0)  # in-place change: the cached transpose must be refreshed
     assert torch.equal(lens.unembed.project(h), model.unembed(h))
-    model.unembed.W_U.requires_grad_(True)  # trainable unembedding: the module itself is called
+    unembed_weight(model).requires_grad_(True)  # trainable unembedding: the module itself is called
     out = lens.unembed.project(h)
     out.sum().backward()
-    assert model.unembed.W_U.grad is not None
+    assert unembed_weight(model).grad is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import BACKENDS, make_tiny_model
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.analysis import evaluate_lenses, mean_kl
 from tl_tunedlens.training.lstsq import RidgeStats, collect_stats, lstsq_init_, set_translators_, solve_ridge
@@ -59,10 +59,11 @@ def test_ridge_without_bias_has_no_intercept():
     torch.testing.assert_close((x0.double() @ w.T).float(), y - y.mean(0), atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", ["LN", "RMS"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_lstsq_start_beats_identity_on_a_tiny_model(norm, bias):
-    model = make_tiny_model(norm, n_layers=3, d_model=16, d_vocab=37)
+def test_lstsq_start_beats_identity_on_a_tiny_model(norm, bias, backend):
+    model = make_tiny_model(norm, n_layers=3, d_model=16, d_vocab=37, backend=backend)
     seqs = torch.randint(0, 37, (40, 16), generator=torch.Generator().manual_seed(0))
     lens = TunedLens.from_model(model, bias=bias)
     info = lstsq_init_(lens, model, seqs[:32], ridge=1e-4, micro_batch=8)

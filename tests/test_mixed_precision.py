@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_model, random_tuned_lens
+from conftest import BACKENDS, make_tiny_model, random_tuned_lens
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.core.backend import capture_residuals
 from tl_tunedlens.training import TrainConfig, train_lens
@@ -22,16 +22,17 @@ def _grads(lens, resids, layers, matmul_dtype, labels=None):
     return sums, grads
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", ["LN", "RMS"])
 @pytest.mark.parametrize("loss", ["kl", "ce"])
-def test_bf16_gradients_close_to_fp32(norm, loss):
+def test_bf16_gradients_close_to_fp32(norm, loss, backend):
     """Relative error of each translator's gradient (Frobenius norm of the difference over the norm of
     the fp32 gradient). bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2%) on the lens
     input, W_U, the logits and the gradient w.r.t. the logits; errors are independent across the
     ~d_vocab terms of the backward sum and across tokens, so the gradient error stays at a few
     times 2^-9. Measured (this model, 93-96 tokens): 0.09-0.30% over layers, parameters, LN/RMS and
     KL/CE (worst 0.30%, CE); bound 2%, ~7x the worst case, still far below what would bias training."""
-    model = make_tiny_model(norm, n_layers=3, d_model=32, d_vocab=512, n_ctx=64)
+    model = make_tiny_model(norm, n_layers=3, d_model=32, d_vocab=512, n_ctx=64, backend=backend)
     lens = random_tuned_lens(model)
     tokens = torch.randint(0, 512, (3, 32), generator=torch.Generator().manual_seed(0))
     resids = capture_residuals(model, tokens, lens.hook_names)
@@ -60,8 +61,9 @@ def test_default_logits_unchanged_and_bf16_logits_close():
     assert torch.equal(lens(h, 1), ref)  # the fp32 cache is untouched by the bf16 one
 
 
-def test_bf16_training_lowers_the_loss_and_is_recorded():
-    model = make_tiny_model("LN", n_layers=3, d_model=32, d_vocab=128, n_ctx=32)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_training_lowers_the_loss_and_is_recorded(backend):
+    model = make_tiny_model("LN", n_layers=3, d_model=32, d_vocab=128, n_ctx=32, backend=backend)
     seqs = torch.randint(0, 128, (32, 16), generator=torch.Generator().manual_seed(0))
     lens = TunedLens.from_model(model)
     cfg = TrainConfig.preset("paper", steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2, checkpoint_every=0,

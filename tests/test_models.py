@@ -91,3 +91,50 @@ def test_logit_lens_kl_is_large_in_the_middle_and_small_at_the_end(smollm2):
     assert kl[n // 3 : 2 * n // 3].min() > 5.0
     assert kl[n - 1] < 3.0 and kl[n - 2 : n].max() < kl[n // 3 : 2 * n // 3].min() / 2
     assert torch.equal(log_probs[-1], logits.log_softmax(-1))
+
+
+# --- the real model as a TransformerBridge ------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.bridge
+def test_smollm2_bridge_config_and_predictions(smollm2_bridge):
+    from tl_tunedlens.core.backend import model_facts
+    from tl_tunedlens.models.embedded import smollm2_hf_model
+
+    facts = model_facts(smollm2_bridge)
+    assert (facts.backend, facts.n_layers, facts.d_model, facts.d_vocab) == ("bridge", 30, 576, 49152)
+    assert facts.normalization_type == "RMSPre" and facts.model_name == "SmolLM2-135M-Instruct"  # folded
+    assert smollm2_bridge.cfg.n_ctx == 2048 and smollm2_bridge.to_tokens(" Paris").tolist() == [[7042]]  # no BOS
+    assert not any(p.requires_grad for p in smollm2_bridge.parameters())
+    hf_model, tokenizer, _ = smollm2_hf_model()
+    ids = torch.tensor([tokenizer.encode(SENTENCE)])
+    with torch.no_grad():
+        ours = smollm2_bridge(ids).log_softmax(-1)
+        theirs = hf_model(ids).logits.log_softmax(-1)
+    diff = (ours - theirs).abs().max().item()
+    print(f"\nSmolLM2-135M log-prob parity, TransformerBridge (compatibility mode) vs Hugging Face: {diff:.2e} nats")
+    assert diff < 1e-4
+
+
+@pytest.mark.integration
+def test_smollm2_lens_moves_between_backends(smollm2, smollm2_bridge, tmp_path):
+    """A lens saved on one backend loads on the other (the same GGUF weights) and predicts the same at
+    every layer within 1e-3 nats; the identity checks accept the same model in either form."""
+    from conftest import random_tuned_lens
+
+    ids = smollm2.to_tokens(SENTENCE)
+    assert torch.equal(ids, smollm2_bridge.to_tokens(SENTENCE))
+    worst = {}
+    for name, source, target in (("hooked->bridge", smollm2, smollm2_bridge), ("bridge->hooked", smollm2_bridge, smollm2)):
+        lens = random_tuned_lens(source, scale=0.02)
+        lens.save(tmp_path / name)
+        moved = TunedLens.load(tmp_path / name, target)
+        with torch.no_grad():
+            _, cache_a = source.run_with_cache(ids, names_filter=lens.hook_names)
+            _, cache_b = target.run_with_cache(ids, names_filter=lens.hook_names)
+            diff = (lens.log_probs_from_cache(cache_a) - moved.log_probs_from_cache(cache_b)).abs()
+        worst[name] = diff.amax(dim=(1, 2, 3))  # [layer], nats
+        assert worst[name].max() < 1e-3, (name, worst[name])
+        lens.check_model(target)
+    print("\nmax |log-prob difference| over layers, nats:", {k: f"{v.max().item():.1e}" for k, v in worst.items()})

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = {  # README section heading -> example file holding the section's first Python block
     "## Quickstart": "readme_quickstart.py",
     "## Training and evaluating a lens": "train_and_evaluate.py",
+    "## TransformerLens 3 and 4: HookedTransformer or TransformerBridge": "readme_bridge.py",
 }
 
 
@@ -47,3 +48,10 @@ def test_readme_training_example_runs(capsys, tmp_path, monkeypatch):
     assert len(tuned_kl) == 31 and tuned_kl[-1] == 0.0
     assert max(tuned_kl[1:30]) < 6.0  # the logit lens is at 13-20 nats in the middle layers
     assert (tmp_path / "my-lens" / "lens.safetensors").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.bridge
+def test_readme_bridge_example_runs(capsys):
+    runpy.run_path(str(ROOT / "examples" / "readme_bridge.py"), run_name="__main__")
+    assert capsys.readouterr().out.strip() == "torch.Size([31, 1, 7, 49152])"

@@ -1,7 +1,7 @@
 """One-to-one compatibility with the reference ``tuned-lens==0.2.0``, used as the oracle.
 
 Small Hugging Face Llama-type and GPT-2-type models are built from config and converted to
-HookedTransformers; a reference lens with non-zero weights must give the same log-probs
+HookedTransformers, or wrapped as TransformerBridges; a reference lens with non-zero weights must give the same log-probs
 through our lens (within 1e-5 at every layer), and ours through the reference. The reference
 is installed with ``pip install --no-deps tuned-lens==0.2.0`` (see the Makefile); importing
 ``tuned_lens.nn`` needs only torch, numpy, transformers and huggingface_hub.
@@ -9,6 +9,7 @@ is installed with ``pip install --no-deps tuned-lens==0.2.0`` (see the Makefile)
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -58,7 +59,15 @@ def _randomise_norms(model):
             param.copy_((1.0 + 0.3 * torch.randn_like(param)) if name.endswith("weight") else 0.1 * torch.randn_like(param))
 
 
-def to_tl(hf, *, fold_ln=True, center_writing_weights=True, center_unembed=True):
+def to_tl(hf, *, backend="hooked", fold_ln=True, center_writing_weights=True, center_unembed=True):
+    if backend == "bridge":  # a copy: booting and compatibility mode change the Hugging Face model in place
+        from conftest import tiny_tokenizer
+        from tl_tunedlens import load_model
+
+        processed = fold_ln or center_writing_weights or center_unembed
+        return load_model(copy.deepcopy(hf), backend="bridge", tokenizer=tiny_tokenizer(D_VOCAB),
+                          compatibility_mode=processed, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                          center_unembed=center_unembed)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights, convert_llama_weights
 
@@ -115,19 +124,22 @@ def reference_lens(hf):
 
 
 # Processing of the TransformerLens model in each case; GPT-2 (LayerNorm) must not centre writing weights.
-CASES = {
+# On a Bridge, "raw" is the Hugging Face model itself (no compatibility mode).
+FLAGS = {
     "llama-raw": (hf_llama, dict(fold_ln=False, center_writing_weights=False, center_unembed=False)),
     "llama-processed": (hf_llama, dict(fold_ln=True, center_writing_weights=True, center_unembed=True)),
     "gpt2-raw": (hf_gpt2, dict(fold_ln=False, center_writing_weights=False, center_unembed=False)),
     "gpt2-folded": (hf_gpt2, dict(fold_ln=True, center_writing_weights=False, center_unembed=True)),
 }
+CASES = {(name, backend): (make_hf, flags) for backend in ("hooked", "bridge") for name, (make_hf, flags) in FLAGS.items()}
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+@pytest.fixture(scope="module", params=list(CASES), ids=lambda p: "-".join(p))
 def case(request):
     make_hf, flags = CASES[request.param]
     hf = make_hf()
-    return request.param, hf, to_tl(hf, **flags)
+    name, backend = request.param
+    return f"{name} {backend}", hf, to_tl(hf, backend=backend, **flags)
 
 
 def test_reference_lens_loads_exactly(case, tmp_path):
@@ -184,9 +196,10 @@ def test_reference_lens_refuses_centred_model(tmp_path):
     assert "\n" not in str(info.value) and "mean-centred" in str(info.value)
 
 
-def test_unembed_hash_matches_reference_and_old_spelling(tmp_path):
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_unembed_hash_matches_reference_and_old_spelling(tmp_path, backend):
     hf = hf_llama()
-    model = to_tl(hf, fold_ln=False, center_unembed=False)
+    model = to_tl(hf, backend=backend, fold_ln=False, center_unembed=False)
     ref_lens = reference_lens(hf)
     assert TunedLens.from_model(model).reference_unembed_hash == ref_lens.config.unembed_hash
     ref_lens.save(tmp_path)
@@ -201,7 +214,7 @@ def test_unembed_hash_matches_reference_and_old_spelling(tmp_path):
     with pytest.raises(UnembedMismatchError, match="hash 000000000000"):
         TunedLens.load(tmp_path, model)
     with pytest.warns(UserWarning, match="cannot be checked"):
-        TunedLens.load(tmp_path, to_tl(hf))
+        TunedLens.load(tmp_path, to_tl(hf, backend=backend))
 
 
 def test_fp16_params_and_bias_free_reference_lens(tmp_path):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import BACKENDS, make_tiny_model
 from tl_tunedlens import LensError, LensRecord, LogitLens, TunedLens
 from tl_tunedlens.analysis import stats
 from tl_tunedlens.analysis.trajectory import PredictionTrajectory, compare, compare_lenses, trajectory_pair
@@ -166,8 +166,9 @@ def test_exact_agreement_with_lens(tiny_model, tiny_tokens):
     assert PredictionTrajectory.from_model(lens, tiny_model, tiny_tokens).log_probs is None
 
 
-def test_from_cache_and_batch_selection(tiny_tokens):
-    model = make_tiny_model("RMS")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_from_cache_and_batch_selection(tiny_tokens, backend):
+    model = make_tiny_model("RMS", backend=backend)
     lens = random_tuned(model, seed=1)
     logits, cache = model.run_with_cache(tiny_tokens, names_filter=lens.hook_names)
     a = PredictionTrajectory.from_cache(lens, cache, logits, tiny_tokens)
@@ -187,8 +188,9 @@ def test_from_cache_and_batch_selection(tiny_tokens):
         PredictionTrajectory.from_cache(lens, cache, logits[:, :3], tiny_tokens)
 
 
-def test_compare_lenses_streaming_equals_full(tiny_tokens):
-    model = make_tiny_model("LN")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compare_lenses_streaming_equals_full(tiny_tokens, backend):
+    model = make_tiny_model("LN", backend=backend)
     tuned, logit = random_tuned(model), LogitLens.from_model(model)
     streamed = compare_lenses(logit, tuned, model, tiny_tokens)
     full = compare(PredictionTrajectory.from_model(logit, model, tiny_tokens, keep_log_probs=True),

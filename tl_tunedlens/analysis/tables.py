@@ -10,9 +10,9 @@ from torch import Tensor
 from ..core.hooks import LensRecord
 from .metrics import lenses_in
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import Lens
 
 
@@ -41,7 +41,7 @@ def token_str(tokenizer, token_id: int) -> str:
 
 
 @torch.no_grad()
-def prediction_table(model: "HookedTransformer", lenses: Mapping[str, "Lens"], tokens: Tensor, *, position: int = -1, top_k: int = 1) -> str:
+def prediction_table(model: Model, lenses: Mapping[str, "Lens"], tokens: Tensor, *, position: int = -1, top_k: int = 1) -> str:
     """Per lens layer, each lens's top-``top_k`` next-token predictions (with probabilities) and its
     KL to the model's final distribution (nats) at ``position`` of a single prompt ``tokens [1, pos]``.
 

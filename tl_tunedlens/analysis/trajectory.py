@@ -33,8 +33,10 @@ from ..core.unembed import to_log_probs
 from ..errors import LensError
 from . import stats
 
+from ..core.backend import Model
+
 if TYPE_CHECKING:
-    from transformer_lens import ActivationCache, HookedTransformer
+    from transformer_lens import ActivationCache
 
     from ..lens import Lens
 
@@ -116,7 +118,8 @@ class PredictionTrajectory:
     ``target_log_probs``: log-prob of the actual next token (NaN where there is none: the last
     position); ``target_ranks``: its rank (1 = top, 0 where there is none); ``entropies``;
     ``kl_to_final``: ``KL(output || layer)``; ``kl_steps``: ``KL(layer l+1 || layer l)``;
-    ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``."""
+    ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``;
+    ``target_label``: what the targets are, as figures name them (``"next token"``, or e.g. ``"chosen token"``)."""
 
     tokens: Int[Tensor, "batch pos"]
     targets: Int[Tensor, "batch pos"]
@@ -131,6 +134,7 @@ class PredictionTrajectory:
     layer_labels: list[str] = field(default_factory=list)
     lens_name: str = "lens"
     tokenizer: Any = None
+    target_label: str = "next token"
 
     def __post_init__(self) -> None:
         if len(self.kl_steps) != len(self.entropies) - 1:
@@ -198,7 +202,7 @@ class PredictionTrajectory:
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, lens: "Lens", model: "HookedTransformer", tokens: Tensor | str,
+    def from_model(cls, lens: "Lens", model: Model, tokens: Tensor | str,
                    **kwargs: Any) -> "PredictionTrajectory":
         """Run ``model`` on ``tokens`` (ids ``[pos]``/``[batch pos]``, or a string) once, caching only the
         lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
@@ -354,7 +358,7 @@ def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryCompa
 
 
 @torch.no_grad()
-def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: "HookedTransformer", tokens: Tensor | str, *,
+def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: Model, tokens: Tensor | str, *,
                     targets: Tensor | None = None, top_k: int = 10, keep_log_probs: bool = False
                     ) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
     """Trajectories of two lenses (e.g. logit and tuned) and their comparison (KL(a || b), JS, TV),
@@ -383,7 +387,7 @@ def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: "HookedTransformer", 
     return trajs[0], trajs[1], _stack_rows(rows, names=(trajs[0].lens_name, trajs[1].lens_name), layer_labels=labels)
 
 
-def compare_lenses(lens_a: "Lens", lens_b: "Lens", model: "HookedTransformer",
+def compare_lenses(lens_a: "Lens", lens_b: "Lens", model: Model,
                    tokens: Tensor | str) -> TrajectoryComparison:
     """KL(a || b), JS and TV between two lenses on ``model`` run once on ``tokens``, one layer at a
     time (memory ``layers x pos``, never ``layers x pos x vocab``). See :func:`trajectory_pair`."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.backend import model_facts
+from ..core.backend import Model, model_facts
 from ..core.basis import CENTRED, RAW, centred_to_raw_weight, check_transfer, kind_from_normalization, residual_stream_kind
 from ..core.unembed import Unembed
 from ..errors import LensError
@@ -22,8 +22,6 @@ from . import native, reference as ref
 from .hub import download_lens
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
-
     from ..lens import TunedLens
 
 FORMATS = ("tl-tunedlens", "tuned-lens")
@@ -68,7 +66,7 @@ def _save_reference(lens: "TunedLens", path: Path) -> Path:
 
 
 # --- loading --------------------------------------------------------------------------------
-def load(cls: type["TunedLens"], path: str | os.PathLike, model: "HookedTransformer", *,
+def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
          dtype: torch.dtype | None = None, source: str | None = None) -> "TunedLens":
     """Load the lens in folder ``path`` (either format) for ``model``."""
     path = Path(path)
@@ -135,7 +133,7 @@ def _looks_local(path_or_repo_id: str | os.PathLike) -> bool:
             or text.startswith((".", "/", "~", "\\")) or os.path.isabs(text) or text.count("/") > 1)
 
 
-def from_pretrained(cls: type["TunedLens"], path_or_repo_id: str | os.PathLike, model: "HookedTransformer", *,
+def from_pretrained(cls: type["TunedLens"], path_or_repo_id: str | os.PathLike, model: Model, *,
                     revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                     dtype: torch.dtype | None = None, repo_type: str | None = None, subfolder: str | None = None,
                     token: str | bool | None = None) -> "TunedLens":

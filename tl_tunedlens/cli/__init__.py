@@ -10,7 +10,7 @@ import sys
 from ..errors import LensError, ModelLoadError
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ["predict", "train", "eval", "show", "demo"]
+SUBCOMMANDS = ["predict", "train", "eval", "show", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,13 +12,12 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any
 
+from ..core.backend import BACKENDS, Model
 from ..models import DTYPES
 from ..training.config import PRESETS, TrainConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from transformer_lens import HookedTransformer
 
     from ..data import TokenData
     from ..lens import TunedLens
@@ -30,18 +29,30 @@ DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler i
 
 
 # --- the model ----------------------------------------------------------------------------
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--raw-weights``: which kind of TransformerLens model to load (see load_model)."""
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                        help="hooked: HookedTransformer (TransformerLens 3.x); bridge: TransformerBridge (3.9 and 4.x); "
+                             "auto: hooked where TransformerLens has it (default: %(default)s)")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="bridge: keep the raw Hugging Face weights (no compatibility mode)")
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="'smollm2-135m' (embedded, offline) or an official TransformerLens model name "
-                             "(default: %(default)s)")
+                        help="'smollm2-135m' (embedded, offline), an official TransformerLens model name, or with "
+                             "--backend bridge a Hugging Face model folder or hub name (default: %(default)s)")
+    add_backend_args(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default: %(default)s)")
 
 
-def load_model_from_args(args: argparse.Namespace) -> "HookedTransformer":
+def load_model_from_args(args: argparse.Namespace, name: str | None = None) -> Model:
+    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``."""
     from ..models import load_model
 
-    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    return load_model(name or args.model, backend=args.backend, compatibility_mode=not args.raw_weights,
+                      dtype=DTYPES[getattr(args, "dtype", "float32")], device=getattr(args, "device", "cpu"))
 
 
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +77,7 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str) -> None:
                        help="tokens per sequence, <= the model's n_ctx (default: %(default)s; the paper used 2048)")
 
 
-def load_data_from_args(args: argparse.Namespace, model: "HookedTransformer", max_tokens: int | None,
+def load_data_from_args(args: argparse.Namespace, model: Model, max_tokens: int | None,
                         split: str | None = None) -> "TokenData":
     """Tokens of ``--data`` (its ``--split``, or ``split``), at most ``max_tokens`` of them."""
     from ..data import load_tokens
@@ -112,7 +123,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.preset(args.preset, **given)
 
 
-def budget_plan(model: "HookedTransformer", lens: "TunedLens", config: TrainConfig, seq_len: int,
+def budget_plan(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int,
                 resume_from: "Path | None" = None) -> "BudgetPlan | None":
     """With ``--time-budget``: the plan (the checkpoint's when resuming, else a measured warm-up, printed)."""
     from ..training.budget import saved_plan

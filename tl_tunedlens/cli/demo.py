@@ -14,7 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import DEFAULT_TEXT, add_progress_arg, add_train_config_args, train_config_from_args
+from .common import (DEFAULT_TEXT, add_backend_args, add_progress_arg, add_train_config_args, load_model_from_args,
+                     train_config_from_args)
 from .eval import eval_tokens_needed
 
 
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: %(default)s)")
     parser.add_argument("--eval-tokens", type=int, default=1024, help="held-out positions scored (default: %(default)s)")
+    add_backend_args(parser)
     add_train_config_args(parser)
     add_progress_arg(parser)
     parser.set_defaults(func=run)
@@ -40,14 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.metrics import layers_where_worse
     from ..data import load_tokens
     from ..lens import TunedLens
-    from ..models import load_model
     from ..training import train_lens
 
     t_start = time.perf_counter()
     torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 2)
     config = train_config_from_args(args)
     config.check(args.seq_len)
-    model = load_model("smollm2-135m")
+    model = load_model_from_args(args, "smollm2-135m")
     shakespeare = dict(held_out=0.1, seed=0, n_ctx=model.cfg.n_ctx)
     train = load_tokens("shakespeare", model.tokenizer, args.seq_len, split="train",
                         max_tokens=config.token_budget(args.seq_len), **shakespeare)

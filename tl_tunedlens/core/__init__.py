@@ -1,8 +1,8 @@
 """The lens core: everything a lens needs to read a TransformerLens model and decode its residual stream.
 
 - :mod:`.layers`: which hook point each lens layer reads (lens layer ``i`` = residual after ``i`` blocks);
-- :mod:`.backend`: the one place that reads a model (config facts, ``ln_final``/``unembed``, hook
-  names, running it with hooks to capture residual streams, turning text into tokens);
+- :mod:`.backend`: the one place that reads a model, a ``HookedTransformer`` or a ``TransformerBridge``
+  (config facts, ``ln_final``/``unembed``, running it with hooks to capture residual streams, text to tokens);
 - :mod:`.unembed`: the frozen decoder every lens shares (``ln_final`` then ``unembed``) and its identity;
 - :mod:`.basis`: whether a residual stream is Hugging Face's or its mean-centred copy;
 - :mod:`.hooks`: the TransformerLens routes of a lens (``ActivationCache`` readers, ``fwd_hooks``).

@@ -1,19 +1,36 @@
-"""What tl_tunedlens reads from a TransformerLens model, in one place.
+"""What tl_tunedlens reads from a TransformerLens model, in one place, for both kinds of model.
 
-Everything else in the package reaches the model through these functions, never through
-per-architecture code: the config facts a lens needs (:func:`model_facts`), the modules of the
-final decoder (``model.ln_final``, ``model.unembed``, the output soft-cap), running the model with
-hooks to capture residual streams (:func:`capture_residuals`), detaching the hooks of a module while
-a lens decodes inside a hook (:func:`hooks_silenced`) and turning text into token ids
-(:func:`to_tokens`). Today the backend is TransformerLens's ``HookedTransformer`` (and anything with
-its interface, e.g. sae-lens's ``HookedSAETransformer``).
+TransformerLens has two kinds of model and this is the one module that tells them apart
+(:func:`backend_of`); everything else in the package reaches a model through these functions:
+
+- ``"hooked"``: ``HookedTransformer`` (TransformerLens 3.x, also sae-lens's ``HookedSAETransformer``):
+  TransformerLens's own modules, ``unembed`` computes ``x @ W_U + b_U``, ``stop_at_layer`` works;
+- ``"bridge"``: ``TransformerBridge`` (TransformerLens 3.9 and 4.x, the only kind in 4.x): a Hugging
+  Face model wrapped with hook points. Its ``unembed`` wraps an ``nn.Linear`` stored
+  ``[d_vocab, d_model]`` (``W_U`` is a transposed view), the output soft-cap is applied by the Hugging
+  Face model after it (``cfg.output_logits_soft_cap``), ``blocks.{i}.hook_resid_pre/post`` are aliases
+  of ``blocks.{i}.hook_in/out`` (inside a hook ``hook.name`` is the canonical name), and after
+  ``enable_compatibility_mode()`` ``cfg.normalization_type`` still says ``LN``/``RMS`` although the
+  final norm was folded into ``W_U``.
+
+What is read: the config facts a lens needs (:func:`model_facts`, including whether the final norm
+still has a scale), whether the unembedding is a plain frozen linear map that training may run itself
+(:func:`linear_unembed_weights`), the decoder's parameters under backend-independent names for the
+model-identity hash (:func:`decoder_state`), the token embedding (:func:`embedding_matrix`), running
+the model with hooks to capture residual streams (:func:`capture_residuals`), detaching the hooks of
+a module while a lens decodes inside a hook (:func:`hooks_silenced`) and text to tokens
+(:func:`to_tokens`). The lens hook names (``blocks.0.hook_resid_pre``, ``blocks.{i}.hook_resid_post``,
+:mod:`.layers`) are valid on both kinds.
+
+Importing this module imports only what both TransformerLens lines have (``hook_points``); the model
+classes are looked up when a model is inspected, so the package imports on 3.x and 4.x alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator
 
 import torch
 from einops import rearrange
@@ -23,14 +40,18 @@ from transformer_lens.hook_points import HookPoint
 
 from ..errors import LensError
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+HOOKED, BRIDGE = "hooked", "bridge"
+BACKENDS = (HOOKED, BRIDGE)
+
+# a TransformerLens model of either kind (type hints only: neither class is importable on both lines)
+Model = Any
 
 
 @dataclass(frozen=True)
 class ModelFacts:
     """The facts about a model that a lens is built from."""
 
+    backend: str                      # "hooked" or "bridge"
     n_layers: int
     d_model: int
     d_vocab: int                      # size of the output distribution
@@ -38,47 +59,142 @@ class ModelFacts:
     ln_final: nn.Module | None        # None when the model has no final norm
     unembed: nn.Module
     softcap: float | None             # output_logits_soft_cap, when set and positive
-    normalization_type: str | None    # "LN", "LNPre", "RMS", "RMSPre" or None
+    normalization_type: str | None    # "LN", "LNPre", "RMS", "RMSPre" or None ("...Pre": the final norm has no scale)
     device: torch.device
 
 
-def model_facts(model: "HookedTransformer") -> ModelFacts:
-    """Read :class:`ModelFacts` from a TransformerLens model; a clear error for anything else."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is None or not hasattr(model, "unembed"):
-        raise LensError(
-            f"expected a TransformerLens HookedTransformer, got {type(model).__name__}: "
-            "load one with tl_tunedlens.load_model(...) or HookedTransformer.from_pretrained(...)"
-        )
+def hooked_transformer_class() -> type | None:
+    """TransformerLens's ``HookedTransformer`` class, or ``None`` on the 4.x line (where it is gone)."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:
+        return None
+    return HookedTransformer
+
+
+def _bridge_class() -> type | None:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - TransformerLens before 3.x
+        return None
+    return TransformerBridge
+
+
+def backend_of(model: Model) -> str:
+    """``"bridge"`` for a ``TransformerBridge``, ``"hooked"`` for a ``HookedTransformer`` (or anything with
+    its interface: ``cfg`` and ``unembed.W_U``); a one-line error for anything else."""
+    bridge = _bridge_class()
+    if bridge is not None and isinstance(model, bridge):
+        return BRIDGE
+    if getattr(model, "cfg", None) is not None and getattr(getattr(model, "unembed", None), "W_U", None) is not None:
+        return HOOKED
+    raise LensError(
+        f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}: load one "
+        "with tl_tunedlens.load_model(...), HookedTransformer.from_pretrained(...) or TransformerBridge.boot_transformers(...)"
+    )
+
+
+def model_facts(model: Model) -> ModelFacts:
+    """Read :class:`ModelFacts` from a TransformerLens model of either kind; a clear error for anything else."""
+    backend = backend_of(model)
+    cfg = model.cfg
     d_vocab_out = getattr(cfg, "d_vocab_out", -1)
     softcap = getattr(cfg, "output_logits_soft_cap", None)
+    norm_type = getattr(cfg, "normalization_type", None)
+    ln_final = getattr(model, "ln_final", None) if norm_type is not None else None
+    if backend == BRIDGE and ln_final is not None and norm_type in ("LN", "RMS") and not _has_scale(ln_final, norm_type):
+        norm_type += "Pre"  # folded by compatibility mode: say so the way HookedTransformer does
     return ModelFacts(
+        backend=backend,
         n_layers=int(cfg.n_layers),
         d_model=int(cfg.d_model),
         d_vocab=int(d_vocab_out if d_vocab_out and d_vocab_out > 0 else cfg.d_vocab),
         model_name=getattr(cfg, "model_name", None),
-        ln_final=getattr(model, "ln_final", None) if cfg.normalization_type is not None else None,
+        ln_final=ln_final,
         unembed=model.unembed,
         softcap=float(softcap) if softcap is not None and softcap > 0 else None,
-        normalization_type=cfg.normalization_type,
+        normalization_type=norm_type,
         device=model.unembed.W_U.device,
     )
 
 
+@torch.no_grad()
+def _has_scale(norm: nn.Module, norm_type: str) -> bool:
+    """Whether ``norm`` does more than normalise (a scale or shift other than the identity), read from
+    what it computes on probe vectors, so any parametrisation (e.g. Gemma's ``1 + w``) is covered."""
+    weight = next(iter(norm.parameters()), None)
+    if weight is None or weight.ndim != 1:
+        return False
+    x = torch.randn(4, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight)
+    with hooks_silenced(norm):
+        y = norm(x).float()
+    x = x.float()
+    if norm_type == "LN":
+        x = x - x.mean(-1, keepdim=True)
+    plain = x * x.pow(2).mean(-1, keepdim=True).add(1e-5).rsqrt()
+    return not torch.allclose(y, plain, atol=1e-4 if weight.dtype in (torch.float32, torch.float64) else 5e-2)
+
+
 def linear_unembed_weights(unembed: nn.Module) -> tuple[Float[Tensor, "d_model d_vocab"], Float[Tensor, " d_vocab"]] | None:
-    """``(W_U, b_U)`` when ``unembed`` computes exactly ``x @ W_U + b_U`` (TransformerLens's own
-    ``Unembed``) with frozen weights, so callers may run that product themselves; else ``None``."""
-    from transformer_lens.components import Unembed as TLUnembed
+    """``(W_U, b_U)`` when ``unembed`` computes exactly ``x @ W_U + b_U`` with frozen weights, so callers
+    may run that product themselves; else ``None`` (then the module must be called).
 
-    w_u = getattr(unembed, "W_U", None)
-    if type(unembed) is not TLUnembed or w_u is None or w_u.requires_grad:
+    HookedTransformer: TransformerLens's own ``Unembed``. Bridge: the ``UnembeddingBridge`` around a plain
+    ``nn.Linear`` with no hooks of its own; ``W_U`` is then the transposed view of its ``[d_vocab, d_model]``
+    weight (no copy; ``W_U.T`` is contiguous) and ``b_U`` its bias."""
+    try:
+        from transformer_lens.components import Unembed as HookedUnembed
+    except ImportError:  # TransformerLens 4.x: no HookedTransformer components
+        HookedUnembed = None
+    if HookedUnembed is not None and type(unembed) is HookedUnembed:
+        w_u, b_u = unembed.W_U, unembed.b_U
+    else:
+        linear = _bridge_linear(unembed)
+        if linear is None:
+            return None
+        w_u, b_u = linear.weight.T, linear.bias
+    if w_u.requires_grad or b_u is None or b_u.requires_grad:
         return None
-    return w_u, unembed.b_U
+    return w_u, b_u
 
 
-def embedding_matrix(model: "HookedTransformer") -> Float[Tensor, "d_vocab d_model"] | None:
+def _bridge_linear(unembed: nn.Module) -> nn.Linear | None:
+    """The ``nn.Linear`` a Bridge's unembedding calls, when its forward is exactly that call."""
+    try:
+        from transformer_lens.model_bridge.generalized_components import UnembeddingBridge
+    except ImportError:  # pragma: no cover - TransformerLens before 3.x
+        return None
+    if not isinstance(unembed, UnembeddingBridge) or type(unembed).forward is not UnembeddingBridge.forward:
+        return None
+    linear = unembed.original_component
+    if type(linear) is not nn.Linear or linear._forward_hooks or linear._forward_pre_hooks or hasattr(linear, "_hf_hook"):
+        return None
+    return linear
+
+
+def decoder_state(ln_final: nn.Module | None, unembed: nn.Module) -> dict[str, Tensor]:
+    """The decoder's parameters under HookedTransformer's names (``ln_final.w``/``.b``, ``unembed.W_U``
+    ``[d_model d_vocab]``, ``unembed.b_U``), whatever the backend: equal weights give equal hashes."""
+    state = {f"ln_final.{k}": v for k, v in ln_final.state_dict().items()} if ln_final is not None else {}
+    state |= {f"unembed.{k}": v for k, v in unembed.state_dict().items()}
+    renames = {"_original_component.weight": "w", "_original_component.bias": "b"}
+    out = {}
+    for key, tensor in state.items():
+        module, _, name = key.partition(".")
+        if name in renames:  # a Bridge: the wrapped Hugging Face module's parameters
+            name = renames[name]
+            if module == "unembed":
+                name, tensor = ("W_U", tensor.T) if name == "w" else ("b_U", tensor)
+        out[f"{module}.{name}"] = tensor
+    return out
+
+
+def embedding_matrix(model: Model) -> Float[Tensor, "d_vocab d_model"] | None:
     """The token embedding ``W_E`` (``None`` when the model has none of that shape)."""
-    w_e = getattr(model, "W_E", None)
+    try:
+        w_e = model.W_E
+    except (AttributeError, RuntimeError):  # a Bridge whose embedding is not a plain table
+        return None
     return w_e if isinstance(w_e, Tensor) and w_e.ndim == 2 and w_e.shape[-1] == model.cfg.d_model else None
 
 
@@ -101,20 +217,39 @@ def hooks_silenced(module: nn.Module | None) -> Iterator[None]:
             sub._forward_hooks, sub._backward_hooks = fwd, bwd
 
 
+class _Captured(Exception):
+    """Raised by the last capturing hook: the rest of the forward pass is not needed."""
+
+
 @torch.no_grad()
-def capture_residuals(model: "HookedTransformer", tokens: Int[Tensor, "batch pos"], hook_names: list[str]
+def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names: list[str]
                       ) -> Float[Tensor, "layer batch pos d_model"]:
     """Residual streams read by ``hook_names`` (e.g. ``lens.hook_names``), stacked in that order.
 
-    The model runs frozen, without gradients, and stops after its last block: its own
-    ``ln_final`` / unembedding are skipped (a lens decodes the last residual itself)."""
+    The model runs frozen, without gradients, and stops as soon as every hook has fired (the hook
+    that completes the set raises), so its own ``ln_final`` / unembedding never run on either backend
+    (a Bridge ignores ``stop_at_layer=n_layers``). Captures are keyed by the requested name (on a Bridge
+    ``hook.name`` is the canonical one)."""
+    wanted = list(dict.fromkeys(hook_names))
+    unknown = [name for name in wanted if name not in model.hook_dict]
+    if unknown:
+        raise LensError(f"the model has no hook point {unknown[0]!r}: pass hook names of this model (e.g. lens.hook_names)")
     store: dict[str, Tensor] = {}
 
-    def save(resid: Tensor, hook) -> None:
-        store[hook.name] = resid.detach()
+    def saver(name: str):
+        def save(resid: Tensor, hook) -> None:
+            store[name] = resid.detach()
+            if len(store) == len(wanted):
+                raise _Captured
+        return save
 
-    model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(name, save) for name in set(hook_names)],
-                         stop_at_layer=model.cfg.n_layers)
+    try:
+        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(name, saver(name)) for name in wanted])
+    except _Captured:
+        pass
+    missing = [name for name in wanted if name not in store]
+    if missing:
+        raise LensError(f"the hook {missing[0]!r} never fired: pass hook names of this model (e.g. lens.hook_names)")
     return torch.stack([store[name] for name in hook_names])
 
 
@@ -136,9 +271,10 @@ def as_token_batch(tokens: Tensor | None) -> Int[Tensor, "batch pos"] | None:
     return tokens.long()
 
 
-def to_tokens(model: "HookedTransformer", text: str | Tensor, *, min_tokens: int = 1) -> Int[Tensor, "batch pos"]:
+def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1) -> Int[Tensor, "batch pos"]:
     """Token ids on the model's device: a string goes through ``model.to_tokens`` (TransformerLens's
-    own BOS convention; the embedded SmolLM2 prepends none), ids ``[pos]``/``[batch pos]`` pass through."""
+    own BOS convention, ``cfg.default_prepend_bos``; the embedded SmolLM2 prepends none on either
+    backend), ids ``[pos]``/``[batch pos]`` pass through."""
     if isinstance(text, str):
         if not text:
             raise LensError("the text is empty: pass some words")

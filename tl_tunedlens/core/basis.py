@@ -19,17 +19,13 @@ the final LayerNorm only sees ``P h'``); the reverse needs the discarded mean an
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import LensError
-from .backend import embedding_matrix, model_facts
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from .backend import Model, embedding_matrix, model_facts
 
 RAW = "raw"            # equals Hugging Face's hidden_states
 CENTRED = "centred"    # mean over d_model removed (center_writing_weights on a LayerNorm model)
@@ -37,9 +33,9 @@ KINDS = (RAW, CENTRED)
 LAYERNORM_TYPES = ("LN", "LNPre")
 
 HOW_TO_LOAD_RAW = (
-    "load the model without centring, e.g. tl_tunedlens.load_model(name, center_writing_weights=False), "
-    "HookedTransformer.from_pretrained(name, center_writing_weights=False) or "
-    "HookedTransformer.from_pretrained_no_processing(name)"
+    "load the model without centring, e.g. tl_tunedlens.load_model(name, center_writing_weights=False) (either "
+    "backend), HookedTransformer.from_pretrained_no_processing(name), or a TransformerBridge without "
+    "enable_compatibility_mode() (load_model(name, backend='bridge', compatibility_mode=False))"
 )
 
 
@@ -54,7 +50,7 @@ def rows_centred(w: Tensor) -> bool:
     return bool(mean_abs <= 0.05 / math.sqrt(d) * spread)
 
 
-def residual_stream_kind(model: "HookedTransformer") -> str:
+def residual_stream_kind(model: Model) -> str:
     """``"centred"`` if ``model``'s residual stream is mean-centred, else ``"raw"`` (see module doc)."""
     if kind_from_normalization(model_facts(model).normalization_type) == RAW:
         return RAW  # TransformerLens centres writing weights only for LayerNorm models

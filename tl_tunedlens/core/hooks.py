@@ -26,7 +26,7 @@ from .layers import normalize_layers
 from .unembed import to_log_probs
 
 if TYPE_CHECKING:
-    from transformer_lens import ActivationCache, HookedTransformer
+    from transformer_lens import ActivationCache
 
 HookList = list[tuple[str, Callable]]
 

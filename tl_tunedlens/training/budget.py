@@ -24,9 +24,9 @@ import torch
 from ..core.backend import capture_residuals, flatten_tokens
 from .config import TrainConfig
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import TunedLens
 
 #: share of the budget (after the warm-up) for the least-squares sample; measured with
@@ -80,7 +80,7 @@ class BudgetPlan:
         return cls(**{k: info[k] for k in fields}, rates=Rates(**info["rates"]))
 
 
-def measure_rates(model: "HookedTransformer", lens: "TunedLens", cfg: TrainConfig, seq_len: int,
+def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: int,
                   layers: list[int], matmul_dtype: torch.dtype | None = None) -> Rates:
     """Time one forward + least-squares sums and two layers of KL work on random token ids (not trained on)."""
     from .decoder import make_decoder

@@ -24,9 +24,9 @@ from torch import Tensor
 from ..core.backend import capture_residuals, flatten_tokens
 from ..errors import LensError
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import TunedLens
 
 DEFAULT_RIDGE = 1e-4
@@ -111,7 +111,7 @@ def solve_ridge(stats: RidgeStats, ridge: float = DEFAULT_RIDGE, bias: bool = Tr
 
 
 @torch.no_grad()
-def collect_stats(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
+def collect_stats(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
                   layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False, centre: bool = True,
                   deadline: float | None = None) -> RidgeStats:
     """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`; with ``deadline``
@@ -132,7 +132,7 @@ def collect_stats(model: "HookedTransformer", lens: "TunedLens", sequences: Int[
 
 
 @torch.no_grad()
-def lstsq_init_(lens: "TunedLens", model: "HookedTransformer", sequences: Int[Tensor, "n_seq seq_len"], *,
+def lstsq_init_(lens: "TunedLens", model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
                 ridge: float = DEFAULT_RIDGE, layers: list[int] | None = None, micro_batch: int = 1, progress: bool = False,
                 deadline: float | None = None) -> dict:
     """Set the translators of ``layers`` (default all) to the ridge solution; returns a summary dict.

@@ -40,9 +40,9 @@ from .lstsq import lstsq_init_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import TunedLens
 
 
@@ -61,7 +61,7 @@ class TrainResult:
 class Run:
     """One training run's state between its steps."""
 
-    model: "HookedTransformer"
+    model: Model
     lens: "TunedLens"
     sequences: Int[Tensor, "n_seq seq_len"]
     cfg: TrainConfig
@@ -87,7 +87,7 @@ class Run:
     step_seconds: list[float] = field(default_factory=list)
 
 
-def train_lens(model: "HookedTransformer", lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
+def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
                progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None,
                on_step: Callable[[Run], None] | None = None) -> TrainResult:
@@ -130,7 +130,7 @@ def _call(on_step: Callable[[Run], None] | None, run: Run) -> None:
             run.deadline += time.perf_counter() - t0
 
 
-def plan_run(model: "HookedTransformer", lens: "TunedLens", config: TrainConfig, seq_len: int) -> BudgetPlan:
+def plan_run(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int) -> BudgetPlan:
     """The plan of a ``config.time_budget`` run (a measured warm-up on random tokens; see :mod:`.budget`):
     ``plan.apply(config).token_budget(seq_len)`` tokens is the data to load for it."""
     if config.time_budget is None:
@@ -157,7 +157,7 @@ def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
     return layers
 
 
-def prepare(model: "HookedTransformer", lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
+def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
             out_dir: str | Path | None, *, resume: bool = False, plan: BudgetPlan | None = None,
             t_begin: float | None = None) -> Run:
     """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, decoder and data

@@ -69,27 +69,38 @@ def _heatmap(traj: PredictionTrajectory, stat: str, index: int, top_k: int, colo
     inputs = traj.input_strings(index)
     k = min(top_k, traj.top_k_indices.shape[-1])
     title, unit = _stat_title(stat)
+    title = title.replace("next token", traj.target_label)
+    # plain lists first: indexing tensors cell by cell costs more than the rest of the figure
+    top_ids = traj.top_k_indices[:, index, :, :k].tolist()  # [layer pos k]
+    top_lps = traj.top_k_log_probs[:, index, :, :k].tolist()
+    target_lps, target_ranks = traj.target_log_probs[:, index].tolist(), traj.target_ranks[:, index].tolist()
+    targets, values = traj.targets[index].tolist(), values.tolist()
+    shown = {}  # token id -> its display text
+
+    def show(token_id: int) -> str:
+        if token_id not in shown:
+            shown[token_id] = display_token(traj.decode(token_id))
+        return shown[token_id]
+
     z, text, hover = [], [], []
     for r, layer in enumerate(rows):
         z_row, text_row, hover_row = [], [], []
         for pos in range(traj.n_pos):
-            value = float(values[r, pos])
+            value = float(values[r][pos])
             z_val = value if math.isfinite(value) else None
             if stat == "rank" and z_val is not None:
                 z_val = math.log10(z_val)
             z_row.append(z_val)
-            ids = traj.top_k_indices[layer, index, pos, :k].tolist()
-            lps = traj.top_k_log_probs[layer, index, pos, :k].tolist()
-            text_row.append(display_token(traj.decode(ids[0])))
-            target = int(traj.targets[index, pos])
+            ids, lps = top_ids[layer][pos], top_lps[layer][pos]
+            text_row.append(show(ids[0]))
+            target = targets[pos]
             lines = [f"<b>layer {html.escape(labels[r])}</b>, position {pos}: {display_token(inputs[pos])!r}",
                      f"{html.escape(title)} = {value:.4g} {unit if unit not in ('rank', 'probability') else ''}".rstrip()]
             if target >= 0:
-                lines.append(f"next token {display_token(traj.decode(target))!r}: "
-                             f"p = {math.exp(float(traj.target_log_probs[layer, index, pos])):.3g}, "
-                             f"rank {int(traj.target_ranks[layer, index, pos])}")
+                lines.append(f"{html.escape(traj.target_label)} {show(target)!r}: "
+                             f"p = {math.exp(target_lps[layer][pos]):.3g}, rank {int(target_ranks[layer][pos])}")
             lines.append(f"top-{k} at layer {html.escape(traj.layer_labels[layer])}:")
-            lines += [f"  {j + 1}. {display_token(traj.decode(t))!r}  {math.exp(lp):.3f}" for j, (t, lp) in enumerate(zip(ids, lps))]
+            lines += [f"  {j + 1}. {show(t)!r}  {math.exp(lp):.3f}" for j, (t, lp) in enumerate(zip(ids, lps))]
             hover_row.append("<br>".join(lines))
         z.append(z_row)
         text.append(text_row)

@@ -23,9 +23,9 @@ from ..lens import LogitLens
 from .circuits import circuitsvis_bundle, lens_view
 from .plots import compare_heatmaps, figure_html
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from ..core.backend import Model
 
+if TYPE_CHECKING:
     from ..lens import Lens
 
 STYLE = """
@@ -46,7 +46,7 @@ def _summary_table(logit: PredictionTrajectory, tuned: PredictionTrajectory, js_
 
 
 @torch.no_grad()
-def report_html(model: "HookedTransformer", lens: "Lens", text: str | torch.Tensor, *,
+def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                 logit_lens: "Lens | None" = None, stats: Sequence[str] = ("kl", "entropy", "ce"),
                 top_k: int = 5, title: str | None = None) -> str:
     """The report page as a string (see :func:`write_report`)."""
@@ -87,7 +87,7 @@ def report_html(model: "HookedTransformer", lens: "Lens", text: str | torch.Tens
     return "\n".join(parts)
 
 
-def write_report(path: str | os.PathLike, model: "HookedTransformer", lens: "Lens", text: str | torch.Tensor,
+def write_report(path: str | os.PathLike, model: Model, lens: "Lens", text: str | torch.Tensor,
                  **kwargs: Any) -> Path:
     """Write the offline report for ``text`` (a string, or token ids ``[pos]``/``[1 pos]``):
     logit-vs-tuned heatmaps of ``stats`` (default KL, entropy, CE), a table of per-layer means and

@@ -1,0 +1,354 @@
+"""The explorer's computations, independent of any web server.
+
+:class:`Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
+once. For a text it runs the model once (``run_with_cache`` on the lens hook names) and streams every
+lens layer by layer into a :class:`~tl_tunedlens.analysis.PredictionTrajectory`, keeping besides the
+log-probs and ranks of a few *watched* tokens (the chosen token, the two tokens of the logit
+difference), so memory stays ``lenses x layers x pos x k``. Analyses are cached per (text, watched
+tokens), so changing the statistic, top-k or position redraws without running the model again.
+
+:meth:`Explorer.respond` turns one request of the page (:class:`Query`) into what it draws: the
+heatmap figure, the logit-difference figure and the table of one position. Every bad input raises
+:class:`~tl_tunedlens.errors.LensError` with a one-line message, checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..analysis import stats
+from ..analysis.trajectory import PredictionTrajectory
+from ..core.backend import to_tokens
+from ..core.layers import layer_labels
+from ..core.unembed import to_log_probs
+from ..errors import LensError
+from ..lens import LogitLens, TunedLens
+from ..viz.plots import compare_heatmaps
+from ..viz.report import report_html
+from .figures import logit_difference_figure, visible_token
+
+from ..core.backend import Model
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from ..lens import Lens
+
+LOGIT_LENS = "logit lens"
+# statistics the page offers: name -> label; "token_*" are about the token the user chose
+STAT_CHOICES: dict[str, str] = {
+    "kl": "KL(output || layer), nats",
+    "entropy": "entropy, nats",
+    "ce": "cross-entropy of the next token, nats",
+    "rank": "rank of the next token",
+    "prob": "probability of the next token",
+    "token_prob": "probability of a chosen token",
+    "token_rank": "rank of a chosen token",
+    "max_prob": "top-1 probability",
+    "kl_step": "KL(layer l+1 || layer l), nats",
+}
+TYPED_TOKENS = {"token": "chosen token", "diff_a": "token A", "diff_b": "token B"}  # Query field -> its name
+NEED_TOKEN = "type a token under 'chosen token' to see its probability or rank"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one request: characters and tokens of the text, top-k, characters of a typed token."""
+
+    max_chars: int = 2000
+    max_tokens: int = 128
+    max_top_k: int = 20
+    max_token_chars: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("max_chars", "max_tokens", "max_top_k", "max_token_chars"):
+            if getattr(self, name) < 1:
+                raise LensError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request of the page. ``position`` indexes the tokens (negative counts from the end);
+    ``token``, ``diff_a``, ``diff_b`` are typed tokens (``""`` for none), kept exactly as typed."""
+
+    text: str
+    stat: str = "kl"
+    top_k: int = 5
+    position: int = -1
+    token: str = ""
+    diff_a: str = ""
+    diff_b: str = ""
+    lens: str = ""  # the tuned lens of the downloaded page ("" = the first)
+    what: str = "all"  # "position": only what depends on the position (table, logit difference)
+
+    @classmethod
+    def from_json(cls, data: Any, limits: Limits) -> "Query":
+        """A query from the page's JSON, every field type- and bound-checked (one-line errors)."""
+        if not isinstance(data, Mapping):
+            raise LensError("the request must be a JSON object")
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise LensError(f"unknown request field(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            if name not in data:
+                continue
+            value, kind = data[name], int if f.type == "int" else str
+            if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                value = int(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise LensError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+            values[name] = value
+        if "text" not in values:
+            raise LensError("the request has no text")
+        query = cls(**values)
+        query.check(limits)
+        return query
+
+    def check(self, limits: Limits) -> None:
+        """Bounds that need no model: text length, statistic, top-k, typed-token length."""
+        if not self.text.strip():
+            raise LensError("the text is empty: type a prompt")
+        if len(self.text) > limits.max_chars:
+            raise LensError(f"the text has {len(self.text)} characters; the limit is {limits.max_chars} "
+                            "(shorten it, or restart serve with a larger --max-chars)")
+        if self.what not in ("all", "position"):
+            raise LensError(f"what must be 'all' or 'position', got {self.what!r}")
+        if self.stat not in STAT_CHOICES:
+            raise LensError(f"unknown statistic {self.stat!r}: use one of {', '.join(STAT_CHOICES)}")
+        if not 1 <= self.top_k <= limits.max_top_k:
+            raise LensError(f"top-k must be between 1 and {limits.max_top_k}, got {self.top_k}")
+        for name in TYPED_TOKENS:
+            if len(getattr(self, name)) > limits.max_token_chars:
+                raise LensError(f"{name} is longer than {limits.max_token_chars} characters: type a single token")
+
+
+@dataclass
+class Analysis:
+    """Every lens's trajectory of one text (logit lens first), plus per lens the watched tokens'
+    log-probs (nats, ``[layer pos watch]``, ``layer`` = ``0..n_layers``) and the ranks (1 = top,
+    ``[layer pos]``) of token ``ranked`` (``None`` when no token is ranked)."""
+
+    tokens: Int[Tensor, "1 pos"]
+    trajectories: list[PredictionTrajectory]
+    watched: tuple[int, ...]
+    watched_log_probs: list[Float[Tensor, "layer pos watch"]]
+    watched_ranks: list[Int[Tensor, "layer pos"] | None]
+    ranked: int | None = None
+    seconds: float = 0.0
+    names: list[str] = field(default_factory=list)
+    uses: int = 1
+
+    def watch_index(self, token_id: int) -> int:
+        return self.watched.index(token_id)
+
+
+class _CachedDecoder:
+    """A tokenizer's ``decode`` of single tokens, cached (figures decode each top-k token once per cell)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if len(ids) != 1:
+            return self.tokenizer.decode(list(ids))
+        key = int(ids[0])
+        if key not in self.cache:
+            self.cache[key] = self.tokenizer.decode([key])
+        return self.cache[key]
+
+
+class Explorer:
+    """A model and its lenses, loaded once; answers the page's queries (thread-safe: one at a time).
+
+    ``lenses`` maps a display name to a tuned lens of ``model`` (checked here). The logit lens is
+    always shown first. ``cache_size`` analyses are kept."""
+
+    def __init__(self, model: Model, lenses: Mapping[str, "Lens"] | None = None, *,
+                 limits: Limits | None = None, cache_size: int = 8):
+        if getattr(model, "tokenizer", None) is None:
+            raise LensError("the explorer needs a model with a tokenizer (the page sends text)")
+        lenses = dict(lenses or {})
+        if LOGIT_LENS in lenses:
+            raise LensError(f"{LOGIT_LENS!r} is the logit lens's name: give the tuned lens another name")
+        for name, lens in lenses.items():
+            lens.check_model(model)
+        self.model, self.limits = model, limits or Limits()
+        self.lenses: dict[str, "Lens"] = {LOGIT_LENS: LogitLens.from_model(model), **lenses}
+        self.decoder = _CachedDecoder(model.tokenizer)
+        self.cache: OrderedDict[tuple, Analysis] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = threading.Lock()
+
+    @property
+    def tuned_names(self) -> list[str]:
+        return [name for name in self.lenses if name != LOGIT_LENS]
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.model.cfg, "model_name", "model"))
+
+    def settings(self) -> dict[str, Any]:
+        """What the page needs to draw its controls."""
+        return {"model": self.model_name, "n_layers": int(self.model.cfg.n_layers), "lenses": list(self.lenses),
+                "tuned": self.tuned_names, "stats": STAT_CHOICES, "limits": vars(self.limits)}
+
+    # --- input --------------------------------------------------------------------------
+    def tokenize(self, text: str) -> Int[Tensor, "1 pos"]:
+        tokens = to_tokens(self.model, text)
+        if tokens.shape[1] > self.limits.max_tokens:
+            raise LensError(f"the text is {tokens.shape[1]} tokens long; the limit is {self.limits.max_tokens} "
+                            "(shorten it, or restart serve with a larger --max-tokens)")
+        return tokens
+
+    def token_id(self, typed: str, what: str = "token") -> int:
+        """The id of a typed token, kept exactly as typed (a leading space matters); one token only."""
+        ids = self.model.tokenizer.encode(typed, add_special_tokens=False)
+        if len(ids) != 1:
+            pieces = " + ".join(repr(self.decoder.decode([i])) for i in ids) or "nothing"
+            raise LensError(f"{what} {typed!r} is {len(ids)} tokens ({pieces}): type a single token, "
+                            "with its leading space if it has one (e.g. ' Paris')")
+        return int(ids[0])
+
+    # --- the computation -----------------------------------------------------------------
+    @torch.no_grad()
+    def analyze(self, tokens: Int[Tensor, "1 pos"], watched: Sequence[int] = (), ranked: int | None = None, *,
+                top_k: int | None = None) -> Analysis:
+        """Every lens's trajectory of ``tokens`` from one forward pass (top ``top_k`` kept, default the
+        limit), the watched tokens' log-probs and the rank of token ``ranked``. Cached."""
+        watched = tuple(dict.fromkeys([int(t) for t in watched] + ([int(ranked)] if ranked is not None else [])))
+        k = top_k or self.limits.max_top_k
+        key = (tuple(tokens[0].tolist()), watched, ranked, k)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            self.cache[key].uses += 1
+            return self.cache[key]
+        start = time.perf_counter()
+        first = next(iter(self.lenses.values()))
+        logits, cache = self.model.run_with_cache(tokens, names_filter=first.hook_names)
+        resids = first.residuals_from_cache(cache)  # [layer batch pos d_model], the same hooks for every lens
+        final = to_log_probs(logits)
+        watch_ids = torch.tensor(watched, dtype=torch.long, device=final.device)
+        n, labels = first.n_layers, layer_labels(first.n_layers)
+        trajs, lps, ranks = [], [], []
+        for name, lens in self.lenses.items():
+            rows: dict[int, tuple[Tensor, Tensor | None]] = {}
+
+            def row(i: int, lens: "Lens" = lens, rows: dict = rows) -> Tensor:
+                lp = final if i == n else lens.log_probs(resids[i], i)
+                rank = None if ranked is None else stats.target_rank(lp[0], torch.full_like(tokens[0], ranked)).cpu()
+                rows[i] = (lp[0][:, watch_ids].cpu(), rank)
+                return lp
+
+            trajs.append(PredictionTrajectory.from_log_probs(row, tokens, n_rows=n + 1, top_k=k, lens_name=name,
+                                                             tokenizer=self.decoder, layer_labels=list(labels)))
+            lps.append(torch.stack([rows[i][0] for i in range(n + 1)]))
+            ranks.append(None if ranked is None else torch.stack([rows[i][1] for i in range(n + 1)]))
+        analysis = Analysis(tokens.cpu(), trajs, watched, lps, ranks, ranked, time.perf_counter() - start,
+                            list(self.lenses))
+        self.cache[key] = analysis
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return analysis
+
+    # --- what the page draws ---------------------------------------------------------------
+    def heatmap(self, analysis: Analysis, stat: str, top_k: int, token: int | None = None) -> "go.Figure":
+        """Every lens side by side on one colour scale; ``token_*`` statistics need ``token`` (watched)."""
+        trajs = analysis.trajectories
+        title = None
+        if stat.startswith("token_"):
+            if token is None or token != analysis.ranked:
+                raise LensError(NEED_TOKEN)
+            j = analysis.watch_index(token)
+            trajs = [replace(t, targets=torch.full_like(t.targets, token), target_log_probs=lp[..., j].unsqueeze(1),
+                             target_ranks=rk.unsqueeze(1), target_label="chosen token")
+                     for t, lp, rk in zip(trajs, analysis.watched_log_probs, analysis.watched_ranks)]
+            stat = stat.removeprefix("token_")
+            label = f"{'probability' if stat == 'prob' else 'rank (1 = top)'} of {visible_token(self.decoder.decode([token]))!r}"
+            title = f"{label}: " + " vs ".join(analysis.names)
+        fig = compare_heatmaps(trajs, stat, top_k=top_k, title=title)
+        fig.update_layout(margin={"t": 70, "l": 60, "r": 20, "b": 90})
+        return fig
+
+    def logit_difference(self, analysis: Analysis, a: int, b: int, position: int) -> "go.Figure":
+        """Per layer, ``logit(a) - logit(b)`` (= ``log p(a) - log p(b)``, nats) at ``position``, per lens."""
+        ja, jb = analysis.watch_index(a), analysis.watch_index(b)
+        diffs = {name: (lp[:, position, ja] - lp[:, position, jb]).tolist()
+                 for name, lp in zip(analysis.names, analysis.watched_log_probs)}
+        traj = analysis.trajectories[0]
+        return logit_difference_figure(diffs, traj.layer_labels, self.decoder.decode([a]), self.decoder.decode([b]),
+                                       position, traj.input_strings()[position])
+
+    def position_table(self, analysis: Analysis, position: int, top_k: int) -> dict[str, Any]:
+        """Per layer and lens at ``position``: the top-``top_k`` tokens with probabilities, KL to the
+        output and entropy (nats)."""
+        traj = analysis.trajectories[0]
+        target = int(traj.targets[0, position])
+        lenses = []
+        for t in analysis.trajectories:
+            ids = t.top_k_indices[:, 0, position, :top_k].tolist()
+            probs = t.top_k_log_probs[:, 0, position, :top_k].exp().tolist()
+            lenses.append({"name": t.lens_name, "rows": [
+                {"kl": _finite(t.kl_to_final[r, 0, position]), "entropy": _finite(t.entropies[r, 0, position]),
+                 "top": [[visible_token(t.decode(i)), round(p, 4)] for i, p in zip(ids[r], probs[r])]}
+                for r in range(t.n_rows)]})
+        return {"position": position, "token": visible_token(traj.input_strings()[position]),
+                "next": visible_token(traj.decode(target)) if target >= 0 else None,
+                "layers": list(traj.layer_labels), "lenses": lenses}
+
+    def respond(self, query: Query) -> dict[str, Any]:
+        """Everything the page draws for ``query``: checked first, then computed (one query at a time)."""
+        query.check(self.limits)
+        with self.lock:
+            tokens = self.tokenize(query.text)
+            n_pos = tokens.shape[1]
+            if not -n_pos <= query.position < n_pos:
+                raise LensError(f"position {query.position} is out of range: the text has {n_pos} tokens")
+            position = query.position % n_pos
+            ids = {key: self.token_id(getattr(query, key), name)
+                   for key, name in TYPED_TOKENS.items() if getattr(query, key)}
+            notes = []
+            if query.stat.startswith("token_") and "token" not in ids:
+                raise LensError(NEED_TOKEN)
+            if ("diff_a" in ids) != ("diff_b" in ids):
+                notes.append("type both tokens A and B to see their logit difference")
+            analysis = self.analyze(tokens, list(ids.values()), ids.get("token"))
+            started = time.perf_counter()
+            figure = self.heatmap(analysis, query.stat, query.top_k, ids.get("token")) if query.what == "all" else None
+            diff = (self.logit_difference(analysis, ids["diff_a"], ids["diff_b"], position)
+                    if "diff_a" in ids and "diff_b" in ids else None)
+            table = self.position_table(analysis, position, query.top_k)
+        return {"tokens": [visible_token(s) for s in analysis.trajectories[0].input_strings()], "position": position,
+                "figure": figure, "diff_figure": diff, "table": table, "notes": notes,
+                "token_ids": {name: i for name, i in ids.items()},
+                "seconds": {"model_and_lenses": round(analysis.seconds, 3), "cached": analysis.uses > 1,
+                            "figures": round(time.perf_counter() - started, 3)}}
+
+    def report(self, query: Query) -> str:
+        """The offline page ``tl-tunedlens show`` writes, for ``query.text`` and the tuned lens
+        ``query.lens`` (the first by default; an untrained one, equal to the logit lens, if none)."""
+        query.check(self.limits)
+        tuned = self.tuned_names
+        if query.lens and query.lens not in tuned:
+            raise LensError(f"no tuned lens named {query.lens!r}: choose one of {', '.join(tuned) or '(none loaded)'}")
+        with self.lock:
+            tokens = self.tokenize(query.text)
+            if tokens.shape[1] < 2:
+                raise LensError("the page needs a text of at least 2 tokens")
+            lens = self.lenses[query.lens or tuned[0]] if tuned else TunedLens.from_model(self.model)
+            return report_html(self.model, lens, query.text, logit_lens=self.lenses[LOGIT_LENS], top_k=query.top_k,
+                               title=f"Logit lens vs {query.lens or (tuned[0] if tuned else 'tuned lens')}")
+
+
+def _finite(value: Tensor | float) -> float | None:
+    value = float(value)
+    return round(value, 4) if math.isfinite(value) else None
