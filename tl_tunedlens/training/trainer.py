@@ -182,9 +182,10 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
     saved_info = state.get("info", {}) if state else {}
     deadline = None
     if cfg.time_budget is not None:
-        if "budget" in saved_info:     # the plan the run started with; the time already spent counts
+        if "budget" in saved_info:     # the plan the run started with, and the budget it had left
             plan = BudgetPlan.from_info(saved_info["budget"])
-            deadline = t_begin + cfg.time_budget - float(state.get("seconds", 0.0))
+            left = state.get("budget_left_s", cfg.time_budget - float(state.get("seconds", 0.0)))
+            deadline = t_begin + float(left)
         elif plan is None:
             plan = plan_run(model, lens, cfg, seq_len)
             deadline = t_begin + cfg.time_budget
@@ -282,6 +283,9 @@ def save_run(run: Run) -> None:
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
         "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
+        # on the deadline's own clock: a resume gets exactly what the stopped run had left (not budget - seconds,
+        # which leaves out the time between steps)
+        **({"budget_left_s": run.deadline - time.perf_counter()} if run.deadline is not None else {}),
     })
 
 
