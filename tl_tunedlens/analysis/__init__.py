@@ -1,7 +1,7 @@
 """Analysis: what lenses say and how good they are.
 
-- :mod:`.evaluate`: per-layer metrics of the logit and a tuned lens on held-out tokens (:func:`evaluate_lenses`, :class:`LensEvaluator`);
-- :mod:`.metrics`: the shape of the metrics JSON and the summaries read from it (:func:`mean_kl`);
+- :mod:`.evaluate`: per-layer metrics of the logit and a tuned lens on held-out tokens (:func:`~tl_tunedlens.analysis.evaluate.evaluate_lenses`, :class:`~tl_tunedlens.analysis.evaluate.LensEvaluator`);
+- :mod:`.metrics`: the shape of the metrics JSON and the summaries read from it (:func:`~tl_tunedlens.analysis.metrics.mean_kl`);
 - :mod:`.trajectory`: prediction trajectories (layers x positions) and comparisons between lenses;
 - :mod:`.stats`: entropy, KL, JS, total variation and ranks of distributions given as log-probs;
 - :mod:`.tables`: plain-text tables for the terminal.

@@ -40,6 +40,7 @@ class Baseline(TypedDict):
 
 
 class EvalMetrics(TypedDict):
+    """The whole metrics dict: model name, positions scored, bytes per token, the model's own baseline and one entry per lens layer."""
     model: str
     tokens: int
     bytes_per_token: float

@@ -246,6 +246,7 @@ class PredictionTrajectory:
 
     # --- statistics -------------------------------------------------------------------
     def entropy(self) -> Float[Tensor, "layer batch pos"]:
+        """Entropy of each layer's distribution (nats)."""
         return self.entropies
 
     def kl(self) -> Float[Tensor, "layer batch pos"]:
@@ -257,6 +258,7 @@ class PredictionTrajectory:
         return -self.target_log_probs
 
     def target_prob(self) -> Float[Tensor, "layer batch pos"]:
+        """Probability of the actual next token (NaN where there is none)."""
         return self.target_log_probs.exp()
 
     def rank(self) -> Float[Tensor, "layer batch pos"]:
@@ -265,6 +267,7 @@ class PredictionTrajectory:
         return torch.where(self.target_ranks > 0, rank, torch.full_like(rank, float("nan")))
 
     def max_prob(self) -> Float[Tensor, "layer batch pos"]:
+        """Probability of each layer's most likely token."""
         return self.top_k_log_probs[..., 0].exp()
 
     def statistic(self, name: str) -> Float[Tensor, "row batch pos"]:
@@ -325,6 +328,7 @@ class TrajectoryComparison:
     layer_labels: list[str] = field(default_factory=list)
 
     def statistic(self, name: str) -> Float[Tensor, "layer batch pos"]:
+        """A comparison by name: ``kl``, ``js`` or ``tv`` (see ``COMPARISONS``)."""
         if name not in COMPARISONS:
             raise LensError(f"unknown comparison {name!r}: use one of {', '.join(COMPARISONS)}")
         return getattr(self, name)

@@ -23,6 +23,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, read with ``weights_only=True``; a one-line error when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise LensError(f"no checkpoint at {path} to resume from: train without --resume first")

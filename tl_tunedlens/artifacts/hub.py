@@ -39,6 +39,7 @@ def hub_offline() -> bool:
 
 
 def hub_endpoint() -> str:
+    """The Hugging Face endpoint (``$HF_ENDPOINT`` or https://huggingface.co), without a trailing slash."""
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
@@ -77,6 +78,7 @@ def why_local_only() -> str | None:
 
 
 def reference_repo_id() -> str:
+    """The reference project's hub repository of lenses (``$TUNED_LENS_REPO_ID`` overrides it)."""
     return os.environ.get("TUNED_LENS_REPO_ID") or ref.HUB_REPO_ID
 
 

@@ -14,6 +14,7 @@ SUBCOMMANDS = ["predict", "train", "eval", "show", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tl-tunedlens`` argument parser, one subparser per module in ``SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="tl-tunedlens",
         description="Tuned lenses for TransformerLens models: train, evaluate, inspect.",
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; one-line errors on stderr with exit status 2, 130 on Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

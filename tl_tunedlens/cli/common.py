@@ -39,6 +39,7 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device`` and ``--dtype``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="'smollm2-135m' (embedded, offline), an official TransformerLens model name, or with "
                              "--backend bridge a Hugging Face model folder or hub name (default: %(default)s)")
@@ -56,6 +57,7 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None) -> M
 
 
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``."""
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -98,7 +100,7 @@ def _arg_type(hint: Any) -> tuple[type, str | None]:
 
 
 def add_train_config_args(parser: argparse.ArgumentParser) -> None:
-    """``--preset`` plus one flag per :class:`TrainConfig` field (default: the preset's value)."""
+    """``--preset`` plus one flag per :class:`~tl_tunedlens.training.config.TrainConfig` field (default: the preset's value)."""
     group = parser.add_argument_group("training (defaults: the laptop preset)")
     group.add_argument("--preset", default="laptop", choices=sorted(PRESETS),
                        help="laptop: least-squares start + a few Adam KL steps, minutes on a CPU; paper: "

@@ -20,6 +20,7 @@ from .eval import eval_tokens_needed
 
 
 def register(subparsers) -> None:
+    """Add the ``demo`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "demo", help="train and evaluate a tuned lens for the embedded SmolLM2-135M on Shakespeare (offline, ~4 min on 2 cores)",
         description="The main job on the embedded default: SmolLM2-135M and the Shakespeare texts, all layers, "
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``tl-tunedlens demo``; returns the exit status."""
     import torch
 
     from ..analysis import evaluate_lenses

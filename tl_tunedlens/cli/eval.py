@@ -9,6 +9,7 @@ from .common import add_data_args, add_model_args, add_progress_arg, load_data_f
 
 
 def register(subparsers) -> None:
+    """Add the ``eval`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "eval", help="evaluate the logit lens and a tuned lens per layer on held-out text",
         description="For every layer: KL(model || lens), cross-entropy vs the next token, entropy and top-1 "
@@ -36,6 +37,7 @@ def eval_tokens_needed(positions: int, seq_len: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``tl-tunedlens eval``; returns the exit status."""
     from ..analysis import evaluate_lenses
     from ..analysis.tables import metrics_table
     from ..artifacts.files import write_json_atomic

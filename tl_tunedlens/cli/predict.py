@@ -8,6 +8,7 @@ from .common import DEFAULT_TEXT, add_model_args, load_model_from_args
 
 
 def register(subparsers) -> None:
+    """Add the ``predict`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "predict", help="print each layer's next-token prediction for a text (logit lens and tuned lens)",
         description="Print, for every lens layer, the logit lens's and the tuned lens's top predictions for "
@@ -22,6 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``tl-tunedlens predict``; returns the exit status."""
     from ..analysis.tables import prediction_table
     from ..core.backend import to_tokens
     from ..lens import LogitLens, TunedLens

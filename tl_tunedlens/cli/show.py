@@ -8,6 +8,7 @@ from .common import DEFAULT_TEXT, add_model_args, load_model_from_args
 
 
 def register(subparsers) -> None:
+    """Add the ``show`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "show", help="write an offline HTML report of logit-lens vs tuned-lens predictions for a text",
         description="Write one offline HTML page (plotly.js and circuitsvis inlined, no network) with layers x "
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``tl-tunedlens show``; returns the exit status."""
     from ..errors import LensError
     from ..lens import TunedLens
     from ..viz.report import write_report

@@ -10,6 +10,7 @@ from .common import (add_data_args, add_model_args, add_progress_arg, add_train_
 
 
 def register(subparsers) -> None:
+    """Add the ``train`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "train", help="train a tuned lens on text and save it",
         description="Train one affine translator per layer so that the lens's next-token distribution matches "
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``tl-tunedlens train``; returns the exit status."""
     from ..artifacts.checkpoint import CHECKPOINT_NAME
     from ..errors import LensError
     from ..lens import TunedLens

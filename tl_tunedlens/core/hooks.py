@@ -49,6 +49,7 @@ class LensRecord:
         return sorted(self.log_probs or self.top_k_log_probs)
 
     def clear(self) -> None:
+        """Forget everything recorded, to reuse the record for another forward pass."""
         self.log_probs.clear()
         self.top_k_log_probs.clear()
         self.top_k_indices.clear()

@@ -50,5 +50,5 @@ def normalize_layers(layers, n_layers: int) -> list[int]:
 
 
 def layer_labels(n_layers: int) -> list[str]:
-    """Display labels of lens layers ``0..n_layers``: ``"0" .. "n_layers-1"``, then ``"output"``."""
+    """Display labels of lens layers ``0..n_layers``: the numbers up to ``n_layers - 1``, then ``"output"``."""
     return [str(i) for i in range(n_layers)] + ["output"]

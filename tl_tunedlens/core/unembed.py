@@ -133,6 +133,7 @@ class Unembed:
         return logits
 
     def same_modules(self, other: "Unembed") -> bool:
+        """Whether ``other`` decodes with the very same model modules (then no identity check is needed)."""
         return self.unembed is other.unembed and self.ln_final is other.ln_final
 
     # --- identities -------------------------------------------------------------------
@@ -149,6 +150,7 @@ class Unembed:
         return self._sha256
 
     def probe_token_ids(self) -> Tensor:
+        """The fixed token ids at which the fingerprint reads the probe log-probs."""
         return torch.linspace(0, self.d_vocab - 1, N_PROBE_TOKENS).round().long()
 
     @torch.no_grad()
@@ -167,6 +169,7 @@ class Unembed:
         return self._fingerprint
 
     def fingerprint_tolerance(self) -> float:
+        """How far (nats) a fingerprint may drift and still be the same model: 1e-3 in fp32/fp64, 0.1 in half precision."""
         return 1e-3 if self.dtype in (torch.float32, torch.float64) else 0.1
 
     def check(self, *, d_model: int, d_vocab: int, sha256: str | None,

@@ -72,6 +72,7 @@ class TokenData:
 
 # --- tokenising --------------------------------------------------------------------------
 def eos_token_id(tokenizer) -> int:
+    """The tokenizer's end-of-sequence id, which joins documents; a one-line error if it has none."""
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise LensError("the tokenizer has no EOS token to join documents with: use a model whose tokenizer defines one")

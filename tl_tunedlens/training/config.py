@@ -37,7 +37,7 @@ def _option(help: str, **rules: Any) -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    """Trainer settings (defaults: the ``"laptop"`` preset; :meth:`preset` ``"paper"`` for the paper's)."""
+    """Trainer settings (defaults: the ``"laptop"`` preset; :meth:`~tl_tunedlens.training.config.TrainConfig.preset` ``"paper"`` for the paper's)."""
 
     steps: int = field(default=8, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
     tokens_per_step: int = field(default=512, metadata=_option(
@@ -105,6 +105,7 @@ class TrainConfig:
 
     # --- what a run needs ---------------------------------------------------------------
     def sequences_per_step(self, seq_len: int) -> int:
+        """Sequences per optimiser step: ``tokens_per_step // seq_len``, at least one."""
         return max(1, self.tokens_per_step // seq_len)
 
     def lstsq_sequences(self, seq_len: int) -> int:

@@ -77,14 +77,17 @@ class FusedDecoder:
 
     @torch.no_grad()
     def target_logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        """fp32 logits of the model's own final residual ``h``, in the model's precision (no gradient)."""
         return self._product(self.unembed.normalize(h), self.w_u, self.b_u)
 
     def logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        """fp32 logits of translated residuals ``h`` (into the reused buffer), keeping the graph up to ``ln_final``."""
         self._x = self.unembed.normalize(h)            # autograd from here down to the lens
         with torch.no_grad():
             return self._product(self._x.detach(), self.forward_w, self.forward_b)
 
     def backward(self, grad: Float[Tensor, "m d_vocab"]) -> None:
+        """Push ``grad`` (fp32 ``[m, d_vocab]``) back: ``grad @ W_U^T`` explicitly, then autograd through ``ln_final``."""
         x, self._x = self._x, None
         with torch.no_grad():
             dtype = self.backward_w.dtype
@@ -105,13 +108,16 @@ class AutogradDecoder:
 
     @torch.no_grad()
     def target_logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        """fp32 logits of the model's own final residual ``h`` (no gradient)."""
         return self.unembed(h).float()
 
     def logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
+        """fp32 logits of translated residuals ``h``, keeping the autograd graph for :meth:`backward`."""
         self._z = self.unembed(h, self.matmul_dtype)
         return self._z.detach().float()                # fp32 logits: no copy when they already are
 
     def backward(self, grad: Float[Tensor, "m d_vocab"]) -> None:
+        """Push ``grad`` (fp32 ``[m, d_vocab]``) back through the model's modules into the lens."""
         z, self._z = self._z, None
         z.backward(grad.to(z.dtype))
 
@@ -120,7 +126,7 @@ Decoder = FusedDecoder | AutogradDecoder
 
 
 def make_decoder(unembed: Unembed, matmul_dtype: torch.dtype | None = None) -> Decoder:
-    """The fused decoder when the unembedding allows it (:attr:`Unembed.fusable`), else the autograd one."""
+    """The fused decoder when the unembedding allows it (:attr:`~tl_tunedlens.core.unembed.Unembed.fusable`), else the autograd one."""
     if matmul_dtype == unembed.dtype:
         matmul_dtype = None
     return (FusedDecoder if unembed.fusable else AutogradDecoder)(unembed, matmul_dtype)

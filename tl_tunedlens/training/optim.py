@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the tuned-lens trainer (from a validated :class:`TrainConfig`)."""
+"""Optimiser and learning-rate schedule of the tuned-lens trainer (from a validated :class:`~tl_tunedlens.training.config.TrainConfig`)."""
 
 from __future__ import annotations
 

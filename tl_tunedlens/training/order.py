@@ -18,7 +18,7 @@ from torch import Tensor
 
 
 def stream_positions(n_seq: int, start: int, count: int, seed: int) -> list[int]:
-    """Sequence indices at positions ``start .. start + count - 1`` of the seeded stream."""
+    """Sequence indices at stream positions ``start`` to ``start + count - 1`` (the seeded stream)."""
     out: list[int] = []
     perms: dict[int, Tensor] = {}
     for k in range(start, start + count):

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainResult:
+    """What a training run did: steps, tokens, the loss of every step (nats, summed over layers), the last step's per-layer losses, wall time and the metadata saved with the lens."""
     steps: int
     tokens_seen: int
     losses: list[float]               # total loss (nats, summed over layers) per step
@@ -96,8 +97,8 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
     ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
-    (e.g. :meth:`TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
-    ``plan`` is the :func:`plan_run` made before loading the data (made here when not given).
+    (e.g. :meth:`~tl_tunedlens.data.tokens.TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
+    ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given).
     ``on_step(run)`` is called after the start and after every step (e.g. to evaluate snapshots);
     its time counts neither in ``result.seconds`` nor against the budget."""
     from tqdm.auto import tqdm

@@ -114,6 +114,7 @@ class CircuitsView(RenderedHTML):
 
 
 def colored_tokens_props(traj: PredictionTrajectory, stat: str = "kl", index: int = 0) -> dict[str, Any]:
+    """Props of circuitsvis ``ColoredTokensMulti``: the prompt's tokens and ``stat`` at every layer."""
     index = traj.prompt_index(index)
     values = traj.statistic(stat)[:, index].nan_to_num(0.0)  # [row pos]
     labels = [f"{stat} @ layer {label}" for label in traj.row_labels(stat)]
