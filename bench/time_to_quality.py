@@ -1,23 +1,27 @@
 """Time to a good lens: held-out mean KL against fit wall time, every recipe side by side in one run.
 
 SmolLM2-135M, all 30 layers, sequences of 256 tokens drawn across the Shakespeare training plays
-(the least-squares sample and the KL steps read disjoint sequences); quality = mean KL(model || lens)
-in nats over layers 1..29 on sequences drawn across the four held-out plays, computed exactly over
-the full vocabulary. Fit time is the wall time of the fit alone (evaluations between snapshots are
-not counted). Recipes:
+(spread sampling; the least-squares sample and the KL steps read disjoint sequences); quality = mean
+KL(model || lens) in nats over layers 1..29 on sequences drawn across the four held-out plays,
+computed exactly (fp32, full vocabulary). Fit time is the wall time of the fit alone (evaluations
+between snapshots are not counted). Recipes:
 
 - ``logit lens``: no fit;
 - ``lstsq N``: the least-squares start alone, one pass with a snapshot at each sample size N;
-- ``before: lstsq 32k + 8 adam x 512``: the previous laptop preset (Adam, fp32 products);
-- ``laptop preset``: today's defaults (``TrainConfig()``), snapshots along its steps;
-- ``paper recipe``: identity start, SGD-Nesterov (the paper preset) with 512-token steps for ``--paper-s``
-  seconds (``time_budget``);
-- ``reference tuned-lens 0.2.0``: the reference loop (``bench/reference_loop.py``, its lens class, fp32)
-  on the Hugging Face model, the same sequences in the same order, for the same wall time as ours.
+- ``before``: the previous demo recipe, a 32,768-token start + 8 Adam steps x 512 tokens (``--only before``);
+- ``adam``: the ``--start-tokens`` start + ``--steps`` Adam steps x 512 tokens (the refinement before this bench);
+- ``whitened lr=X``: the same start + ``--steps`` whitened steps (:mod:`tl_tunedlens.training.precondition`)
+  for each ``--whitened-lrs``; the laptop preset (``TrainConfig()``) is marked where it is one of them;
+- ``paper``: identity start, SGD-Nesterov (the paper preset) with 512-token steps for ``--paper-s``
+  seconds (``time_budget``), then the reference ``tuned-lens==0.2.0`` loop (``bench/reference_loop.py``,
+  its lens class, fp32) on the Hugging Face model, the same sequences in the same order, for the same
+  wall time; their per-step losses of the first steps are printed side by side (they must agree within 1%).
 
-Prints the table and the paper/reference per-step losses of the first steps (they must agree within
-1%), and writes a plotly figure (``--out``, offline HTML). Not a test: ``.venv/bin/python
-bench/time_to_quality.py`` (about 20 minutes on 2 quiet CPU cores; ``--quick`` for a few minutes).
+Snapshots along each run (after the start and at ``--snapshots`` steps) give the curves. Prints the
+table and ``uptime``'s load average (timings on a shared machine are inflated; compare rows of one
+run), and writes a plotly figure (``--out``, offline HTML). Not a test: ``.venv/bin/python
+bench/time_to_quality.py`` (about 15 min on 2 quiet CPU cores; ``--quick`` for a smoke run, ``--only``
+for a subset, bigger samples with ``--lstsq-sizes``/``--max-fit-tokens``, longer paper runs with ``--paper-s``).
 """
 
 from __future__ import annotations
@@ -192,43 +196,60 @@ def figure(points: list[Point], path: str) -> None:
     write_html(fig, path)
 
 
+def load_average() -> str:
+    import os
+
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="time_to_quality.html", help="plotly figure (offline HTML)")
     parser.add_argument("--eval-seqs", type=int, default=4, help="held-out sequences of 256 tokens scored")
-    parser.add_argument("--lstsq-sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
-    parser.add_argument("--max-fit-tokens", type=int, default=65536)
-    parser.add_argument("--paper-s", type=float, default=120.0, help="wall time of the paper recipe and the reference")
-    parser.add_argument("--only", nargs="+", default=["logit", "lstsq", "before", "laptop", "paper"],
-                        choices=["logit", "lstsq", "before", "laptop", "paper"])
-    parser.add_argument("--quick", action="store_true", help="a few minutes: small samples, 30 s paper runs")
+    parser.add_argument("--lstsq-sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    parser.add_argument("--max-fit-tokens", type=int, default=32768)
+    parser.add_argument("--start-tokens", type=int, default=16384, help="least-squares start of adam/whitened")
+    parser.add_argument("--steps", type=int, default=4, help="KL steps x 512 tokens of adam/whitened")
+    parser.add_argument("--snapshots", type=int, nargs="*", default=[1, 2], help="steps with a snapshot")
+    parser.add_argument("--whitened-lrs", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--paper-s", type=float, default=60.0, help="wall time of the paper recipe and the reference")
+    parts = ["logit", "lstsq", "before", "adam", "whitened", "paper"]
+    parser.add_argument("--only", nargs="+", default=["logit", "lstsq", "adam", "whitened", "paper"], choices=parts)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes: tiny samples")
     args = parser.parse_args()
     if args.quick:
-        args.lstsq_sizes, args.max_fit_tokens, args.paper_s, args.eval_seqs = [2048, 4096], 8192, 30.0, 2
+        args.lstsq_sizes, args.max_fit_tokens, args.start_tokens, args.steps = [1024, 2048], 2048, 1024, 1
+        args.paper_s, args.eval_seqs, args.snapshots = 10.0, 1, []
+    args.max_fit_tokens = max(args.max_fit_tokens, args.start_tokens, 32768 if "before" in args.only else 0)
     torch.set_num_threads(2)
     from tl_tunedlens.training import TrainConfig
 
     t_start = time.perf_counter()
+    print(load_average(), flush=True)
     b = Bench(args)
-    before = TrainConfig(optimizer="adam", steps=8, tokens_per_step=512, lstsq_tokens=32768, matmul_dtype="float32",
-                         checkpoint_every=0)
+    refine = dict(lstsq_tokens=args.start_tokens, steps=args.steps, tokens_per_step=512, checkpoint_every=0)
+    snaps = tuple(args.snapshots)
     for part in args.only:
         if part == "logit":
             run_logit(b)
         elif part == "lstsq":
             run_lstsq(b)
         elif part == "before":
-            run_train(b, "before: lstsq 32k + 8 adam x 512", before if not args.quick else
-                      TrainConfig(optimizer="adam", steps=2, tokens_per_step=512, lstsq_tokens=4096, checkpoint_every=0),
-                      snapshot_steps=(2, 4))
-        elif part == "laptop":
-            run_train(b, "laptop preset (TrainConfig())", TrainConfig(checkpoint_every=0) if not args.quick else
-                      TrainConfig(lstsq_tokens=4096, steps=2, checkpoint_every=0), snapshot_steps=(1, 2, 4))
+            run_train(b, "before: lstsq 32k + 8 adam x 512", TrainConfig(
+                optimizer="adam", steps=8, tokens_per_step=512, lstsq_tokens=32768, checkpoint_every=0), (2, 4))
+        elif part == "adam":
+            run_train(b, f"lstsq {args.start_tokens // 1024}k + adam", TrainConfig(optimizer="adam", **refine), snaps)
+        elif part == "whitened":
+            for lr in args.whitened_lrs:
+                cfg = TrainConfig(optimizer="whitened", lr=lr, **refine)
+                preset = " (laptop preset)" if cfg == TrainConfig(checkpoint_every=0, lr=cfg.lr) and lr == 1.0 else ""
+                run_train(b, f"lstsq {args.start_tokens // 1024}k + whitened lr={lr:g}{preset}", cfg, snaps)
         elif part == "paper":
             run_paper_and_reference(b)
+        print(f"  [{time.perf_counter() - t_start:.0f} s, {load_average()}]", flush=True)
     print(table(b.points))
     figure(b.points, args.out)
-    print(f"figure written to {args.out}; whole run {time.perf_counter() - t_start:.0f} s")
+    print(f"figure written to {args.out}; whole run {time.perf_counter() - t_start:.0f} s; {load_average()}")
     return 0
 
 

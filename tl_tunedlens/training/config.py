@@ -22,8 +22,8 @@ import torch
 
 from ..errors import LensError
 
-OPTIMIZERS = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3}
+OPTIMIZERS = ("sgd", "adam", "whitened")
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3, "whitened": 1.0}
 LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -42,9 +42,12 @@ class TrainConfig:
     steps: int = field(default=8, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
     tokens_per_step: int = field(default=512, metadata=_option(
         "tokens per optimiser step, rounded down to whole sequences", min=1, unit="token"))
-    optimizer: str = field(default="adam", metadata=_option("optimiser", choices=OPTIMIZERS))
+    optimizer: str = field(default="adam", metadata=_option(
+        "optimiser; whitened: SGD on each translator's gradient times the inverse input second moment of the "
+        "least-squares sample (needs --init lstsq; see tl_tunedlens.training.precondition)", choices=OPTIMIZERS))
     lr: float | None = field(default=None, metadata=_option(
-        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam)",
+        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam, "
+        "1.0 whitened)",
         positive=True))
     momentum: float = field(default=0.9, metadata=_option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
     weight_decay: float = field(default=1e-3, metadata=_option("weight decay (pulls translators to identity)", min=0.0))
@@ -64,6 +67,8 @@ class TrainConfig:
     lstsq_tokens: int = field(default=32768, metadata=_option(
         "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
     ridge: float = field(default=1e-4, metadata=_option("relative ridge strength of the least-squares start", min=0.0))
+    damping: float = field(default=1e-3, metadata=_option(
+        "relative damping of the input second moment of --optimizer whitened", positive=True))
     layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
     time_budget: float | None = field(default=None, metadata=_option(
         "seconds for the whole fit: plans the least-squares sample and the KL steps from a short measured "
@@ -92,6 +97,8 @@ class TrainConfig:
             _check_field(f.name, getattr(self, f.name), f.metadata)
         if self.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers):
             raise LensError(f"layers={self.layers!r}: pass a list of layer numbers")
+        if self.optimizer == "whitened" and self.init != "lstsq":
+            raise LensError("--optimizer whitened needs the least-squares start's statistics: use --init lstsq")
         if not self.warmup_steps < self.steps:
             raise LensError(f"warmup of {self.warmup_steps} steps must be >= 0 and below the {self.steps} steps")
 

@@ -36,9 +36,10 @@ from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
 from .decoder import Decoder, make_decoder, resolve_matmul_dtype
 from .loss import accumulate_lens_grads, diverged
-from .lstsq import lstsq_init_
+from .lstsq import collect_stats, fit_from_stats_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
+from .precondition import Whitener
 
 from ..core.backend import Model
 
@@ -80,6 +81,7 @@ class Run:
     resume_state: dict | None = None  # the checkpoint to continue from, until start() applies it
     plan: BudgetPlan | None = None    # with a time budget: the plan, and the deadline (perf_counter)
     deadline: float | None = None
+    whitener: Whitener | None = None  # optimizer="whitened": the least-squares sample's input moments
     step: int = 0
     losses: list[float] = field(default_factory=list)
     layer_losses: list[float] = field(default_factory=list)
@@ -233,6 +235,8 @@ def start(run: Run, *, progress: bool) -> None:
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
         run.elapsed = float(state.get("seconds", 0.0))
         run.step_seconds = list(state.get("step_seconds", []))
+        if "whitener" in state:
+            run.whitener = Whitener.from_state_dict(state["whitener"])
         run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
@@ -240,8 +244,11 @@ def start(run: Run, *, progress: bool) -> None:
         fit_deadline = None
         if run.deadline is not None:   # the sample's share of the budget, ending where the planned steps begin
             fit_deadline = run.deadline - run.plan.steps * run.plan.predicted_step_s
-        run.info.update(lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
-                                    micro_batch=run.micro, progress=progress, deadline=fit_deadline))
+        stats = collect_stats(run.model, run.lens, fit, layers=run.layers, micro_batch=run.micro, progress=progress,
+                              centre=run.lens.bias, deadline=fit_deadline)
+        run.info.update(fit_from_stats_(run.lens, stats, run.cfg.ridge))
+        if run.cfg.optimizer == "whitened":
+            run.whitener = Whitener.from_stats(stats, run.lens.bias, run.cfg.damping)
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
 
@@ -265,6 +272,8 @@ def train_step(run: Run) -> None:
         del resids
     if cfg.clip:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
+    if run.whitener is not None:
+        run.whitener.apply_(lens)
     run.optimizer.step()
     run.scheduler.step()
     for layer in run.layers:
@@ -284,6 +293,7 @@ def save_run(run: Run) -> None:
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
         "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
+        **({"whitener": run.whitener.state_dict()} if run.whitener is not None else {}),
         # on the deadline's own clock: a resume gets exactly what the stopped run had left (not budget - seconds,
         # which leaves out the time between steps)
         **({"budget_left_s": run.deadline - time.perf_counter()} if run.deadline is not None else {}),
