@@ -9,9 +9,10 @@ between snapshots are not counted). Recipes:
 - ``logit lens``: no fit;
 - ``lstsq N``: the least-squares start alone, one pass with a snapshot at each sample size N;
 - ``before``: the previous demo recipe, a 32,768-token start + 8 Adam steps x 512 tokens (``--only before``);
-- ``adam``: the ``--start-tokens`` start + ``--steps`` Adam steps x 512 tokens (the refinement before this bench);
+- ``adam``: the ``--start-tokens`` start + ``--steps`` Adam steps x 512 tokens (by default the laptop
+  preset, ``TrainConfig()``; a row that equals it is marked);
 - ``whitened lr=X``: the same start + ``--steps`` whitened steps (:mod:`tl_tunedlens.training.precondition`)
-  for each ``--whitened-lrs``; the laptop preset (``TrainConfig()``) is marked where it is one of them;
+  for each ``--whitened-lrs``;
 - ``paper``: identity start, SGD-Nesterov (the paper preset) with 512-token steps for ``--paper-s``
   seconds (``time_budget``), then the reference ``tuned-lens==0.2.0`` loop (``bench/reference_loop.py``,
   its lens class, fp32) on the Hugging Face model, the same sequences in the same order, for the same
@@ -20,13 +21,14 @@ between snapshots are not counted). Recipes:
 Snapshots along each run (after the start and at ``--snapshots`` steps) give the curves. Prints the
 table and ``uptime``'s load average (timings on a shared machine are inflated; compare rows of one
 run), and writes a plotly figure (``--out``, offline HTML). Not a test: ``.venv/bin/python
-bench/time_to_quality.py`` (about 15 min on 2 quiet CPU cores; ``--quick`` for a smoke run, ``--only``
+bench/time_to_quality.py`` (about 10 min on 2 quiet CPU cores; ``--quick`` for a smoke run, ``--only``
 for a subset, bigger samples with ``--lstsq-sizes``/``--max-fit-tokens``, longer paper runs with ``--paper-s``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,6 +71,7 @@ class Bench:
         self.resids = torch.cat(batches, 1)
         self.labels = self.held.sequences[:, 1:].flatten()
         self.points: list[Point] = []
+        self.starts: dict[int, tuple] = {}   # least-squares sample size -> (its sums, seconds of its pass)
         print(f"training sample: {len(self.train)} sequences x {SEQ_LEN} from {len(self.train.documents)} plays; "
               f"held-out: {self.resids.shape[1]} positions from {', '.join(self.held.documents)}", flush=True)
 
@@ -115,25 +118,30 @@ def run_lstsq(b: Bench) -> None:
             resids = flatten_tokens(capture_residuals(b.model, batch, lens.hook_names))
             stats.update(resids[:-1], resids[-1])
             done += len(batch)
+        b.starts[size] = (copy.deepcopy(stats), elapsed + time.perf_counter() - t0)  # the pass so far
         set_translators_(lens, stats.layers, solve_ridge(stats))
         elapsed += time.perf_counter() - t0
         b.record(f"lstsq {size // 1024}k", elapsed, lens, f"{stats.n} fit")
 
 
 def run_train(b: Bench, recipe: str, config, snapshot_steps=()) -> object:
-    """``train_lens`` with ``config``, a snapshot after the start and at ``snapshot_steps`` (and the end)."""
+    """``train_lens`` with ``config``, a snapshot after the start and at ``snapshot_steps`` (and the end).
+    A least-squares start whose sample ``run_lstsq`` has already read starts from its sums; that pass's
+    time (measured there) is added to the row."""
     from tl_tunedlens import TunedLens
     from tl_tunedlens.training import train_lens
 
     lens = TunedLens.from_model(b.model)
     fit_tokens = lambda run: run.info.get("lstsq_tokens", 0)
+    stats, pass_s = b.starts.get(config.lstsq_tokens, (None, 0.0)) if config.init == "lstsq" else (None, 0.0)
 
     def on_step(run):
-        if run.step in snapshot_steps or (run.step == 0 and fit_tokens(run)):
-            b.record(f"{recipe} @{run.step}", run.elapsed, lens, f"{fit_tokens(run)} fit + {run.step * run.step_tokens} KL")
+        if run.step in snapshot_steps or (run.step == 0 and fit_tokens(run) and stats is None):
+            b.record(f"{recipe} @{run.step}", pass_s + run.elapsed, lens,
+                     f"{fit_tokens(run)} fit + {run.step * run.step_tokens} KL")
 
-    result = train_lens(b.model, lens, b.train.sequences, config, progress=False, on_step=on_step)
-    b.record(recipe, result.seconds, lens, f"{fit_tokens(result)} fit + {result.tokens_seen} KL")
+    result = train_lens(b.model, lens, b.train.sequences, config, progress=False, on_step=on_step, stats=stats)
+    b.record(recipe, pass_s + result.seconds, lens, f"{fit_tokens(result)} fit + {result.tokens_seen} KL")
     return result
 
 
@@ -144,6 +152,7 @@ def run_paper_and_reference(b: Bench) -> None:
     from tl_tunedlens import TunedLens
     from tl_tunedlens.models.embedded import load_hf_smollm2
     from tl_tunedlens.training import TrainConfig
+    from tl_tunedlens.training.config import DEFAULT_LR
     from tl_tunedlens.training.order import step_sequences
 
     cfg = TrainConfig.preset("paper", tokens_per_step=512, time_budget=b.args.paper_s, checkpoint_every=0,
@@ -196,6 +205,18 @@ def figure(points: list[Point], path: str) -> None:
     write_html(fig, path)
 
 
+def preset_mark(cfg) -> str:
+    """`` (laptop preset)`` where ``cfg`` trains like ``TrainConfig()`` (checkpoints aside, the learning rate resolved)."""
+    import dataclasses
+
+    from tl_tunedlens.training.config import DEFAULT_LR, TrainConfig
+
+    def key(c):
+        return {**dataclasses.asdict(c), "checkpoint_every": 0, "lr": c.lr or DEFAULT_LR[c.optimizer]}
+
+    return " (laptop preset)" if key(cfg) == key(TrainConfig()) else ""
+
+
 def load_average() -> str:
     import os
 
@@ -203,15 +224,20 @@ def load_average() -> str:
 
 
 def main() -> int:
+    from tl_tunedlens.training import TrainConfig
+    from tl_tunedlens.training.config import DEFAULT_LR
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="time_to_quality.html", help="plotly figure (offline HTML)")
     parser.add_argument("--eval-seqs", type=int, default=4, help="held-out sequences of 256 tokens scored")
     parser.add_argument("--lstsq-sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--max-fit-tokens", type=int, default=32768)
-    parser.add_argument("--start-tokens", type=int, default=16384, help="least-squares start of adam/whitened")
-    parser.add_argument("--steps", type=int, default=4, help="KL steps x 512 tokens of adam/whitened")
+    parser.add_argument("--start-tokens", type=int, default=TrainConfig().lstsq_tokens,
+                        help="least-squares start of adam/whitened (default: the laptop preset's)")
+    parser.add_argument("--steps", type=int, default=TrainConfig().steps,
+                        help="KL steps x 512 tokens of adam/whitened (default: the laptop preset's)")
     parser.add_argument("--snapshots", type=int, nargs="*", default=[1, 2], help="steps with a snapshot")
-    parser.add_argument("--whitened-lrs", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--whitened-lrs", type=float, nargs="+", default=[DEFAULT_LR["whitened"]])
     parser.add_argument("--paper-s", type=float, default=60.0, help="wall time of the paper recipe and the reference")
     parts = ["logit", "lstsq", "before", "adam", "whitened", "paper"]
     parser.add_argument("--only", nargs="+", default=["logit", "lstsq", "adam", "whitened", "paper"], choices=parts)
@@ -221,9 +247,8 @@ def main() -> int:
         args.lstsq_sizes, args.max_fit_tokens, args.start_tokens, args.steps = [1024, 2048], 2048, 1024, 1
         args.paper_s, args.eval_seqs, args.snapshots = 10.0, 1, []
     args.max_fit_tokens = max(args.max_fit_tokens, args.start_tokens, 32768 if "before" in args.only else 0)
+    args.lstsq_sizes = sorted({*args.lstsq_sizes, args.start_tokens})   # the refinements start from its sums
     torch.set_num_threads(2)
-    from tl_tunedlens.training import TrainConfig
-
     t_start = time.perf_counter()
     print(load_average(), flush=True)
     b = Bench(args)
@@ -238,12 +263,12 @@ def main() -> int:
             run_train(b, "before: lstsq 32k + 8 adam x 512", TrainConfig(
                 optimizer="adam", steps=8, tokens_per_step=512, lstsq_tokens=32768, checkpoint_every=0), (2, 4))
         elif part == "adam":
-            run_train(b, f"lstsq {args.start_tokens // 1024}k + adam", TrainConfig(optimizer="adam", **refine), snaps)
+            cfg = TrainConfig(optimizer="adam", **refine)
+            run_train(b, f"lstsq {args.start_tokens // 1024}k + adam{preset_mark(cfg)}", cfg, snaps)
         elif part == "whitened":
             for lr in args.whitened_lrs:
                 cfg = TrainConfig(optimizer="whitened", lr=lr, **refine)
-                preset = " (laptop preset)" if cfg == TrainConfig(checkpoint_every=0, lr=cfg.lr) and lr == 1.0 else ""
-                run_train(b, f"lstsq {args.start_tokens // 1024}k + whitened lr={lr:g}{preset}", cfg, snaps)
+                run_train(b, f"lstsq {args.start_tokens // 1024}k + whitened lr={lr:g}{preset_mark(cfg)}", cfg, snaps)
         elif part == "paper":
             run_paper_and_reference(b)
         print(f"  [{time.perf_counter() - t_start:.0f} s, {load_average()}]", flush=True)

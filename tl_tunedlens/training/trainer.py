@@ -7,7 +7,8 @@
 2. :func:`start` resumes from ``out_dir/checkpoint.pt`` or applies the least-squares start (:mod:`.lstsq`);
 3. :func:`train_step` runs one optimiser step: the model runs frozen, its residual streams are
    captured with hooks on ``lens.hook_names``, and :func:`~.loss.accumulate_lens_grads` adds the
-   loss gradient micro-batch by micro-batch; then clipping, the update, and a weight check;
+   loss gradient micro-batch by micro-batch; then clipping, the whitening of ``optimizer="whitened"``
+   (:mod:`.precondition`), the update, and a weight check;
 4. :func:`finish` freezes the lens again and returns a :class:`TrainResult`.
 
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
@@ -36,7 +37,7 @@ from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
 from .decoder import Decoder, make_decoder, resolve_matmul_dtype
 from .loss import accumulate_lens_grads, diverged
-from .lstsq import collect_stats, fit_from_stats_
+from .lstsq import RidgeStats, collect_stats, fit_from_stats_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
 from .precondition import Whitener
@@ -93,7 +94,7 @@ class Run:
 def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
                progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None,
-               on_step: Callable[[Run], None] | None = None) -> TrainResult:
+               on_step: Callable[[Run], None] | None = None, stats: RidgeStats | None = None) -> TrainResult:
     """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
 
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
@@ -102,12 +103,15 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
     (e.g. :meth:`~tl_tunedlens.data.tokens.TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
     ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given).
     ``on_step(run)`` is called after the start and after every step (e.g. to evaluate snapshots);
-    its time counts neither in ``result.seconds`` nor against the budget."""
+    its time counts neither in ``result.seconds`` nor against the budget. ``stats``: the least-squares
+    sums of this run's sample (:func:`~tl_tunedlens.training.lstsq.collect_stats` over its first
+    ``lstsq_sequences``, in stream order), already collected: the start only solves them (e.g. to
+    compare refinements from one start; the pass's time is then not in ``result.seconds``)."""
     from tqdm.auto import tqdm
 
     t_begin = time.perf_counter()
     run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan, t_begin=t_begin)
-    start(run, progress=progress)
+    start(run, progress=progress, stats=stats)
     _call(on_step, run)
     bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
     while run.step < run.cfg.steps and not out_of_time(run):
@@ -224,8 +228,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def start(run: Run, *, progress: bool) -> None:
-    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``)."""
+def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
+    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``,
+    from ``stats`` when given)."""
     state = run.resume_state
     if state is not None:
         _check_resumable(state, run.fingerprint, run.ckpt_path)
@@ -244,8 +249,9 @@ def start(run: Run, *, progress: bool) -> None:
         fit_deadline = None
         if run.deadline is not None:   # the sample's share of the budget, ending where the planned steps begin
             fit_deadline = run.deadline - run.plan.steps * run.plan.predicted_step_s
-        stats = collect_stats(run.model, run.lens, fit, layers=run.layers, micro_batch=run.micro, progress=progress,
-                              centre=run.lens.bias, deadline=fit_deadline)
+        if stats is None:
+            stats = collect_stats(run.model, run.lens, fit, layers=run.layers, micro_batch=run.micro,
+                                  progress=progress, centre=run.lens.bias, deadline=fit_deadline)
         run.info.update(fit_from_stats_(run.lens, stats, run.cfg.ridge))
         if run.cfg.optimizer == "whitened":
             run.whitener = Whitener.from_stats(stats, run.lens.bias, run.cfg.damping)
