@@ -152,7 +152,6 @@ def run_paper_and_reference(b: Bench) -> None:
     from tl_tunedlens import TunedLens
     from tl_tunedlens.models.embedded import load_hf_smollm2
     from tl_tunedlens.training import TrainConfig
-    from tl_tunedlens.training.config import DEFAULT_LR
     from tl_tunedlens.training.order import step_sequences
 
     cfg = TrainConfig.preset("paper", tokens_per_step=512, time_budget=b.args.paper_s, checkpoint_every=0,
