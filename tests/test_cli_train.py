@@ -126,7 +126,7 @@ def test_data_errors(tiny, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("tiny\n")
     code, _, err = _run(capsys, "train", "--data", str(short), "--split", "all", "--out", str(tmp_path / "o"),
-                        "--seq-len", "16", "--tokens-per-step", "16", "--init", "identity")
+                        "--seq-len", "16", "--tokens-per-step", "16", "--init", "identity", "--optimizer", "adam")
     assert code == 2 and "fewer than one sequence" in err
     jl = tmp_path / "d.jsonl"
     jl.write_text('{"body": "x"}\n')
@@ -137,7 +137,7 @@ def test_data_errors(tiny, tmp_path, capsys):
 def test_existing_checkpoint_needs_resume(tiny, texts, tmp_path, capsys):
     out = tmp_path / "o"
     args = ["train", "--data", str(texts), "--out", str(out), "--seq-len", "16", "--steps", "1",
-            "--tokens-per-step", "16", "--init", "identity", "--no-progress"]
+            "--tokens-per-step", "16", "--init", "identity", "--optimizer", "adam", "--no-progress"]
     assert _run(capsys, *args)[0] == 0
     code, _, err = _run(capsys, *args)
     assert code == 2 and "--resume" in err

@@ -4,8 +4,10 @@
 flags, their defaults and help are generated from its fields (see :mod:`tl_tunedlens.cli.common`),
 and it validates itself on construction. Two presets:
 
-- ``"laptop"`` (the defaults): a closed-form least-squares start on 32,768 tokens, then 8 Adam
-  steps of the KL objective x 512 tokens; a few minutes for SmolLM2-135M on 2 CPU cores.
+- ``"laptop"`` (the defaults): a closed-form least-squares start on 28,672 tokens, then 2 Adam
+  steps of the KL objective x 512 tokens; under two minutes for SmolLM2-135M on 2 quiet CPU cores
+  (the start's sample is the lever that pays most per second; ``bench/time_to_quality.py`` compares
+  recipes, ``optimizer="whitened"`` is the preconditioned alternative to Adam).
 - ``"paper"``: Belrose et al. (2023): identity start, 250 steps x 2^18 tokens, SGD with Nesterov
   momentum 0.9, lr 1.0 (torch lr = lr x (1 - momentum)), weight decay 1e-3, clipping at 1.0,
   linear decay to zero (the paper also uses sequences of 2048 tokens: ``--seq-len 2048``).
@@ -24,8 +26,8 @@ import torch
 
 from ..errors import LensError
 
-OPTIMIZERS = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3}
+OPTIMIZERS = ("sgd", "adam", "whitened")
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3, "whitened": 20.0}
 LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -42,12 +44,15 @@ def _option(help: str, **rules: Any) -> dict[str, Any]:
 class TrainConfig:
     """Trainer settings (defaults: the ``"laptop"`` preset; :meth:`~tl_tunedlens.training.config.TrainConfig.preset` ``"paper"`` for the paper's)."""
 
-    steps: int = field(default=8, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
+    steps: int = field(default=2, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
     tokens_per_step: int = field(default=512, metadata=_option(
         "tokens per optimiser step, rounded down to whole sequences", min=1, unit="token"))
-    optimizer: str = field(default="adam", metadata=_option("optimiser", choices=OPTIMIZERS))
+    optimizer: str = field(default="adam", metadata=_option(
+        "optimiser; whitened: SGD on each translator's gradient times the inverse input second moment of the "
+        "least-squares sample (needs --init lstsq; see tl_tunedlens.training.precondition)", choices=OPTIMIZERS))
     lr: float | None = field(default=None, metadata=_option(
-        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam)",
+        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam, "
+        "20 whitened)",
         positive=True))
     momentum: float = field(default=0.9, metadata=_option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
     weight_decay: float = field(default=1e-3, metadata=_option("weight decay (pulls translators to identity)", min=0.0))
@@ -64,9 +69,11 @@ class TrainConfig:
     checkpoint_every: int = field(default=10, metadata=_option("steps between checkpoints, 0 for none", min=0, unit="step"))
     init: str = field(default="lstsq", metadata=_option(
         "identity (= the logit lens) or the closed-form ridge-regression start", choices=INITS))
-    lstsq_tokens: int = field(default=32768, metadata=_option(
+    lstsq_tokens: int = field(default=28672, metadata=_option(
         "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
     ridge: float = field(default=1e-4, metadata=_option("relative ridge strength of the least-squares start", min=0.0))
+    damping: float = field(default=1e-3, metadata=_option(
+        "relative damping of the input second moment of --optimizer whitened", positive=True))
     layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
     time_budget: float | None = field(default=None, metadata=_option(
         "seconds for the whole fit: plans the least-squares sample and the KL steps from a short measured "
@@ -103,6 +110,9 @@ class TrainConfig:
                     raise LensError(f"{f.name}={value!r}: pass a non-empty list of layer numbers")
                 continue
             check_option(f.name, value, f.metadata, kind)
+        if self.optimizer == "whitened" and self.init != "lstsq":
+            raise LensError("--optimizer whitened needs the least-squares start's statistics: use --init lstsq "
+                            "(or --optimizer adam/sgd with --init identity)")
         if not self.warmup_steps < self.steps:
             raise LensError(f"warmup of {self.warmup_steps} steps must be >= 0 and below the {self.steps} steps")
 

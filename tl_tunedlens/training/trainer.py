@@ -7,7 +7,8 @@
 2. :func:`start` resumes from ``out_dir/checkpoint.pt`` or applies the least-squares start (:mod:`.lstsq`);
 3. :func:`train_step` runs one optimiser step: the model runs frozen, its residual streams are
    captured with hooks on ``lens.hook_names``, and :func:`~.loss.accumulate_lens_grads` adds the
-   loss gradient micro-batch by micro-batch; then clipping, the update, and a weight check;
+   loss gradient micro-batch by micro-batch; then clipping, the whitening of ``optimizer="whitened"``
+   (:mod:`.precondition`), the update, and a weight check;
 4. :func:`finish` freezes the lens again and returns a :class:`TrainResult`.
 
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
@@ -24,7 +25,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from jaxtyping import Int
@@ -37,9 +38,10 @@ from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
 from .decoder import Decoder, make_decoder, resolve_matmul_dtype
 from .loss import DivergenceWatch, accumulate_lens_grads, diverged
-from .lstsq import lstsq_init_
+from .lstsq import RidgeStats, collect_stats, fit_from_stats_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
+from .precondition import Whitener
 
 from ..core.backend import Model
 
@@ -81,6 +83,7 @@ class Run:
     resume_state: dict | None = None  # the checkpoint to continue from, until start() applies it
     plan: BudgetPlan | None = None    # with a time budget: the plan, and the deadline (perf_counter)
     deadline: float | None = None
+    whitener: Whitener | None = None  # optimizer="whitened": the least-squares sample's input moments
     step: int = 0
     losses: list[float] = field(default_factory=list)
     layer_losses: list[float] = field(default_factory=list)
@@ -92,31 +95,48 @@ class Run:
 
 def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None) -> TrainResult:
+               progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None,
+               on_step: Callable[[Run], None] | None = None, stats: RidgeStats | None = None) -> TrainResult:
     """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
 
     With ``out_dir``, a checkpoint ``out_dir/checkpoint.pt`` is written every
     ``config.checkpoint_every`` steps and at the end; ``resume=True`` continues from it. The final
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
     (e.g. :meth:`~tl_tunedlens.data.tokens.TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
-    ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given)."""
+    ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given).
+    ``on_step(run)`` is called after the start and after every step (e.g. to evaluate snapshots);
+    its time counts neither in ``result.seconds`` nor against the budget. ``stats``: the least-squares
+    sums of this run's sample (:func:`~tl_tunedlens.training.lstsq.collect_stats` over its first
+    ``lstsq_sequences``, in stream order), already collected: the start only solves them (e.g. to
+    compare refinements from one start; the pass's time is then not in ``result.seconds``)."""
     from tqdm.auto import tqdm
 
     t_begin = time.perf_counter()
     run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan, t_begin=t_begin)
-    start(run, progress=progress)
+    start(run, progress=progress, stats=stats)
+    _call(on_step, run)
     bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
     while run.step < run.cfg.steps and not out_of_time(run):
         train_step(run)
         if run.ckpt_path is not None and run.cfg.checkpoint_every and (
                 run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
             save_run(run)
+        _call(on_step, run)
         bar.update(1)
         bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
     bar.close()
     if run.step < run.cfg.steps and run.ckpt_path is not None:   # stopped by the budget: keep where it got
         save_run(run)
     return finish(run, data_info)
+
+
+def _call(on_step: Callable[[Run], None] | None, run: Run) -> None:
+    """Run the caller's callback off the clock: its time is added back to the deadline."""
+    if on_step is not None:
+        t0 = time.perf_counter()
+        on_step(run)
+        if run.deadline is not None:
+            run.deadline += time.perf_counter() - t0
 
 
 def plan_run(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int) -> BudgetPlan:
@@ -171,9 +191,10 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
     saved_info = state.get("info", {}) if state else {}
     deadline = None
     if cfg.time_budget is not None:
-        if "budget" in saved_info:     # the plan the run started with; the time already spent counts
+        if "budget" in saved_info:     # the plan the run started with, and the budget it had left
             plan = BudgetPlan.from_info(saved_info["budget"])
-            deadline = t_begin + cfg.time_budget - float(state.get("seconds", 0.0))
+            left = state.get("budget_left_s", cfg.time_budget - float(state.get("seconds", 0.0)))
+            deadline = t_begin + float(left)
         elif plan is None:
             plan = plan_run(model, lens, cfg, seq_len)
             deadline = t_begin + cfg.time_budget
@@ -209,8 +230,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def start(run: Run, *, progress: bool) -> None:
-    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``)."""
+def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
+    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``,
+    from ``stats`` when given)."""
     state = run.resume_state
     if state is not None:
         _check_resumable(state, run.fingerprint, run.ckpt_path)
@@ -221,6 +243,8 @@ def start(run: Run, *, progress: bool) -> None:
         run.elapsed = float(state.get("seconds", 0.0))
         run.step_seconds = list(state.get("step_seconds", []))
         run.watch.load_state_dict(state.get("divergence"))
+        if "whitener" in state:
+            run.whitener = Whitener.from_state_dict(state["whitener"])
         run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
@@ -228,8 +252,12 @@ def start(run: Run, *, progress: bool) -> None:
         fit_deadline = None
         if run.deadline is not None:   # the sample's share of the budget, ending where the planned steps begin
             fit_deadline = run.deadline - run.plan.steps * run.plan.predicted_step_s
-        run.info.update(lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
-                                    micro_batch=run.micro, progress=progress, deadline=fit_deadline))
+        if stats is None:
+            stats = collect_stats(run.model, run.lens, fit, layers=run.layers, micro_batch=run.micro,
+                                  progress=progress, centre=run.lens.bias, deadline=fit_deadline)
+        run.info.update(fit_from_stats_(run.lens, stats, run.cfg.ridge))
+        if run.cfg.optimizer == "whitened":
+            run.whitener = Whitener.from_stats(stats, run.lens.bias, run.cfg.damping)
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
 
@@ -253,6 +281,8 @@ def train_step(run: Run) -> None:
         del resids
     if cfg.clip:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
+    if run.whitener is not None:
+        run.whitener.apply_(lens)
     run.optimizer.step()
     run.scheduler.step()
     for layer in run.layers:
@@ -274,6 +304,10 @@ def save_run(run: Run) -> None:
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
         "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
         "divergence": run.watch.state_dict(),
+        **({"whitener": run.whitener.state_dict()} if run.whitener is not None else {}),
+        # on the deadline's own clock: a resume gets exactly what the stopped run had left (not budget - seconds,
+        # which leaves out the time between steps)
+        **({"budget_left_s": run.deadline - time.perf_counter()} if run.deadline is not None else {}),
     })
 
 
