@@ -83,8 +83,10 @@ class Whitener:
             b.grad.copy_(grad[:, -1])
 
     def state_dict(self) -> dict:
+        """The layers and their inverse second moments, for a checkpoint."""
         return {"layers": self.layers, "inverses": self.inverses}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "Whitener":
+        """The whitener a checkpoint saved (:meth:`state_dict`), for a resume."""
         return cls(state["layers"], state["inverses"])
