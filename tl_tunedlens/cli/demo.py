@@ -1,7 +1,7 @@
 """``tl-tunedlens demo``: the main job on the embedded default (SmolLM2-135M + Shakespeare, offline).
 
 Train a tuned lens for every layer with the default training settings (the ``laptop`` preset of
-:class:`~tl_tunedlens.training.config.TrainConfig`: a least-squares start, then a few whitened KL
+:class:`~tl_tunedlens.training.config.TrainConfig`: a least-squares start, then a few Adam KL
 steps on other sequences), on sequences drawn across all the training plays; evaluate it against the
 logit lens on sequences drawn across the held-out plays; print the per-layer table, the fit time and
 the held-out mean KL, and write the lens, ``metrics.json``, ``report.md``, the offline trajectory
