@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import shutil
 from pathlib import Path
 
 from sphinx.util import logging
@@ -40,6 +41,8 @@ html_title = "tl_tunedlens"
 html_static_path = ["_static"]
 
 # --- API reference ---------------------------------------------------------------------
+# generated pages are rebuilt from the code each time: stale ones (a name that moved) would be orphans
+shutil.rmtree(Path(__file__).parent / "_autosummary", ignore_errors=True)
 autosummary_generate = True
 autosummary_ignore_module_all = True   # each name is documented where it is defined
 autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True, "member-order": "bysource"}
