@@ -57,9 +57,9 @@ napoleon_numpy_docstring = False
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(torch|transformer_lens|jaxtyping|numpy|np|plotly|go|circuitsvis|huggingface_hub|safetensors"
-               r"|pathlib|os|typing|collections|types|dataclasses|argparse|concurrent|tqdm|werkzeug|transformers)(\..*)?"),
+               r"|pathlib|os|typing|collections|types|dataclasses|argparse|concurrent|tqdm|werkzeug|transformers|sae_lens)(\..*)?"),
     (r"py:.*", r"(Tensor|Float|Int|Path|PathLike|Callable|Sequence|Mapping|Iterator|Iterable|Any|Decoder|nn\..*"
-               r"|HookedTransformer|TransformerBridge|Model|ActivationCache|HookPoint|RenderedHTML|Figure|TypedDict|Generator)"),
+               r"|HookedTransformer|TransformerBridge|Model|SAE|HookedSAETransformer|ActivationCache|HookPoint|RenderedHTML|Figure|TypedDict|Generator)"),
     (r"py:.*", r".*\[.*"),   # jaxtyping shapes such as Float[Tensor, 'batch pos d_model']
     (r"py:class", r"(int|float|str|bool|dict|list|tuple|None|type|object|bytes|optional)"),
 ]

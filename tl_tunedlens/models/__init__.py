@@ -10,7 +10,7 @@
 - ``backend="auto"`` (default): ``"hooked"`` where TransformerLens still has it and the source is a name,
   else ``"bridge"``.
 
-``sae_transformer=True`` (or :func:`~.sae.as_sae_transformer` on a model already loaded) gives sae-lens's
+``sae_transformer=True`` (or :func:`~tl_tunedlens.models.sae.as_sae_transformer` on a model already loaded) gives sae-lens's
 ``HookedSAETransformer`` / ``SAETransformerBridge`` instead, without the hub (:mod:`.sae`, extra ``[sae]``).
 
 A hub name with the hub unreachable (or ``HF_HUB_OFFLINE=1`` and the model not cached) fails at once
@@ -93,7 +93,7 @@ def load_model(
     flags default to TransformerLens's own (``fold_ln``, ``center_writing_weights``, ``center_unembed``;
     on a Bridge they are compatibility mode's, off entirely with ``compatibility_mode=False``); lens
     log-probs are the same under all of them. ``sae_transformer=True``: return sae-lens's
-    ``HookedSAETransformer`` / ``SAETransformerBridge`` of the model (:func:`~.sae.as_sae_transformer`).
+    ``HookedSAETransformer`` / ``SAETransformerBridge`` of the model (:func:`~tl_tunedlens.models.sae.as_sae_transformer`).
     Extra keyword arguments go to ``HookedTransformerConfig`` (embedded model),
     ``HookedTransformer.from_pretrained`` or ``TransformerBridge.boot_transformers``."""
     dtype = parse_dtype(dtype)

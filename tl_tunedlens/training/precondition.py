@@ -52,7 +52,7 @@ def input_moments(stats: RidgeStats, bias: bool = True) -> Float[Tensor, "layer 
 
 
 class Whitener:
-    """The inverse damped input second moment of each trained layer; :meth:`apply_` whitens the gradients."""
+    """The inverse damped input second moment of each trained layer; :meth:`~tl_tunedlens.training.precondition.Whitener.apply_` whitens the gradients."""
 
     def __init__(self, layers: list[int], inverses: Float[Tensor, "layer k k"]):
         self.layers = list(layers)

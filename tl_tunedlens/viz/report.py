@@ -3,7 +3,7 @@
 plotly.js and the circuitsvis bundle are inlined once each, so the page makes no network
 request. ``write_report(path, model, lens, text)`` is what ``tl-tunedlens show`` and
 ``make demo`` call; with ``sae=`` (an sae-lens SAE on a lens site of an sae-lens model) the page also
-shows the SAE experiments of :mod:`tl_tunedlens.analysis.sae` (:mod:`.sae`'s figures).
+shows the SAE experiments of :mod:`tl_tunedlens.analysis.sae` (:mod:`tl_tunedlens.viz.sae`'s figures).
 """
 
 from __future__ import annotations
