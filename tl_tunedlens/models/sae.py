@@ -1,4 +1,4 @@
-"""sae-lens's model classes, without the hub: :func:`as_sae_transformer`.
+"""sae-lens's model classes, without the hub: :func:`~tl_tunedlens.models.sae.as_sae_transformer`.
 
 sae-lens (the optional extra ``[sae]``, TransformerLens 3.x only) attaches SAEs to a
 ``HookedSAETransformer`` or, for a ``TransformerBridge``, an ``SAETransformerBridge``; its own
