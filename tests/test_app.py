@@ -318,9 +318,9 @@ def test_cli_serve_end_to_end(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--lens", "/nonexistent/lens"], "lens folder /nonexistent/lens does not exist"),
-    (["--port", "70000"], "--port must be between 0 and 65535"),
-    (["--max-tokens", "0"], "max_tokens must be at least 1"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--port", "70000"], "--port: 70000: use at most 65535"),
+    (["--max-tokens", "0"], "--max-tokens: 0: use at least 1"),
+    (["--threads", "0"], "--threads: 0: use at least 1"),
 ])
 def test_cli_serve_errors_before_loading_the_model(argv, message, monkeypatch, capsys):
     import tl_tunedlens.cli.serve as cli_serve

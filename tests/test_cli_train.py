@@ -78,6 +78,29 @@ def test_train_then_eval_end_to_end(tiny, texts, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_train_on_resid_mid_then_eval_with_transfer(tiny, texts, tmp_path, capsys):
+    out = tmp_path / "mid"
+    code, _, err = _run(capsys, "train", "--data", str(texts), "--out", str(out), "--seq-len", "16", "--steps", "2",
+                        "--tokens-per-step", "64", "--lstsq-tokens", "128", "--hooks", "resid_mid", "--no-progress")
+    assert code == 0, err
+    assert TunedLens.load(out, tiny).hook_names == ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid",
+                                                    "blocks.1.hook_resid_post"]
+    metrics_file, page = tmp_path / "m.json", tmp_path / "page.html"
+    code, stdout, err = _run(capsys, "eval", "--data", str(texts), "--lens", str(out), "--seq-len", "16", "--tokens", "45",
+                             "--transfer", "--out", str(metrics_file), "--report", str(page), "--no-progress")
+    assert code == 0, err
+    metrics = json.loads(metrics_file.read_text())
+    assert [e["hook"] for e in metrics["layers"]][:2] == ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid"]
+    kl = metrics["transfer"]["kl"]
+    assert metrics["transfer"]["layers"] == [0, 1] and kl[1][1] == pytest.approx(metrics["layers"][1]["tuned"]["kl"])
+    assert "layer transfer" in stdout and "layer transfer" in page.read_text()
+    code, _, err = _run(capsys, "eval", "--data", str(texts), "--seq-len", "16", "--transfer", "--no-progress")
+    assert code == 2 and "--lens" in err
+    code, _, err = _run(capsys, "train", "--data", str(texts), "--out", str(tmp_path / "bad"), "--seq-len", "16",
+                        "--hooks", "blocks.0.attn.hook_z", "--no-progress")
+    assert code == 2 and "not a residual-stream hook point" in err
+
+
 @pytest.mark.parametrize("extra, pattern", [
     (["--seq-len", "64"], "exceeds the model's context n_ctx=32"),
     (["--seq-len", "16", "--tokens-per-step", "8"], "below one sequence"),
@@ -103,7 +126,7 @@ def test_data_errors(tiny, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("tiny\n")
     code, _, err = _run(capsys, "train", "--data", str(short), "--split", "all", "--out", str(tmp_path / "o"),
-                        "--seq-len", "16", "--tokens-per-step", "16", "--init", "identity")
+                        "--seq-len", "16", "--tokens-per-step", "16", "--init", "identity", "--optimizer", "adam")
     assert code == 2 and "fewer than one sequence" in err
     jl = tmp_path / "d.jsonl"
     jl.write_text('{"body": "x"}\n')
@@ -114,7 +137,7 @@ def test_data_errors(tiny, tmp_path, capsys):
 def test_existing_checkpoint_needs_resume(tiny, texts, tmp_path, capsys):
     out = tmp_path / "o"
     args = ["train", "--data", str(texts), "--out", str(out), "--seq-len", "16", "--steps", "1",
-            "--tokens-per-step", "16", "--init", "identity", "--no-progress"]
+            "--tokens-per-step", "16", "--init", "identity", "--optimizer", "adam", "--no-progress"]
     assert _run(capsys, *args)[0] == 0
     code, _, err = _run(capsys, *args)
     assert code == 2 and "--resume" in err

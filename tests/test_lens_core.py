@@ -143,6 +143,28 @@ def test_negative_layers_count_from_the_end(model, tiny_tokens):
     assert normalize_layer(-2, n) == n - 1
 
 
+def test_layers_by_hook_name(model, tiny_tokens):
+    lens = randomize(TunedLens.from_model(model))
+    n = model.cfg.n_layers
+    for layer, name in enumerate(lens.hook_names):
+        assert lens.layer_of(name) == layer
+    assert lens.layer_of("blocks.1.hook_resid_post") == 2 and lens.layer_of("blocks.1.hook_resid_pre") == 1
+    assert lens.layer_of("blocks.1.hook_out") == 2 and lens.layer_of("blocks.1.hook_in") == 1  # Bridge names
+    assert lens.layer_of("blocks.1.hook_resid_post.hook_sae_output") == 2  # an sae-lens SAE at the site
+    assert lens.layer_of(f"blocks.{n - 1}.hook_resid_post") == n and lens.layer_of(-1) == n
+    h = torch.randn(3, model.cfg.d_model)
+    assert torch.equal(lens(h, "blocks.0.hook_resid_post"), lens(h, 1))
+    assert lens.hook_name("blocks.1.hook_resid_post") == "blocks.1.hook_resid_post"
+    by_name, by_number = LensRecord(), LensRecord()
+    model.run_with_hooks(tiny_tokens, fwd_hooks=lens.hooks(by_name, layers=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]))
+    model.run_with_hooks(tiny_tokens, fwd_hooks=lens.hooks(by_number, layers=[0, 2]))
+    assert by_name.layers == [0, 2] and torch.equal(by_name.stack(), by_number.stack())
+    with pytest.raises(LensError, match="'blocks.0.hook_mlp_out' is not a lens site"):
+        lens.layer_of("blocks.0.hook_mlp_out")
+    with pytest.raises(LensError, match=f"names block {n} but the model has blocks 0..{n - 1}"):
+        lens.layer_of(f"blocks.{n}.hook_resid_pre")
+
+
 def test_bias_false(model, tiny_tokens):
     lens = TunedLens.from_model(model, bias=False)
     assert all(t.bias is None for t in lens.translators)
@@ -217,7 +239,9 @@ def test_layer_out_of_range_is_a_clear_error(model, layer):
 
 
 def test_non_integer_layer_is_a_clear_error(model):
-    with pytest.raises(LensError, match="layer must be an int"):
+    with pytest.raises(LensError, match="layer must be an integer"):
+        TunedLens.from_model(model)(torch.randn(16), None)
+    with pytest.raises(LensError, match="'first' is not a lens site"):
         TunedLens.from_model(model)(torch.randn(16), "first")
 
 
@@ -253,7 +277,7 @@ def test_the_same_model_processed_differently_is_accepted(norm, backend):
 def test_a_cache_without_the_lens_hooks_is_a_clear_error(model, tiny_tokens):
     lens = TunedLens.from_model(model)
     _, cache = model.run_with_cache(tiny_tokens, names_filter=lambda name: name.endswith("hook_resid_post"))
-    with pytest.raises(LensError, match="names_filter=lens.hook_names"):
+    with pytest.raises(LensError, match="the cache has no hook point .blocks.0.hook_resid_pre.*names_filter=lens.names_filter"):
         lens.logits_from_cache(cache)
 
 

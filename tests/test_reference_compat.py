@@ -19,9 +19,15 @@ import pytest
 import torch
 
 from tl_tunedlens import LensError, TunedLens, UnembedMismatchError
+from tl_tunedlens.core.backend import hooked_transformer_class
 from tl_tunedlens.core.layers import resid_hook_name
 
 ref = pytest.importorskip("tuned_lens.nn", reason="the oracle needs `pip install --no-deps tuned-lens==0.2.0`")
+_surgery = pytest.importorskip("tuned_lens.model_surgery")
+if hooked_transformer_class() is None:
+    # TransformerLens 4.x: the oracle's `isinstance(model, tl.HookedTransformer)` raises; it only ever sees
+    # Hugging Face models here, so tell it TransformerLens is absent
+    _surgery._transformer_lens_available = False
 
 N_LAYERS, D_MODEL, D_VOCAB, N_CTX = 3, 32, 61, 32
 TOL = 1e-5

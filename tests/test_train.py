@@ -107,8 +107,10 @@ def test_only_chosen_layers_change(model, seqs):
     assert lens.translators[1].weight.abs().sum() > 0
 
 
-def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch):
-    cfg = dict(steps=6, tokens_per_step=32, micro_batch=1, checkpoint_every=2, init="lstsq", lstsq_tokens=64)
+@pytest.mark.parametrize("optimizer", ["sgd", "whitened"])
+def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch, optimizer):
+    cfg = dict(steps=6, tokens_per_step=32, micro_batch=1, checkpoint_every=2, init="lstsq", lstsq_tokens=64,
+               optimizer=optimizer)
     full = TunedLens.from_model(model)
     train_lens(model, full, seqs, paper(**cfg), out_dir=tmp_path / "a", progress=False)
 

@@ -25,7 +25,7 @@ from .core.hooks import LensRecord
 from .data import TokenData, load_tokens
 from .errors import LensError, ModelLoadError, TrainingDivergedError, UnembedMismatchError
 from .lens import Lens, LogitLens, TunedLens
-from .models import load_model
+from .models import as_sae_transformer, load_model
 from .training import TrainConfig, TrainResult, train_lens
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "LogitLens",
     "LensRecord",
     "load_model",
+    "as_sae_transformer",
     "train_lens",
     "TrainConfig",
     "TrainResult",

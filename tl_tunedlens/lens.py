@@ -10,8 +10,10 @@ next-token logits through the model's own frozen ``ln_final`` and ``unembed``::
 initialised to zero, so an untrained tuned lens equals the logit lens exactly. Layer
 ``n_layers`` has no translator: it decodes the final residual stream like the model does.
 The TransformerLens routes (``run_with_cache`` readers, ``lens.hooks(...)`` for
-``run_with_hooks``) come from :class:`tl_tunedlens.core.hooks.HooksMixin`; saving and loading
-from :mod:`tl_tunedlens.artifacts`.
+``run_with_hooks``, including subspace ablation) come from :class:`tl_tunedlens.core.hooks.HooksMixin`;
+inversion from :mod:`tl_tunedlens.core.inversion`; saving and loading from :mod:`tl_tunedlens.artifacts`.
+A lens reads the default hook points or any residual ones (``hook_names=``, :mod:`tl_tunedlens.core.layers`);
+``n_layers`` is its own number of translated layers, ``model_n_layers`` the model's.
 
 >>> model = load_model("smollm2-135m")
 >>> lens = TunedLens.from_model(model)             # untrained: equals the logit lens
@@ -33,7 +35,8 @@ from .artifacts.reference import model_unembed_hash
 from .core.backend import Model, model_facts
 from .core.basis import residual_stream_kind
 from .core.hooks import HooksMixin
-from .core.layers import normalize_layer, resid_hook_names
+from .core.inversion import Inversion, invert
+from .core.layers import is_default_convention, layer_labels, lens_hook_names, normalize_layer
 from .core.unembed import Unembed, to_log_probs
 from .errors import LensError
 
@@ -52,10 +55,14 @@ class Lens(HooksMixin, nn.Module):
     #: "centred" (center_writing_weights on a LayerNorm model) or None (unknown, or no translators)
     residual_stream: str | None = None
 
-    def __init__(self, unembed: Unembed, n_layers: int, model_name: str | None = None):
+    def __init__(self, unembed: Unembed, n_layers: int, model_name: str | None = None, *,
+                 hook_names: str | Sequence[str] | None = None):
         super().__init__()
         self.unembed = unembed  # a plain object: not a submodule, never in state_dict
-        self.n_layers = int(n_layers)
+        #: the model's number of blocks; the lens's own layers are ``0..n_layers`` (one per hook name)
+        self.model_n_layers = int(n_layers)
+        self._hook_names = lens_hook_names(self.model_n_layers, hook_names)
+        self.n_layers = len(self._hook_names) - 1
         self.d_model = unembed.d_model
         self.d_vocab = unembed.d_vocab
         self.model_name = model_name
@@ -66,18 +73,39 @@ class Lens(HooksMixin, nn.Module):
     # --- layer indexing ---------------------------------------------------------------
     @property
     def hook_names(self) -> list[str]:
-        """Hook name read by each lens layer ``0..n_layers`` (usable as ``names_filter``)."""
-        return resid_hook_names(self.n_layers)
+        """Hook name read by each lens layer ``0..n_layers`` (usable as ``names_filter``); the last is
+        the model's final residual stream (see :mod:`tl_tunedlens.core.layers`)."""
+        return list(self._hook_names)
+
+    @property
+    def default_convention(self) -> bool:
+        """Whether lens layer ``i`` is the residual stream after ``i`` blocks (the default hook points)."""
+        return is_default_convention(self._hook_names, self.model_n_layers)
+
+    @property
+    def layer_labels(self) -> list[str]:
+        """Display labels of lens layers ``0..n_layers`` (numbers, or short hook names, then ``"output"``)."""
+        return layer_labels(self.n_layers, self._hook_names)
 
     @property
     def layers(self) -> list[int]:
+        """Every lens layer, ``0..n_layers`` (the last is the model's own output)."""
         return list(range(self.n_layers + 1))
 
-    def layer_index(self, layer: int) -> int:
-        """Normalise ``layer`` (negative counts from the end) to ``0..n_layers``."""
+    def layer_index(self, layer: int | str) -> int:
+        """Normalise ``layer`` (negative counts from the end, or the hook name it reads) to ``0..n_layers``."""
+        if isinstance(layer, str) and layer in self.hook_names:
+            return self.hook_names.index(layer)
         return normalize_layer(layer, self.n_layers)
 
-    def hook_name(self, layer: int) -> str:
+    def layer_of(self, hook_name: str | int) -> int:
+        """The lens layer that reads ``hook_name``: ``lens.layer_of("blocks.10.hook_resid_post") == 11``
+        (``blocks.{i}.hook_resid_pre`` is layer ``i``; Bridge names and the hook points of an sae-lens SAE
+        at the site, e.g. ``sae.cfg.metadata.hook_name``, alike). Every method that takes a layer
+        number takes such a name too."""
+        return self.layer_index(hook_name)
+
+    def hook_name(self, layer: int | str) -> str:
         """The hook name read by lens layer ``layer`` (negative counts from the end)."""
         return self.hook_names[self.layer_index(layer)]
 
@@ -121,6 +149,11 @@ class Lens(HooksMixin, nn.Module):
             )
         return torch.stack([self(h, i) for i, h in enumerate(resids)])
 
+    def invert(self, target_log_probs: Float[Tensor, "*batch d_vocab"], layer: int, **kwargs: Any) -> Inversion:
+        """A residual ``h`` at lens layer ``layer`` (before the final norm, what the hook sees) whose lens
+        decoding matches ``target_log_probs``, and the KL reached; see :func:`~tl_tunedlens.core.inversion.invert`."""
+        return invert(self, target_log_probs, layer, **kwargs)
+
     # --- the right model --------------------------------------------------------------
     def check_model(self, model: Model) -> None:
         """Raise ``UnembedMismatchError`` unless ``model`` has this lens's unembedding (and, for a
@@ -138,9 +171,9 @@ class Lens(HooksMixin, nn.Module):
 
     def check_unembed(self, unembed: Unembed, n_layers: int) -> None:
         """Raise ``UnembedMismatchError`` (or ``LensError`` for the layer count) unless ``unembed`` is this lens's."""
-        if n_layers != self.n_layers:
+        if n_layers != self.model_n_layers:
             raise LensError(
-                f"this lens has {self.n_layers} layers but the model has {n_layers}: "
+                f"this lens has {self.model_n_layers} layers but the model has {n_layers}: "
                 "use the model the lens was trained on"
             )
         if unembed.same_modules(self.unembed):
@@ -151,7 +184,8 @@ class Lens(HooksMixin, nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"n_layers={self.n_layers}, d_model={self.d_model}, d_vocab={self.d_vocab}"
+        hooks = "" if self.default_convention else f", hook_names={self._hook_names[:-1]}"
+        return f"n_layers={self.n_layers}, d_model={self.d_model}, d_vocab={self.d_vocab}{hooks}"
 
 
 class LogitLens(Lens):
@@ -160,10 +194,12 @@ class LogitLens(Lens):
     lens_type = "logit_lens"
 
     @classmethod
-    def from_model(cls, model: Model) -> "LogitLens":
-        """The logit lens of ``model``: its own ``ln_final`` and unembedding at every layer."""
+    def from_model(cls, model: Model, *, hook_names: str | Sequence[str] | None = None) -> "LogitLens":
+        """The logit lens of ``model``: its own ``ln_final`` and unembedding at every layer
+        (``hook_names``: other residual hook points, see :func:`~tl_tunedlens.core.layers.lens_hook_names`)."""
         facts = model_facts(model)
-        return cls(Unembed(model), facts.n_layers, model_name=facts.model_name)
+        return _checked_hooks(cls(Unembed(model), facts.n_layers, model_name=facts.model_name, hook_names=hook_names),
+                              model)
 
 
 class TunedLens(Lens):
@@ -178,8 +214,9 @@ class TunedLens(Lens):
 
     def __init__(self, unembed: Unembed, n_layers: int, *, bias: bool = True, dtype: torch.dtype | None = None,
                  model_name: str | None = None, residual_stream: str | None = None,
-                 reference_unembed_hash: str | None = None, training_info: dict[str, Any] | None = None):
-        super().__init__(unembed, n_layers, model_name)
+                 reference_unembed_hash: str | None = None, training_info: dict[str, Any] | None = None,
+                 hook_names: str | Sequence[str] | None = None):
+        super().__init__(unembed, n_layers, model_name, hook_names=hook_names)
         self.bias = bool(bias)
         self.residual_stream = residual_stream
         self.reference_unembed_hash = reference_unembed_hash
@@ -192,13 +229,19 @@ class TunedLens(Lens):
         self.reset_parameters()
 
     @classmethod
-    def from_model(cls, model: Model, *, bias: bool = True,
-                   dtype: torch.dtype | None = None) -> "TunedLens":
-        """An untrained (identity) tuned lens for ``model``: equal to the logit lens exactly."""
+    def from_model(cls, model: Model, *, bias: bool = True, dtype: torch.dtype | None = None,
+                   hook_names: str | Sequence[str] | None = None) -> "TunedLens":
+        """An untrained (identity) tuned lens for ``model``: equal to the logit lens exactly.
+
+        ``hook_names``: read other residual hook points than the default, e.g. ``"resid_mid"`` (every
+        ``blocks.{i}.hook_resid_mid``) or a list of names (:func:`~tl_tunedlens.core.layers.lens_hook_names`);
+        training, saving, loading, evaluation and display follow them."""
         facts = model_facts(model)
         unembed = Unembed(model)
-        return cls(unembed, facts.n_layers, bias=bias, dtype=dtype, model_name=facts.model_name,
-                   residual_stream=residual_stream_kind(model), reference_unembed_hash=model_unembed_hash(unembed))
+        lens = cls(unembed, facts.n_layers, bias=bias, dtype=dtype, model_name=facts.model_name,
+                   residual_stream=residual_stream_kind(model), reference_unembed_hash=model_unembed_hash(unembed),
+                   hook_names=hook_names)
+        return _checked_hooks(lens, model)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -227,20 +270,25 @@ class TunedLens(Lens):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Model, *,
-             dtype: torch.dtype | None = None) -> "TunedLens":
+             dtype: torch.dtype | None = None, allow_unverified: bool = False) -> "TunedLens":
         """Load a lens folder (ours or the reference's) for ``model``, checked against its
-        unembedding, ``n_layers``, ``d_model`` and residual stream."""
-        return artifacts.load(cls, path, model, dtype=dtype)
+        unembedding, ``n_layers``, ``d_model`` and residual stream; the config's fields, the weights'
+        SHA-256 and finiteness are checked too. ``allow_unverified``: accept a config of ours that
+        records no model identity (refused by default)."""
+        return artifacts.load(cls, path, model, dtype=dtype, allow_unverified=allow_unverified)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, model: Model,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None, *,
                         dtype: torch.dtype | None = None, repo_type: str | None = None,
-                        subfolder: str | None = None, token: str | bool | None = None) -> "TunedLens":
+                        subfolder: str | None = None, token: str | bool | None = None,
+                        allow_unverified: bool = False) -> "TunedLens":
         """Load from a local folder, a hub repo, or the reference space ``AlignmentResearch/tuned-lens``
-        (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used."""
+        (``lens/<path_or_repo_id>``); offline, only the Hugging Face cache is used. Checked like
+        :meth:`~tl_tunedlens.lens.TunedLens.load` (``allow_unverified`` as there)."""
         return artifacts.from_pretrained(cls, path_or_repo_id, model, revision=revision, cache_dir=cache_dir,
-                                         dtype=dtype, repo_type=repo_type, subfolder=subfolder, token=token)
+                                         dtype=dtype, repo_type=repo_type, subfolder=subfolder, token=token,
+                                         allow_unverified=allow_unverified)
 
     def push_to_hub(self, repo_id: str, *, format: str = "tl-tunedlens", training: dict[str, Any] | None = None,
                     repo_type: str = "model", path_in_repo: str | None = None, revision: str | None = None,
@@ -250,3 +298,11 @@ class TunedLens(Lens):
         return artifacts.upload_lens(lambda folder: self.save(folder, training=training, format=format), repo_id,
                                      repo_type=repo_type, path_in_repo=path_in_repo, revision=revision,
                                      private=private, token=token, commit_message=commit_message)
+
+
+def _checked_hooks(lens: Lens, model: Model) -> Lens:
+    """``lens``, after checking that ``model`` has every hook point it reads."""
+    missing = [name for name in lens.hook_names if name not in model.hook_dict]
+    if missing:
+        raise LensError(f"the model has no hook point {missing[0]!r}: pass residual hook names of this model")
+    return lens

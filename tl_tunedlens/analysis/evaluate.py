@@ -36,7 +36,7 @@ from ..lens import LogitLens
 from ..training.decoder import make_decoder
 from ..training.distributed import SINGLE, Dist
 from ..training.loss import log_softmax_
-from .metrics import EvalMetrics
+from .metrics import EvalMetrics, check_finite
 
 from ..core.backend import Model
 
@@ -68,14 +68,11 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
     Returns the metrics dict (JSON-ready, nats, plus ``bits_per_byte`` entries; see :mod:`.metrics`)."""
     from tqdm.auto import tqdm
 
-    if sequences.ndim != 2 or sequences.shape[1] < 2 or len(sequences) == 0:
-        raise LensError("evaluation needs token sequences of shape [n_seq, seq_len >= 2]: pass more text")
-    logit = LogitLens.from_model(model)
     if tuned is not None:
         tuned.check_model(model)
+    logit = LogitLens.from_model(model, hook_names=None if tuned is None else tuned.hook_names)
     lenses = {"logit": logit} | ({"tuned": tuned} if tuned is not None else {})
-    per_seq = sequences.shape[1] - 1
-    n_seq = len(sequences) if max_tokens is None else max(1, min(len(sequences), -(-int(max_tokens) // per_seq)))
+    n_seq = n_eval_sequences(sequences, max_tokens)
     micro = micro_batch or max(1, chunk_tokens // sequences.shape[1])
     evaluator = LensEvaluator(lenses, logit.unembed, chunk_tokens=chunk_tokens, matmul_dtype=matmul_dtype)
     mine = dist.shard(range(n_seq))
@@ -85,7 +82,15 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
         resids = flatten_tokens(capture_residuals(model, batch, logit.hook_names)[:, :, :-1])
         evaluator.add(resids, batch[:, 1:].flatten())
     evaluator.all_reduce_(dist)
-    return evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token)
+    return check_finite(evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token))
+
+
+def n_eval_sequences(sequences: Tensor, max_tokens: int | None) -> int:
+    """How many of ``sequences`` (``[n_seq, seq_len >= 2]``, checked) hold ``max_tokens`` scored positions."""
+    if sequences.ndim != 2 or sequences.shape[1] < 2 or len(sequences) == 0:
+        raise LensError("evaluation needs token sequences of shape [n_seq, seq_len >= 2]: pass more text")
+    per_seq = sequences.shape[1] - 1
+    return len(sequences) if max_tokens is None else max(1, min(len(sequences), -(-int(max_tokens) // per_seq)))
 
 
 class LensEvaluator:
@@ -94,12 +99,14 @@ class LensEvaluator:
     The fused path of training (:mod:`tl_tunedlens.training.decoder`): per chunk of positions the
     model's distribution ``p`` is computed once and shared by every lens and layer; each layer's
     logits land in one reused ``[chunk, d_vocab]`` buffer, become log-probs in place, and ``p`` and
-    ``q = exp(log q)`` live in two more reused buffers. Everything is exact over the full vocabulary."""
+    ``q = exp(log q)`` live in two more reused buffers. Everything is exact over the full vocabulary.
+    ``layers``: score only these lens layers (``0..n_layers-1``; default all)."""
 
     def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 512,
-                 matmul_dtype: torch.dtype | None = None):
+                 matmul_dtype: torch.dtype | None = None, layers: list[int] | None = None):
         self.lenses, self.chunk_tokens = lenses, chunk_tokens
         self.n_layers = next(iter(lenses.values())).n_layers
+        self.layers = list(range(self.n_layers)) if layers is None else list(layers)  # the layers scored
         self.decoder = make_decoder(unembed, matmul_dtype)
         self.exact = None if self.decoder.is_exact else make_decoder(unembed)  # to measure the error
         device = unembed.device
@@ -162,7 +169,7 @@ class LensEvaluator:
         base[1] += -neg_entropy.sum().double()
         rows = self._rows(z.shape[1])
         for name, lens in self.lenses.items():
-            for layer in range(self.n_layers):
+            for layer in self.layers:
                 z = decoder.logits(lens.transform(resids[layer], layer))
                 # row blocks small enough to stay in cache: each block is read from memory once
                 for r in range(0, z.shape[0], rows):

@@ -6,7 +6,10 @@ converted with the data's bytes per token (``nats / bytes_per_token / ln 2``).
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, TypedDict
+
+from ..errors import LensError
 
 LENS_NAMES = ("logit", "tuned")
 
@@ -62,3 +65,18 @@ def mean_kl(metrics: Mapping, lens: str = "logit", first: int = 0) -> float:
 def layers_where_worse(metrics: Mapping, lens: str = "tuned", than: str = "logit") -> list[int]:
     """Layers ``0..n_layers-1`` where ``lens`` does not have a lower KL than ``than``."""
     return [e["layer"] for e in metrics["layers"][:-1] if not e[lens]["kl"] < e[than]["kl"]]
+
+
+def check_finite(metrics: EvalMetrics) -> EvalMetrics:
+    """``metrics`` unchanged when every value is finite; else a one-line error naming the lens, the
+    metric and the layer (a metrics file never holds NaN; JSON has no such number)."""
+    for key in ("ce", "entropy"):
+        if not math.isfinite(metrics["baseline"][key]):
+            raise LensError(f"the model's own {key} is {metrics['baseline'][key]}: its output is not finite on this data")
+    for entry in metrics["layers"]:
+        for lens in lenses_in(metrics):
+            for key in ("kl", "ce", "entropy", "top1"):
+                if not math.isfinite(entry[lens][key]):
+                    raise LensError(f"the {lens} lens's {key} at layer {entry['layer']} is {entry[lens][key]}: "
+                                    "the lens or the model gives non-finite log-probs there")
+    return metrics

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..core.hooks import LensRecord
+from ..core.hooks import LensRecord, as_positions, check_positions
+from ..errors import LensError
 from .metrics import lenses_in
 
 from ..core.backend import Model
@@ -46,13 +47,16 @@ def prediction_table(model: Model, lenses: Mapping[str, "Lens"], tokens: Tensor,
     KL to the model's final distribution (nats) at ``position`` of a single prompt ``tokens [1, pos]``.
 
     Uses the hooks route: one ``run_with_hooks`` pass records every lens at that position."""
+    check_positions(as_positions(position), tokens.shape[-1])
+    any_lens = next(iter(lenses.values()))
+    if not 1 <= top_k <= any_lens.d_vocab:
+        raise LensError(f"top_k={top_k} is out of range: use 1..{any_lens.d_vocab}")
     records = {name: LensRecord() for name in lenses}
-    hooks = [h for name, lens in lenses.items() for h in lens.hooks(records[name], positions=[position])]
+    hooks = [h for name, lens in lenses.items() for h in lens.hooks(records[name], positions=[position], model=model)]
     model.run_with_hooks(tokens, fwd_hooks=hooks)
     headers = ["layer", "hook"]
     for name in lenses:
         headers += [f"{name} top-{top_k}" if top_k > 1 else f"{name} top-1", f"{name} KL"]
-    any_lens = next(iter(lenses.values()))
     rows = []
     for layer in any_lens.layers:
         row: list[object] = [layer, any_lens.hook_names[layer]]
@@ -83,3 +87,12 @@ def metrics_table(metrics: Mapping) -> str:
     footer = (f"model CE {base['ce']:.3f} nats/token ({base['bits_per_byte']['ce']:.3f} bits/byte), entropy "
               f"{base['entropy']:.3f} nats; {metrics['tokens']} tokens; KL and CE in nats per token")
     return format_table(headers, rows) + "\n" + footer
+
+
+def transfer_table(transfer: Mapping) -> str:
+    """The layer-transfer matrix (:func:`~tl_tunedlens.analysis.transfer.transfer_matrix`): rows = the
+    residual's layer, columns = the translator's, KL(model || lens) in nats."""
+    layers = list(transfer["layers"])
+    rows = [[f"resid {i}", *row] for i, row in zip(layers, transfer["kl"])]
+    return (format_table(["", *(f"T{j}" for j in layers)], rows)
+            + f"\nlayer transfer: KL(model || translator Tj on the residual of layer i), nats; {transfer['tokens']} tokens")

@@ -20,7 +20,7 @@ layer ``l``; ``delta(name)`` row ``l`` is the change from layer ``l`` to ``l + 1
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from beartype import beartype
@@ -32,6 +32,7 @@ from ..core.layers import layer_labels as default_layer_labels
 from ..core.unembed import to_log_probs
 from ..errors import LensError
 from . import stats
+from .readouts import TrajectoryReadouts, watch_ids
 
 from ..core.backend import Model
 
@@ -67,7 +68,8 @@ def next_token_targets(tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch p
 class _Builder:
     """Accumulates a trajectory row by row (the final distribution is given first)."""
 
-    def __init__(self, final: Tensor, tokens: Tensor | None, targets: Tensor | None, top_k: int, keep_log_probs: bool):
+    def __init__(self, final: Tensor, tokens: Tensor | None, targets: Tensor | None, top_k: int, keep_log_probs: bool,
+                 watch: Sequence[int] = ()):
         if final.ndim != 3:
             raise LensError(f"each row of log-probs must be [batch pos vocab], got {tuple(final.shape)}")
         batch, n_pos, vocab = final.shape
@@ -79,7 +81,9 @@ class _Builder:
         if tuple(self.targets.shape) != (batch, n_pos):
             raise LensError(f"targets have shape {tuple(self.targets.shape)}, expected [{batch}, {n_pos}]")
         self.final, self.k, self.keep = final, max(1, min(int(top_k), vocab)), keep_log_probs
-        self.acc: dict[str, list[Tensor]] = {n: [] for n in ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full")}
+        self.watch = watch_ids(watch, vocab)
+        names = ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full", "watch")
+        self.acc: dict[str, list[Tensor]] = {n: [] for n in names}
         self.previous: Tensor | None = None
 
     def add(self, lp: Tensor) -> None:
@@ -98,6 +102,8 @@ class _Builder:
             acc["step"].append(stats.kl_divergence(lp, self.previous).cpu())
         if self.keep:
             acc["full"].append(lp.cpu())
+        if self.watch:
+            acc["watch"].append(lp[..., self.watch].cpu())
         self.previous = lp
 
     def finish(self, cls, **kwargs: Any) -> "PredictionTrajectory":
@@ -106,12 +112,12 @@ class _Builder:
         return cls(tokens=self.tokens.cpu(), targets=self.targets.cpu(), top_k_log_probs=acc["tkl"],
                    top_k_indices=acc["tki"], target_log_probs=acc["tlp"], target_ranks=acc["rank"],
                    entropies=acc["ent"], kl_to_final=acc["kl"], kl_steps=acc["step"],
-                   log_probs=acc["full"], **kwargs)
+                   log_probs=acc["full"], watched=self.watch, watched_log_probs=acc["watch"], **kwargs)
 
 
 @jaxtyped(typechecker=beartype)
 @dataclass
-class PredictionTrajectory:
+class PredictionTrajectory(TrajectoryReadouts):
     """Per lens layer (``0..n_layers``, last row = model output) x prompt x position.
 
     ``top_k_log_probs``/``top_k_indices``: the ``k`` most likely next tokens (log-probs in nats);
@@ -119,6 +125,8 @@ class PredictionTrajectory:
     position); ``target_ranks``: its rank (1 = top, 0 where there is none); ``entropies``;
     ``kl_to_final``: ``KL(output || layer)``; ``kl_steps``: ``KL(layer l+1 || layer l)``;
     ``log_probs``: the full log-probs, only when built with ``keep_log_probs=True``;
+    ``watched_log_probs``: the log-probs of the tokens ``watched`` (built with ``watch=[ids]``), enough
+    for :meth:`~tl_tunedlens.analysis.readouts.TrajectoryReadouts.logit_diff` without the full log-probs;
     ``target_label``: what the targets are, as figures name them (``"next token"``, or e.g. ``"chosen token"``)."""
 
     tokens: Int[Tensor, "batch pos"]
@@ -131,6 +139,8 @@ class PredictionTrajectory:
     kl_to_final: Float[Tensor, "layer batch pos"]
     kl_steps: Float[Tensor, "step batch pos"]
     log_probs: Float[Tensor, "layer batch pos vocab"] | None = None
+    watched: list[int] = field(default_factory=list)
+    watched_log_probs: Float[Tensor, "layer batch pos watch"] | None = None
     layer_labels: list[str] = field(default_factory=list)
     lens_name: str = "lens"
     tokenizer: Any = None
@@ -154,13 +164,15 @@ class PredictionTrajectory:
         targets: Int[Tensor, "batch pos"] | None = None,
         top_k: int = 10,
         keep_log_probs: bool = False,
+        watch: Sequence[int] = (),
         **kwargs: Any,
     ) -> "PredictionTrajectory":
         """Build from log-probs ``[layer batch pos vocab]`` (last row = the final distribution), or
         from a function ``row -> [batch pos vocab]`` log-probs with ``n_rows`` rows, called once per
         row (the final row first) so only two rows are in memory at a time.
 
-        ``targets`` default to the next tokens of ``tokens``; a negative target means none."""
+        ``targets`` default to the next tokens of ``tokens``; a negative target means none; ``watch``:
+        token ids whose log-probs are kept at every layer (see ``watched_log_probs``)."""
         if callable(log_probs) and not isinstance(log_probs, Tensor):
             if n_rows is None:
                 raise LensError("pass n_rows with a log-prob function")
@@ -171,7 +183,7 @@ class PredictionTrajectory:
             n_rows, row = len(log_probs), log_probs.__getitem__
         if n_rows < 2:
             raise LensError("a trajectory needs at least two rows (a layer and the final output)")
-        builder = _Builder(row(n_rows - 1), tokens, targets, top_k, keep_log_probs)
+        builder = _Builder(row(n_rows - 1), tokens, targets, top_k, keep_log_probs, watch)
         for i in range(n_rows - 1):
             builder.add(row(i))
         return builder.finish(cls, **kwargs)
@@ -179,11 +191,11 @@ class PredictionTrajectory:
     @classmethod
     def from_cache(cls, lens: "Lens", cache: "ActivationCache",
                    model_logits: Float[Tensor, "batch pos vocab"] | None = None, tokens: Tensor | None = None, **kwargs: Any) -> "PredictionTrajectory":
-        """Build from a TransformerLens ``ActivationCache`` holding ``lens.hook_names``.
+        """Build from a TransformerLens ``ActivationCache`` holding the lens sites (``names_filter=lens.names_filter``).
 
         The last row is ``model_logits`` (the model's output) when given, else the lens's own final
         layer (identical). Without ``tokens`` the next-token statistics are NaN. ``kwargs`` go to
-        :meth:`from_log_probs` (``top_k``, ``keep_log_probs``, ``targets``)."""
+        :meth:`from_log_probs` (``top_k``, ``keep_log_probs``, ``targets``, ``watch``)."""
         resids = lens.residuals_from_cache(cache)
         n = lens.n_layers
 
@@ -197,7 +209,7 @@ class PredictionTrajectory:
 
         kwargs.setdefault("lens_name", _lens_name(lens))
         kwargs.setdefault("tokenizer", getattr(getattr(cache, "model", None), "tokenizer", None))
-        kwargs.setdefault("layer_labels", default_layer_labels(n))
+        kwargs.setdefault("layer_labels", lens.layer_labels)
         return cls.from_log_probs(row, tokens, n_rows=n + 1, **kwargs)
 
     @classmethod
@@ -208,7 +220,7 @@ class PredictionTrajectory:
         lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
         lens.check_model(model)
         tokens = to_tokens(model, tokens)
-        logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
+        logits, cache = model.run_with_cache(tokens, names_filter=lens.names_filter)
         kwargs.setdefault("tokenizer", getattr(model, "tokenizer", None))
         return cls.from_cache(lens, cache, logits, tokens, **kwargs)
 
@@ -218,13 +230,8 @@ class PredictionTrajectory:
         """Number of rows: lens layers ``0..n_layers``, so ``n_layers + 1``."""
         return len(self.entropies)
 
-    @property
-    def batch(self) -> int:
-        return self.tokens.shape[0]
-
-    @property
-    def n_pos(self) -> int:
-        return self.tokens.shape[1]
+    batch = property(lambda self: self.tokens.shape[0], doc="Number of prompts.")
+    n_pos = property(lambda self: self.tokens.shape[1], doc="Number of positions per prompt.")
 
     def prompt_index(self, index: int) -> int:
         """``index`` (negative counts from the end) as ``0..batch-1``; a clear error when out of range."""
@@ -235,14 +242,7 @@ class PredictionTrajectory:
     def select(self, index: int) -> "PredictionTrajectory":
         """The trajectory of prompt ``index`` alone (batch size 1)."""
         index = self.prompt_index(index)
-        sl = slice(index, index + 1)
-        return replace(
-            self, tokens=self.tokens[sl], targets=self.targets[sl],
-            top_k_log_probs=self.top_k_log_probs[:, sl], top_k_indices=self.top_k_indices[:, sl],
-            target_log_probs=self.target_log_probs[:, sl], target_ranks=self.target_ranks[:, sl],
-            entropies=self.entropies[:, sl], kl_to_final=self.kl_to_final[:, sl], kl_steps=self.kl_steps[:, sl],
-            log_probs=None if self.log_probs is None else self.log_probs[:, sl],
-        )
+        return self.take(batch=slice(index, index + 1))
 
     # --- statistics -------------------------------------------------------------------
     def entropy(self) -> Float[Tensor, "layer batch pos"]:
@@ -363,20 +363,21 @@ def compare(a: PredictionTrajectory, b: PredictionTrajectory) -> TrajectoryCompa
 
 @torch.no_grad()
 def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: Model, tokens: Tensor | str, *,
-                    targets: Tensor | None = None, top_k: int = 10, keep_log_probs: bool = False
-                    ) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
+                    targets: Tensor | None = None, top_k: int = 10, keep_log_probs: bool = False,
+                    watch: Sequence[int] = ()) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
     """Trajectories of two lenses (e.g. logit and tuned) and their comparison (KL(a || b), JS, TV),
     from one forward pass, streaming layer by layer (two layers' log-probs in memory at a time)."""
     lens_a.check_model(model)
     lens_b.check_model(model)
-    if lens_a.n_layers != lens_b.n_layers:
-        raise LensError(f"the lenses have {lens_a.n_layers} and {lens_b.n_layers} layers: use lenses of one model")
+    if lens_a.hook_names != lens_b.hook_names:
+        raise LensError("the lenses read different hook points: use lenses of one model on the same hooks "
+                        "(e.g. LogitLens.from_model(model, hook_names=tuned.hook_names))")
     tokens = to_tokens(model, tokens)
-    logits, cache = model.run_with_cache(tokens, names_filter=lens_a.hook_names)
+    logits, cache = model.run_with_cache(tokens, names_filter=lens_a.names_filter)
     resids = lens_a.residuals_from_cache(cache)
     n = lens_a.n_layers
     final = to_log_probs(logits)
-    builders = [_Builder(final, tokens, targets, top_k, keep_log_probs) for _ in range(2)]
+    builders = [_Builder(final, tokens, targets, top_k, keep_log_probs, watch) for _ in range(2)]
     rows = []
     for i in range(n + 1):
         a = lens_a.log_probs(resids[i], i) if i < n else final
@@ -385,7 +386,7 @@ def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: Model, tokens: Tensor
         if i < n:
             builders[0].add(a)
             builders[1].add(b)
-    labels = default_layer_labels(n)
+    labels = lens_a.layer_labels
     trajs = [bld.finish(PredictionTrajectory, lens_name=_lens_name(lens), tokenizer=getattr(model, "tokenizer", None),
                         layer_labels=list(labels)) for bld, lens in zip(builders, (lens_a, lens_b))]
     return trajs[0], trajs[1], _stack_rows(rows, names=(trajs[0].lens_name, trajs[1].lens_name), layer_labels=labels)

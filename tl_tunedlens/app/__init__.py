@@ -1,6 +1,6 @@
 """The interactive lens explorer (``tl-tunedlens serve``): type text, see every layer's prediction.
 
-- :mod:`.explorer`: :class:`Explorer`, the model and its lenses loaded once, answering the page's
+- :mod:`.explorer`: :class:`~tl_tunedlens.app.explorer.Explorer`, the model and its lenses loaded once, answering the page's
   queries (trajectories, heatmaps, logit differences, one position's table) with bounded inputs;
 - :mod:`.figures`: the explorer's own figure (per-layer logit difference of two tokens);
 - :mod:`.server`: the local web server (werkzeug) and the page it serves (``static/``).

@@ -1,8 +1,8 @@
 """The explorer's computations, independent of any web server.
 
-:class:`Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
+:class:`~tl_tunedlens.app.explorer.Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
 once. For a text it runs the model once (``run_with_cache`` on the lens hook names) and streams every
-lens layer by layer into a :class:`~tl_tunedlens.analysis.PredictionTrajectory`, keeping besides the
+lens layer by layer into a :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`, keeping besides the
 log-probs and ranks of a few *watched* tokens (the chosen token, the two tokens of the logit
 difference), so memory stays ``lenses x layers x pos x k``. Analyses are cached per (text, watched
 tokens), so changing the statistic, top-k or position redraws without running the model again.
@@ -28,7 +28,6 @@ from torch import Tensor
 from ..analysis import stats
 from ..analysis.trajectory import PredictionTrajectory
 from ..core.backend import to_tokens
-from ..core.layers import layer_labels
 from ..core.unembed import to_log_probs
 from ..errors import LensError
 from ..lens import LogitLens, TunedLens
@@ -149,6 +148,7 @@ class Analysis:
     uses: int = 1
 
     def watch_index(self, token_id: int) -> int:
+        """The column of ``token_id`` in the watched-token log-probs."""
         return self.watched.index(token_id)
 
 
@@ -182,8 +182,12 @@ class Explorer:
             raise LensError(f"{LOGIT_LENS!r} is the logit lens's name: give the tuned lens another name")
         for name, lens in lenses.items():
             lens.check_model(model)
+        hooks = {tuple(lens.hook_names) for lens in lenses.values()}
+        if len(hooks) > 1:
+            raise LensError("the tuned lenses read different hook points: serve lenses trained on the same hooks")
         self.model, self.limits = model, limits or Limits()
-        self.lenses: dict[str, "Lens"] = {LOGIT_LENS: LogitLens.from_model(model), **lenses}
+        self.lenses: dict[str, "Lens"] = {LOGIT_LENS: LogitLens.from_model(model, hook_names=next(iter(hooks), None)),
+                                              **lenses}
         self.decoder = _CachedDecoder(model.tokenizer)
         self.cache: OrderedDict[tuple, Analysis] = OrderedDict()
         self.cache_size = cache_size
@@ -191,10 +195,12 @@ class Explorer:
 
     @property
     def tuned_names(self) -> list[str]:
+        """The names of the tuned lenses (every lens but the logit lens)."""
         return [name for name in self.lenses if name != LOGIT_LENS]
 
     @property
     def model_name(self) -> str:
+        """The model's name, as shown on the page."""
         return str(getattr(self.model.cfg, "model_name", "model"))
 
     def settings(self) -> dict[str, Any]:
@@ -204,6 +210,7 @@ class Explorer:
 
     # --- input --------------------------------------------------------------------------
     def tokenize(self, text: str) -> Int[Tensor, "1 pos"]:
+        """``text`` as token ids ``[1, pos]``; a :class:`~tl_tunedlens.errors.LensError` if empty or over ``limits.max_tokens``."""
         tokens = to_tokens(self.model, text)
         if tokens.shape[1] > self.limits.max_tokens:
             raise LensError(f"the text is {tokens.shape[1]} tokens long; the limit is {self.limits.max_tokens} "
@@ -234,11 +241,11 @@ class Explorer:
             return self.cache[key]
         start = time.perf_counter()
         first = next(iter(self.lenses.values()))
-        logits, cache = self.model.run_with_cache(tokens, names_filter=first.hook_names)
+        logits, cache = self.model.run_with_cache(tokens, names_filter=first.names_filter)
         resids = first.residuals_from_cache(cache)  # [layer batch pos d_model], the same hooks for every lens
         final = to_log_probs(logits)
         watch_ids = torch.tensor(watched, dtype=torch.long, device=final.device)
-        n, labels = first.n_layers, layer_labels(first.n_layers)
+        n, labels = first.n_layers, first.layer_labels
         trajs, lps, ranks = [], [], []
         for name, lens in self.lenses.items():
             rows: dict[int, tuple[Tensor, Tensor | None]] = {}

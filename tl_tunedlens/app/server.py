@@ -59,6 +59,7 @@ def static_file(name: str) -> bytes:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address, IPv6 in brackets allowed) is this machine."""
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -66,7 +67,7 @@ def is_loopback(host: str) -> bool:
 
 
 class ExplorerApp:
-    """The WSGI application of an :class:`Explorer`. ``check_host``: answer only loopback ``Host`` names."""
+    """The WSGI application of an :class:`~tl_tunedlens.app.explorer.Explorer`. ``check_host``: answer only loopback ``Host`` names."""
 
     def __init__(self, explorer: Explorer, *, check_host: bool = True, log: Callable[[str], None] | None = None):
         self.explorer, self.check_host = explorer, check_host
@@ -81,21 +82,26 @@ class ExplorerApp:
 
     # --- endpoints ------------------------------------------------------------------------
     def on_index(self, request: Request) -> Response:
+        """``GET /``: the page."""
         return Response(static_file("index.html"), mimetype="text/html")
 
     def on_static(self, request: Request, name: str) -> Response:
+        """``GET /static/<name>``: the page's script, style sheet and plotly.js, from the installed packages."""
         suffix = "." + name.rsplit(".", 1)[-1]
         response = Response(static_file(name), mimetype=STATIC_TYPES.get(suffix, "application/octet-stream"))
         response.cache_control.max_age = 3600 if name == "plotly.min.js" else 0
         return response
 
     def on_settings(self, request: Request) -> Response:
+        """``GET /api/settings``: the lenses, statistics and limits, as JSON."""
         return _json(self.explorer.settings())
 
     def on_analyze(self, request: Request) -> Response:
+        """``POST /api/analyze``: figures and tables for a query, as JSON."""
         return _json(self.explorer.respond(self._query(request)))
 
     def on_report(self, request: Request) -> Response:
+        """``POST /api/report``: the offline page ``tl-tunedlens show`` writes, as a download."""
         page = self.explorer.report(self._query(request))
         response = Response(page, mimetype="text/html")
         response.headers["Content-Disposition"] = 'attachment; filename="tl_tunedlens-report.html"'
@@ -111,6 +117,7 @@ class ExplorerApp:
 
     # --- WSGI -----------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
+        """Route ``request``; bad input becomes a 400 with a one-line message, never a crash."""
         request.max_content_length = MAX_BODY_BYTES
         try:
             if self.check_host and not is_loopback(urlsplit("//" + request.host).hostname or ""):
@@ -182,18 +189,22 @@ class Server:
 
     @property
     def url(self) -> str:
+        """The address to open in a browser."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{self.port}/"
 
     def serve_forever(self) -> None:
+        """Serve in this thread until interrupted."""
         self.httpd.serve_forever()
 
     def start(self) -> "Server":
+        """Serve in a background thread; returns ``self``."""
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="tl-tunedlens-serve", daemon=True)
         self.thread.start()
         return self
 
     def stop(self) -> None:
+        """Shut the server down and close its socket."""
         if self.thread is not None:
             self.httpd.shutdown()
             self.thread.join(timeout=10)

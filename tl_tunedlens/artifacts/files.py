@@ -54,9 +54,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def strict_json(obj: Any, what: str) -> str:
+    """``obj`` as indented, strict JSON (a NaN or inf is a one-line error naming ``what``, never written)."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as err:
+        raise LensError(f"{what} holds a non-finite number ({err}): nothing was written") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented, strict JSON (:func:`~tl_tunedlens.artifacts.files.strict_json`) to ``path`` atomically."""
+    write_text_atomic(path, strict_json(obj, str(path)) + "\n")
 
 
 def write_folder_atomic(folder: str | os.PathLike, writers: dict[str, Writer]) -> Path:

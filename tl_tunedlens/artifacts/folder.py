@@ -37,6 +37,9 @@ def save(lens: "TunedLens", path: str | os.PathLike, *, format: str = "tl-tunedl
          training: dict[str, Any] | None = None) -> Path:
     """Write ``lens`` into folder ``path`` in ``format``; all-or-nothing."""
     _check_format(format)
+    if format == "tuned-lens" and not lens.default_convention:
+        raise LensError("the tuned-lens format only holds lenses on the default hook points (resid_pre/resid_post): "
+                        "save this lens with format='tl-tunedlens'")
     path = Path(path)
     other = ref.PARAMS_NAME if format == "tl-tunedlens" else native.WEIGHTS_NAME
     if (path / other).exists():
@@ -66,22 +69,39 @@ def _save_reference(lens: "TunedLens", path: Path) -> Path:
 
 
 # --- loading --------------------------------------------------------------------------------
-def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
-         dtype: torch.dtype | None = None, source: str | None = None) -> "TunedLens":
-    """Load the lens in folder ``path`` (either format) for ``model``."""
+def check_folder(path: str | os.PathLike, *, allow_unverified: bool = False) -> dict[str, Any]:
+    """The checks of a lens folder that need no model (config fields and types, one weights file, a
+    model identity to check against); returns its config. What the CLI runs before loading a model."""
     path = Path(path)
     config = native.read_json_config(path)
-    what = f"the lens in {source or path}"
     weights_present = [name for name in (native.WEIGHTS_NAME, ref.PARAMS_NAME) if (path / name).is_file()]
     if len(weights_present) > 1:
         raise LensError(f"{path} holds both {weights_present[0]} and {weights_present[1]}: remove the stale one")
+    cfg_file = path / native.CONFIG_NAME
+    if ref.is_reference_config(config):
+        ref.parse_config(config, cfg_file)
+        return config
+    config = native.validate_config(config, cfg_file)
+    if config.get("unembed_hash") is None and config.get("unembed_fingerprint") is None and not allow_unverified:
+        raise LensError(f"{cfg_file} records no model identity (neither unembed_hash nor unembed_fingerprint), so "
+                        "nothing can check it belongs to this model: re-save it with lens.save() from its model, or "
+                        "load it with allow_unverified=True if you trust it")
+    return config
+
+
+def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
+         dtype: torch.dtype | None = None, source: str | None = None, allow_unverified: bool = False) -> "TunedLens":
+    """Load the lens in folder ``path`` (either format) for ``model``; see :mod:`tl_tunedlens.artifacts.native` for what is
+    checked (``allow_unverified``: accept a native config that records no model identity)."""
+    path = Path(path)
+    config = check_folder(path, allow_unverified=allow_unverified)
+    what = f"the lens in {source or path}"
     facts = model_facts(model)
     unembed = Unembed(model)
     model_kind = residual_stream_kind(model)
     if ref.is_reference_config(config):
         return _load_reference(cls, path, config, unembed, facts.n_layers, model_kind, what, dtype, facts.model_name)
     cfg_file = path / native.CONFIG_NAME
-    config = native.validate_config(config, cfg_file)
     if config["lens_type"] != cls.lens_type:
         raise LensError(f"{cfg_file} holds a {config['lens_type']!r}, not a {cls.lens_type!r}")
     _check_shape(cfg_file, config["n_layers"], config["d_model"], facts.n_layers, unembed.d_model)
@@ -92,12 +112,12 @@ def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
     saved_dtype = getattr(torch, str(config.get("dtype") or "float32"), None)
     if not isinstance(saved_dtype, torch.dtype) or not saved_dtype.is_floating_point:
         raise LensError(f"{cfg_file}: unknown dtype {config.get('dtype')!r}: re-save the lens")
-    lens = cls(unembed, facts.n_layers, bias=bool(config.get("bias", True)), dtype=dtype or saved_dtype,
+    lens = cls(unembed, facts.n_layers, bias=config.get("bias", True), dtype=dtype or saved_dtype,
                model_name=config.get("model_name") or facts.model_name,
                residual_stream=model_kind if lens_kind is not None else None,
                reference_unembed_hash=config.get("reference_unembed_hash"),
-               training_info=config.get("training") or {})
-    tensors = native.read_weights(path, lens.state_dict())
+               training_info=config.get("training") or {}, hook_names=native.config_hook_names(config))
+    tensors = native.read_weights(path, lens.state_dict(), config.get("weights_sha256"))
     if lens_kind == CENTRED and model_kind == RAW:  # exact conversion, see core.basis
         tensors = {k: centred_to_raw_weight(v) if k.endswith(".weight") else v for k, v in tensors.items()}
     lens.load_state_dict(tensors)
@@ -115,7 +135,8 @@ def _load_reference(cls: type["TunedLens"], path: Path, config: dict[str, Any], 
                residual_stream=RAW, reference_unembed_hash=rc["unembed_hash"],
                training_info={"source_format": "tuned-lens", "base_model_name_or_path": rc["model_name"],
                               "base_model_revision": rc["revision"]})
-    lens.load_state_dict(ref.read_params(path / ref.PARAMS_NAME, rc["n_layers"], rc["d_model"], rc["bias"]))
+    lens.load_state_dict(ref.read_params(path / ref.PARAMS_NAME, rc["n_layers"], rc["d_model"], rc["bias"],
+                                         rc["params_sha256"]))
     return lens
 
 
@@ -136,10 +157,11 @@ def _looks_local(path_or_repo_id: str | os.PathLike) -> bool:
 def from_pretrained(cls: type["TunedLens"], path_or_repo_id: str | os.PathLike, model: Model, *,
                     revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                     dtype: torch.dtype | None = None, repo_type: str | None = None, subfolder: str | None = None,
-                    token: str | bool | None = None) -> "TunedLens":
+                    token: str | bool | None = None, allow_unverified: bool = False) -> "TunedLens":
     """A local folder, else a hub repo (ours or the reference's space); see :mod:`.hub`."""
     if _looks_local(path_or_repo_id):
-        return load(cls, Path(path_or_repo_id).expanduser(), model, dtype=dtype)
+        return load(cls, Path(path_or_repo_id).expanduser(), model, dtype=dtype, allow_unverified=allow_unverified)
     folder = download_lens(str(path_or_repo_id), revision=revision, cache_dir=cache_dir,
                            repo_type=repo_type, subfolder=subfolder, token=token)
-    return load(cls, folder, model, dtype=dtype, source=f"{path_or_repo_id} ({folder})")
+    return load(cls, folder, model, dtype=dtype, source=f"{path_or_repo_id} ({folder})",
+                allow_unverified=allow_unverified)

@@ -7,7 +7,9 @@ dict of a ``ModuleList`` of ``nn.Linear`` (keys ``0.weight``, ``0.bias``, ...), 
 Reference translator ``i`` decodes ``hidden_states[i]`` = our lens layer ``i``.
 
 ``params.pt`` is only ever read with ``torch.load(weights_only=True)``: a pickle that tries to
-build arbitrary objects (run code) is refused, not executed.
+build arbitrary objects (run code) is refused, not executed. Every config field is type-checked and
+every tensor must be finite. The ``config.json`` we write also records ``params_sha256`` (the
+reference package ignores the key, with a logged note), checked on load when present.
 
 The reference's unembedding hash is ``sha256(numpy.array_str(W, precision=1))`` of its
 ``lm_head.weight`` (``[d_vocab, d_model]``, fp32) with numpy's default print options, i.e. the
@@ -18,7 +20,7 @@ corners of ``W`` rounded to one decimal. Hugging Face's ``lm_head.weight`` is Tr
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
 import pickle
 import warnings
@@ -34,6 +36,7 @@ from ..core.basis import rows_centred
 from ..core.unembed import Unembed
 from ..errors import LensError, UnembedMismatchError, first_line
 from .files import write_folder_atomic
+from .native import check_finite, check_sha256, write_with_checksum
 
 CONFIG_NAME = "config.json"
 PARAMS_NAME = "params.pt"
@@ -65,22 +68,31 @@ def parse_config(config: dict[str, Any], cfg_file: Path) -> dict[str, Any]:
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise LensError(f"{cfg_file}: {key} must be a positive integer, got {value!r}: fix or re-export the lens")
+    if not isinstance(config.get("bias", True), bool):
+        raise LensError(f"{cfg_file}: bias must be true or false, got {config['bias']!r}: fix or re-export the lens")
+    for key in ("base_model_name_or_path", "base_model_revision", "unembed_hash", "unemebd_hash", "params_sha256"):
+        if not isinstance(config.get(key), (str, type(None))):
+            raise LensError(f"{cfg_file}: {key} must be a string or null, got {config[key]!r}: fix or re-export the lens")
     return {
         "n_layers": config["num_hidden_layers"],
         "d_model": config["d_model"],
-        "bias": bool(config.get("bias", True)),
+        "bias": config.get("bias", True),
         "model_name": config.get("base_model_name_or_path") or None,
         "revision": config.get("base_model_revision"),
         "unembed_hash": config.get("unembed_hash") or config.get("unemebd_hash"),
+        "params_sha256": config.get("params_sha256"),
     }
 
 
-def read_params(params_file: Path, n_layers: int, d_model: int, bias: bool) -> dict[str, Tensor]:
-    """Read ``params.pt`` safely and return it keyed like our lens (``translators.{i}.weight``...)."""
+def read_params(params_file: Path, n_layers: int, d_model: int, bias: bool,
+                sha256: str | None = None) -> dict[str, Tensor]:
+    """Read ``params.pt`` safely and return it keyed like our lens (``translators.{i}.weight``...);
+    its tensors must be finite and (when given) its bytes hash to ``sha256``."""
     if not params_file.is_file():
         raise LensError(f"{params_file} is missing: a tuned-lens folder needs {PARAMS_NAME} beside {CONFIG_NAME}")
     try:
-        state = torch.load(params_file, map_location="cpu", weights_only=True)
+        data = params_file.read_bytes()
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise LensError(
             f"{params_file} is not a plain tensor state dict and was not unpickled (weights_only=True refused "
@@ -111,6 +123,8 @@ def read_params(params_file: Path, n_layers: int, d_model: int, bias: bool) -> d
         if not tensor.is_floating_point():
             raise LensError(f"{params_file}: {key} has dtype {tensor.dtype}, expected a float tensor")
         out["translators." + key] = tensor
+    check_finite(state, params_file)
+    check_sha256(data, sha256, params_file)
     return out
 
 
@@ -182,7 +196,6 @@ def write_reference(folder: str | os.PathLike, params: dict[str, Tensor], *, d_m
         "lens_type": LENS_TYPE,
     }
     params = {k: v.detach().cpu().contiguous().clone() for k, v in params.items()}
-    return write_folder_atomic(folder, {
-        PARAMS_NAME: lambda tmp: torch.save(params, tmp),
-        CONFIG_NAME: lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"),
-    })
+    check_finite(params, "this lens")
+    return write_folder_atomic(folder, write_with_checksum(
+        PARAMS_NAME, lambda tmp: torch.save(params, tmp), config, "params_sha256"))

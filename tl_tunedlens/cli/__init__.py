@@ -1,5 +1,9 @@
 """``tl-tunedlens``: the command line. Each subcommand lives in its own module here and
-exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``."""
+exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+
+Every error is one line on stderr with exit status 2: a bad option (argparse's usage message is
+replaced by one line pointing at ``--help``), bad input (:class:`~tl_tunedlens.errors.LensError`,
+:class:`~tl_tunedlens.errors.ModelLoadError`) and a failed file operation (``OSError``)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,18 @@ import argparse
 import importlib
 import sys
 
-from ..errors import LensError, ModelLoadError
+from ..errors import LensError, ModelLoadError, first_line
+
+
+class UsageError(Exception):
+    """A bad command line, as one line: ``prog: error: message (see prog --help)``."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`~tl_tunedlens.cli.UsageError` (one line) instead of printing the usage."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {first_line(Exception(message), 300)} (see {self.prog} --help)")
 
 # subcommand modules, in the order --help lists them
 SUBCOMMANDS = ["predict", "tokenize", "train", "eval", "show", "serve", "demo"]
@@ -15,7 +30,7 @@ SUBCOMMANDS = ["predict", "tokenize", "train", "eval", "show", "serve", "demo"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tl-tunedlens`` argument parser, one subparser per module in ``SUBCOMMANDS``."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="tl-tunedlens",
         description="Tuned lenses for TransformerLens models: train, evaluate, inspect.",
     )
@@ -28,11 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; one-line errors on stderr with exit status 2, 130 on Ctrl-C."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except (LensError, ModelLoadError) as err:
-        print(f"tl-tunedlens {args.command}: error: {err}", file=sys.stderr)
+        print(f"tl-tunedlens {args.command}: error: {first_line(err, 1000)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a disk, permission or file-system failure met during the work
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"tl-tunedlens {args.command}: error: {err.strerror or first_line(err)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tl-tunedlens {args.command}: interrupted", file=sys.stderr)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from typing import TYPE_CHECKING, Any
 
 from ..core.backend import BACKENDS, Model
 from ..models import DTYPES
-from ..training.config import PRESETS, TrainConfig
+from ..training.config import PRESETS, TrainConfig, field_kind, option_problem
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,6 +27,29 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_SEQ_LEN = 256
 DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+
+
+# --- numeric options ---------------------------------------------------------------------------
+def option_type(kind: type, **rules: Any):
+    """An argparse ``type`` that parses ``kind`` (``int``/``float``) and checks ``rules`` (``min``, ``max``,
+    ``positive``, ``below``, ``unit``; see :func:`~tl_tunedlens.training.config.option_problem`), so a bad
+    value is a one-line usage error before anything loads."""
+    if kind not in (int, float):
+        return kind
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole' if kind is int else 'finite'} number") from None
+        problem = option_problem(value, rules, kind)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -49,17 +71,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                         help="dtype of the frozen model, e.g. bfloat16 on a GPU; lenses stay float32 (default: %(default)s)")
-    parser.add_argument("--n-devices", type=int, default=1,
+    parser.add_argument("--n-devices", type=option_type(int, min=1, unit="devices"), default=1,
                         help="split the frozen model's blocks over this many CUDA devices (default: %(default)s)")
 
 
-def load_model_from_args(args: argparse.Namespace, name: str | None = None) -> Model:
-    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``, ``--n-devices``."""
+def load_model_from_args(args: argparse.Namespace, name: str | None = None, *, sae_transformer: bool = False) -> Model:
+    """The model of ``--model`` (or ``name``), ``--backend``, ``--raw-weights``, ``--device``, ``--dtype``,
+    ``--n-devices`` (as sae-lens's model class with ``sae_transformer``)."""
     from ..models import load_model
 
     return load_model(name or args.model, backend=args.backend, compatibility_mode=not args.raw_weights,
                       dtype=DTYPES[getattr(args, "dtype", "float32")], device=getattr(args, "device", "cpu"),
-                      n_devices=getattr(args, "n_devices", 1))
+                      n_devices=getattr(args, "n_devices", 1), sae_transformer=sae_transformer)
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +109,27 @@ def start_distributed(args: argparse.Namespace) -> "Dist":
     return dist
 
 
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace an earlier lens and results in ``--out`` (see :class:`~tl_tunedlens.artifacts.outdir.OutputFolder`)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out may hold an earlier lens or results: remove them (only the files this command "
+                             "writes) and write the new ones")
+
+
+def add_truncate_arg(parser: argparse.ArgumentParser) -> None:
+    """``--truncate``: keep the last tokens of a text that is too long, instead of an error."""
+    parser.add_argument("--truncate", action="store_true",
+                        help="a text longer than the limit keeps its last tokens (default: an error)")
+
+
+def check_lens_arg(path: str | None) -> None:
+    """The model-free checks of a ``--lens`` folder (:func:`~tl_tunedlens.artifacts.folder.check_folder`), before any model loads."""
+    from ..artifacts.folder import check_folder
+
+    if path is not None:
+        check_folder(path)
+
+
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``."""
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -102,10 +146,10 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str) -> None:
     group.add_argument("--hf-split", default="train", help="split of a Hugging Face dataset (default: %(default)s)")
     group.add_argument("--split", default=default_split, choices=["train", "heldout", "all"],
                        help="part of the documents to use; train and heldout never share a document (default: %(default)s)")
-    group.add_argument("--held-out", type=float, default=0.1,
+    group.add_argument("--held-out", type=option_type(float, min=0.0, below=1.0), default=0.1,
                        help="fraction of documents held out from training (default: %(default)s)")
-    group.add_argument("--split-seed", type=int, default=0, help="seed of the document split (default: %(default)s)")
-    group.add_argument("--seq-len", type=int, default=None,
+    group.add_argument("--split-seed", type=option_type(int), default=0, help="seed of the document split (default: %(default)s)")
+    group.add_argument("--seq-len", type=option_type(int, min=2, unit="tokens"), default=None,
                        help=f"tokens per sequence, <= the model's n_ctx (default: {DEFAULT_SEQ_LEN}, or a token "
                             "store's own; the paper used 2048)")
 
@@ -143,15 +187,6 @@ def load_data_from_args(args: argparse.Namespace, model: Model, max_tokens: int 
 
 
 # --- training settings, from TrainConfig ------------------------------------------------------
-def _arg_type(hint: Any) -> tuple[type, str | None]:
-    """The argparse ``type`` and ``nargs`` of a TrainConfig field's type hint."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
-    kind = args[0]
-    if typing.get_origin(kind) is list:
-        return typing.get_args(kind)[0], "+"
-    return kind, None
-
-
 def add_train_config_args(parser: argparse.ArgumentParser) -> None:
     """``--preset`` plus one flag per :class:`~tl_tunedlens.training.config.TrainConfig` field (default: the preset's value)."""
     group = parser.add_argument_group("training (defaults: the laptop preset)")
@@ -161,14 +196,16 @@ def add_train_config_args(parser: argparse.ArgumentParser) -> None:
                             "override it (default: %(default)s)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        kind, nargs = _arg_type(hints[f.name])
+        kind, is_list, _ = field_kind(hints[f.name])
         help_text = f.metadata["help"]
         if "(default:" not in help_text:
             paper = PRESETS["paper"].get(f.name, f.default)
             also = f"; paper: {paper}" if paper != f.default else ""
             help_text += f" (default: {'all' if f.default is None else f.default}{also})"
-        group.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name, type=kind,
-                           nargs=nargs, choices=f.metadata.get("choices"), default=None, help=help_text)
+        rules = {k: v for k, v in f.metadata.items() if k != "choices"}  # argparse checks choices itself
+        group.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name,
+                           type=option_type(kind, **rules), nargs="+" if is_list else None,
+                           choices=f.metadata.get("choices"), default=None, help=help_text)
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,9 +1,10 @@
 """``tl-tunedlens demo``: the main job on the embedded default (SmolLM2-135M + Shakespeare, offline).
 
 Train a tuned lens for every layer with the default training settings (the ``laptop`` preset of
-:class:`~tl_tunedlens.training.config.TrainConfig`: a least-squares start, then a short KL refinement
-on other sequences) on the training plays, evaluate it against the logit lens on held-out plays,
-print the per-layer table, and write the lens, ``metrics.json``, ``report.md``, the offline trajectory
+:class:`~tl_tunedlens.training.config.TrainConfig`: a least-squares start, then a few Adam KL
+steps on other sequences), on sequences drawn across all the training plays; evaluate it against the
+logit lens on sequences drawn across the held-out plays; print the per-layer table, the fit time and
+the held-out mean KL, and write the lens, ``metrics.json``, ``report.md``, the offline trajectory
 page ``report.html`` and the per-layer metric curves (``metric_curves.html``/``.png``) under ``--out``.
 Exits 1 if the tuned lens does not beat the logit lens in KL at every layer.
 """
@@ -11,25 +12,27 @@ Exits 1 if the tuned lens does not beat the logit lens in KL at every layer.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
-from .common import (DEFAULT_TEXT, add_backend_args, add_progress_arg, add_train_config_args, load_model_from_args,
-                     train_config_from_args)
+from .common import (DEFAULT_TEXT, add_backend_args, add_overwrite_arg, add_progress_arg, add_train_config_args,
+                     load_model_from_args, option_type, train_config_from_args)
 from .eval import eval_tokens_needed
 
 
 def register(subparsers) -> None:
     """Add the ``demo`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
-        "demo", help="train and evaluate a tuned lens for the embedded SmolLM2-135M on Shakespeare (offline, ~4 min on 2 cores)",
+        "demo", help="train and evaluate a tuned lens for the embedded SmolLM2-135M on Shakespeare (offline, ~3 min on 2 cores)",
         description="The main job on the embedded default: SmolLM2-135M and the Shakespeare texts, all layers, "
                     "trained with the default settings (the laptop preset) on the training plays, evaluated "
                     "against the logit lens on held-out plays; lens + metrics.json + reports written to --out.",
     )
     parser.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: %(default)s)")
-    parser.add_argument("--eval-tokens", type=int, default=1024, help="held-out positions scored (default: %(default)s)")
+    add_overwrite_arg(parser)
+    parser.add_argument("--seq-len", type=option_type(int, min=2, unit="tokens"), default=256, help="tokens per sequence (default: %(default)s)")
+    parser.add_argument("--eval-tokens", type=option_type(int, min=1, unit="tokens"), default=1024, help="held-out positions scored (default: %(default)s)")
     add_backend_args(parser)
     add_train_config_args(parser)
     add_progress_arg(parser)
@@ -40,30 +43,40 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens demo``; returns the exit status."""
     import torch
 
-    from ..analysis import evaluate_lenses
-    from ..analysis.metrics import layers_where_worse
-    from ..data import load_tokens
-    from ..lens import TunedLens
-    from ..training import train_lens
+    from ..artifacts.outdir import OutputFolder
 
     t_start = time.perf_counter()
     torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 2)
     config = train_config_from_args(args)
     config.check(args.seq_len)
+    with OutputFolder(args.out, overwrite=args.overwrite) as folder:  # locked until everything is written
+        return _demo(args, config, folder, t_start)
+
+
+def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
+    from ..analysis import evaluate_lenses
+    from ..analysis.metrics import layers_where_worse, mean_kl
+    from ..data import load_tokens
+    from ..lens import TunedLens
+    from ..training import train_lens
+
     model = load_model_from_args(args, "smollm2-135m")
     shakespeare = dict(held_out=0.1, seed=0, n_ctx=model.cfg.n_ctx)
     train = load_tokens("shakespeare", model.tokenizer, args.seq_len, split="train",
                         max_tokens=config.token_budget(args.seq_len), **shakespeare)
     held = load_tokens("shakespeare", model.tokenizer, args.seq_len, split="heldout",
                        max_tokens=eval_tokens_needed(args.eval_tokens, args.seq_len), **shakespeare)
-    print(f"model: {model.cfg.model_name}, {model.cfg.n_layers} layers; training plays: {len(train.documents)}, "
-          f"held-out plays: {', '.join(_play(name) for name in held.documents)}")
+    n_eval = min(len(held), -(-args.eval_tokens // (args.seq_len - 1)))
+    print(f"model: {model.cfg.model_name}, {model.cfg.n_layers} layers; training: {len(train)} sequences x "
+          f"{args.seq_len} tokens drawn across {len(train.documents)} plays; held-out: {n_eval} sequences drawn "
+          f"across {', '.join(_play(name) for name in held.documents)}")
 
+    folder.clear()
     lens = TunedLens.from_model(model)
     t0 = time.perf_counter()
     result = train_lens(model, lens, train.sequences, config, progress=not args.no_progress, data_info=train.info())
     train_s = time.perf_counter() - t0
-    out = Path(args.out)
+    out = folder.path
     lens.save(out, training=result.info)
     t0 = time.perf_counter()
     metrics = evaluate_lenses(model, held.sequences, tuned=lens, bytes_per_token=held.bytes_per_token,
@@ -71,9 +84,12 @@ def run(args: argparse.Namespace) -> int:
     eval_s = time.perf_counter() - t0
     timing = (f"least-squares start on {result.info.get('lstsq_tokens')} tokens ({result.info.get('lstsq_seconds')} s), "
               f"{result.steps} KL steps x {result.info['tokens_per_step']} tokens ({config.optimizer}, "
-              f"{config.matmul_dtype} vocabulary matmuls); training {train_s:.0f} s, evaluation on "
-              f"{metrics['tokens']} held-out tokens {eval_s:.0f} s, total {time.perf_counter() - t_start:.0f} s")
+              f"{result.info['matmul_dtype']} vocabulary matmuls); fit {train_s:.0f} s, evaluation on "
+              f"{metrics['tokens']} held-out tokens {eval_s:.0f} s, total {time.perf_counter() - t_start:.0f} s "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     _write_outputs(out, model, lens, metrics, held.documents, timing)
+    print(f"fit: {train_s:.0f} s; held-out mean KL over layers 1..{model.cfg.n_layers - 1}: "
+          f"{mean_kl(metrics, 'tuned', 1):.3f} nats (logit lens {mean_kl(metrics, 'logit', 1):.3f})")
     worse = layers_where_worse(metrics)
     if worse:
         print(f"the tuned lens does not beat the logit lens in KL at layers {worse}")

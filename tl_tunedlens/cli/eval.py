@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import MATMUL_DTYPES
-from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, load_data_from_args,
-                     load_model_from_args, resolve_seq_len, start_distributed)
+from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, check_lens_arg,
+                     load_data_from_args, load_model_from_args, option_type, resolve_seq_len, start_distributed)
 
 
 def register(subparsers) -> None:
@@ -22,13 +22,19 @@ def register(subparsers) -> None:
     add_model_args(parser)
     parser.add_argument("--lens", help="folder of a trained tuned lens (default: evaluate the logit lens only)")
     add_data_args(parser, default_split="heldout")
-    parser.add_argument("--tokens", type=int, default=4096,
+    parser.add_argument("--tokens", type=option_type(int, min=1, unit="tokens"), default=4096,
                         help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
-    parser.add_argument("--chunk-tokens", type=int, default=512, help="tokens per logits block (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=option_type(int, min=1, unit="tokens"), default=512, help="tokens per logits block (default: %(default)s)")
     parser.add_argument("--matmul-dtype", default="float32", choices=tuple(MATMUL_DTYPES),
                         help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
                              "scored in float32 and the largest KL difference printed (default: %(default)s)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also measure layer transfer (needs --lens): KL(model || translator j on the residual of "
+                             "layer i) for every pair of --transfer-layers, into the JSON under \"transfer\"")
+    parser.add_argument("--transfer-layers", type=int, nargs="+", default=None, metavar="LAYER",
+                        help="lens layers of the transfer matrix (default: all; it costs layers² vocabulary products)")
     parser.add_argument("--out", help="write the metrics JSON here (default: print only)")
+    parser.add_argument("--report", help="write an offline HTML page of the metric curves (and the transfer heatmap) here")
     add_distributed_args(parser)
     add_progress_arg(parser)
     parser.set_defaults(func=run)
@@ -42,15 +48,20 @@ def eval_tokens_needed(positions: int, seq_len: int) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens eval``; returns the exit status."""
     from ..analysis import evaluate_lenses
-    from ..analysis.tables import metrics_table
+    from ..analysis.tables import metrics_table, transfer_table
+    from ..analysis.transfer import transfer_matrix
+    from ..viz.experiments import write_metrics_page
     from ..artifacts.files import write_json_atomic
+    from ..artifacts.outdir import check_file_output
     from ..errors import LensError
     from ..lens import TunedLens
 
-    if args.tokens < 1:
-        raise LensError(f"--tokens {args.tokens} must be positive")
-    if resolve_seq_len(args) < 2:
-        raise LensError(f"--seq-len {args.seq_len} is too short: use at least 2")
+    if args.out:
+        check_file_output(args.out)
+    check_lens_arg(args.lens)
+    if (args.transfer or args.transfer_layers) and not args.lens:
+        raise LensError("--transfer measures a tuned lens's translators: pass --lens DIR")
+    resolve_seq_len(args)
     dist = start_distributed(args)
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else None
@@ -62,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
     dist.close()
     if not dist.is_main:
         return 0
+    if args.transfer or args.transfer_layers:   # rank 0 alone
+        metrics["transfer"] = transfer_matrix(model, tuned, data.sequences, layers=args.transfer_layers,
+                                              max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
+                                              progress=not args.no_progress)
     print(metrics_table(metrics))
+    if "transfer" in metrics:
+        print(transfer_table(metrics["transfer"]))
     if "precision" in metrics:
         check = metrics["precision"]
         print(f"{check['matmul_dtype']} lens products: KL within {check['max_kl_error']:.2g} nats of float32 "
@@ -70,4 +87,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json_atomic(args.out, metrics)
         print(f"metrics written to {args.out}")
+    if args.report:
+        print(f"report written to {write_metrics_page(metrics, args.report)}")
     return 0

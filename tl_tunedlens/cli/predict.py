@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_TEXT, add_model_args, load_model_from_args
+from .common import DEFAULT_TEXT, add_model_args, add_truncate_arg, check_lens_arg, load_model_from_args, option_type
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,10 @@ def register(subparsers) -> None:
     add_model_args(parser)
     parser.add_argument("--lens", help="folder of a saved tuned lens (default: an untrained one, equal to the logit lens)")
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the prompt (default: a line of Hamlet)")
-    parser.add_argument("--top-k", type=int, default=3, help="predictions shown per lens (default: %(default)s)")
-    parser.add_argument("--position", type=int, default=-1, help="position to decode (default: the last)")
+    parser.add_argument("--top-k", type=option_type(int, min=1), default=3, help="predictions shown per lens (default: %(default)s)")
+    parser.add_argument("--position", type=option_type(int), default=-1,
+                        help="position to decode, negative from the end (default: the last)")
+    add_truncate_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -28,12 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from ..core.backend import to_tokens
     from ..lens import LogitLens, TunedLens
 
+    check_lens_arg(args.lens)
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    tokens = to_tokens(model, args.text)
+    tokens = to_tokens(model, args.text, truncate=args.truncate)
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
     print(f"text:  {args.text!r}  ({tokens.shape[1]} tokens; decoding position {args.position})")
     label = "tuned" if args.lens else "tuned(untrained)"
-    print(prediction_table(model, {"logit": LogitLens.from_model(model), label: tuned}, tokens,
-                           position=args.position, top_k=args.top_k))
+    logit = LogitLens.from_model(model, hook_names=tuned.hook_names)
+    print(prediction_table(model, {"logit": logit, label: tuned}, tokens, position=args.position, top_k=args.top_k))
     return 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_args, load_model_from_args
+from .common import add_model_args, check_lens_arg, load_model_from_args, option_type
 
 
 def register(subparsers) -> None:
+    """Add the ``serve`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "serve", help="explore lenses in the browser: type text, see every layer's prediction (local web app)",
         description="Load the model and the lenses once and serve a local web page: type a text and see the "
@@ -24,10 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind; anything but loopback exposes the model to the network "
                              "(default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="longest text accepted, in tokens (default: %(default)s)")
-    parser.add_argument("--max-chars", type=int, default=2000, help="longest text accepted, in characters (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--port", type=option_type(int, min=0, max=65535), default=8765, help="port; 0 picks a free one (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=option_type(int, min=1, unit="tokens"), default=128, help="longest text accepted, in tokens (default: %(default)s)")
+    parser.add_argument("--max-chars", type=option_type(int, min=1, unit="characters"), default=2000, help="longest text accepted, in characters (default: %(default)s)")
+    parser.add_argument("--threads", type=option_type(int, min=1), default=None,
                         help="torch CPU threads (default: torch's own); 1 is faster on a machine busy with other work")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.set_defaults(func=run)
@@ -40,19 +41,13 @@ def lens_names(dirs: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model and lenses, then serve the explorer until Ctrl+C; exit status."""
     from ..app.explorer import Explorer, Limits
     from ..app.server import Server, is_loopback  # a one-line error without the [app] extra (werkzeug)
-    from ..artifacts.native import read_json_config
-    from ..errors import LensError
-
-    if not 0 <= args.port <= 65535:
-        raise LensError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.threads is not None and args.threads < 1:
-        raise LensError(f"--threads must be at least 1, got {args.threads}")
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens)
     names = lens_names(args.lens)
     for path in args.lens:  # cheap checks first: the model takes a while to load
-        read_json_config(path)
+        check_lens_arg(path)
     port = Server.check_address(args.host, args.port)
     import torch
 

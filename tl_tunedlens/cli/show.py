@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_TEXT, add_model_args, load_model_from_args
+from .common import DEFAULT_TEXT, add_model_args, add_truncate_arg, check_lens_arg, load_model_from_args, option_type
+
+#: the longest text ``show`` takes by default, in tokens: the page grows linearly with it (see README, Safety)
+DEFAULT_MAX_TOKENS = 128
+MAX_TOP_K = 20
 
 
 def register(subparsers) -> None:
@@ -22,23 +26,43 @@ def register(subparsers) -> None:
     parser.add_argument("--stats", default="kl,entropy,ce",
                         help="comma-separated heatmap statistics: kl, entropy, ce, prob, rank, max_prob, kl_step, "
                              "delta_<stat> (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=5, help="predictions shown on hover (default: %(default)s)")
+    parser.add_argument("--top-k", type=option_type(int, min=1, max=MAX_TOP_K), default=5, help="predictions shown on hover (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=option_type(int, min=2, unit="tokens"), default=DEFAULT_MAX_TOKENS,
+                        help="longest text accepted, in tokens (at most the model's n_ctx); the page and the memory "
+                             "grow linearly with it (default: %(default)s)")
+    add_truncate_arg(parser)
+    parser.add_argument("--contrast", nargs=2, metavar=("A", "B"),
+                        help="also show logit(A) - logit(B) per layer, each a single token with its leading space "
+                             "(e.g. --contrast ' Paris' ' London'), and every token's prediction depth")
+    parser.add_argument("--position", type=int, default=-1,
+                        help="the position of the --contrast figure (default: the last)")
+    parser.add_argument("--sae", help="folder of an sae-lens SAE on a lens site (sae.save_model(folder)): "
+                                      "adds its splice effect and a latent ablation to the page (extra [sae])")
+    parser.add_argument("--latent", type=option_type(int, min=0), help="the SAE latent to ablate (default: the most active on the text)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens show``; returns the exit status."""
+    from ..artifacts.outdir import check_file_output
     from ..errors import LensError
     from ..lens import TunedLens
-    from ..viz.report import write_report
+    from ..models.sae import load_sae
+    from ..viz.report import check_stats, write_report
 
     stats = [s.strip() for s in args.stats.split(",") if s.strip()]
     if not stats:
         raise LensError("--stats is empty: pass e.g. --stats kl,entropy")
-    if args.top_k < 1:
-        raise LensError(f"--top-k must be at least 1, got {args.top_k}")
-    model = load_model_from_args(args)
+    check_stats(stats)
+    check_file_output(args.out)
+    check_lens_arg(args.lens)
+    if args.latent is not None and not args.sae:
+        raise LensError("--latent needs --sae: pass the SAE's folder")
+    sae = load_sae(args.sae, device=getattr(args, "device", "cpu")) if args.sae else None
+    model = load_model_from_args(args, sae_transformer=sae is not None)
     lens = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k)
+    path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k, max_tokens=args.max_tokens,
+                        truncate=args.truncate, contrast=tuple(args.contrast) if args.contrast else None,
+                        position=args.position, sae=sae, latent=args.latent)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser (works offline)")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_MODEL, DEFAULT_SEQ_LEN, add_data_args
+from .common import DEFAULT_MODEL, DEFAULT_SEQ_LEN, add_data_args, option_type
 
 
 def register(subparsers) -> None:
@@ -21,16 +21,23 @@ def register(subparsers) -> None:
                              "model folder or hub name (default: %(default)s)")
     parser.add_argument("--out", required=True, help="the new store folder")
     add_data_args(parser, default_split="train")
-    parser.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (default: all)")
+    parser.add_argument("--max-tokens", type=option_type(int, min=1, unit="tokens"), default=None, help="stop after this many tokens (default: all)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens tokenize``; returns the exit status."""
+    from pathlib import Path
+
+    from ..artifacts.outdir import check_file_output
     from ..data import load_documents, split_documents
     from ..data.store import write_store
+    from ..errors import LensError
     from ..models import load_tokenizer
 
+    if Path(args.out).expanduser().exists():   # before any tokenizer or text is loaded
+        raise LensError(f"{args.out} already exists: pass a new --out folder for the token store (or delete it)")
+    check_file_output(args.out)   # its parent can be created and written
     seq_len = args.seq_len or DEFAULT_SEQ_LEN
     tokenizer = load_tokenizer(args.model)
     docs = split_documents(load_documents(args.data, text_field=args.text_field, hf_split=args.hf_split), args.split,

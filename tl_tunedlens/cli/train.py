@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, add_train_config_args,
-                     budget_plan, load_data_from_args, load_model_from_args, resolve_seq_len, start_distributed,
-                     train_config_from_args, training_summary)
+from .common import (add_data_args, add_distributed_args, add_model_args, add_overwrite_arg, add_progress_arg,
+                     add_train_config_args, budget_plan, load_data_from_args, load_model_from_args, option_type,
+                     resolve_seq_len, start_distributed, train_config_from_args, training_summary)
 
 
 def register(subparsers) -> None:
@@ -24,10 +24,15 @@ def register(subparsers) -> None:
     )
     add_model_args(parser)
     parser.add_argument("--out", required=True, help="output folder for the lens and its checkpoint")
+    parser.add_argument("--hooks", default=None,
+                        help="residual hook points the lens reads instead of the default (embeddings, then every "
+                             "resid_post): 'resid_mid' (every blocks.{i}.hook_resid_mid, after attention) or "
+                             "comma-separated names, e.g. blocks.3.hook_resid_mid,blocks.7.hook_resid_pre")
     add_data_args(parser, default_split="train")
     add_train_config_args(parser)
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt with the same options")
-    parser.add_argument("--max-tokens", type=int, default=None,
+    add_overwrite_arg(parser)
+    parser.add_argument("--max-tokens", type=option_type(int, min=1, unit="tokens"), default=None,
                         help="tokens to read from the data (default: what the settings need, see "
                              "TrainConfig.token_budget; a token store: all of it)")
     add_distributed_args(parser)
@@ -37,23 +42,32 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens train``; returns the exit status."""
-    from ..artifacts.checkpoint import CHECKPOINT_NAME
+    from contextlib import nullcontext
+
+    from ..artifacts.outdir import OutputFolder
+
+    config = train_config_from_args(args)
+    config.check(resolve_seq_len(args))
+    folder = OutputFolder(args.out, resume=args.resume, overwrite=args.overwrite)
+    folder.check()   # on every rank, before any joins the group: a bad --out fails them all alike
+    dist = start_distributed(args)
+    try:
+        with folder if dist.is_main else nullcontext(folder):  # rank 0 owns (locks) it until the lens is saved
+            return _train(args, config, folder, dist)
+    except BaseException:
+        dist.abort()   # the other ranks fail at their next collective instead of waiting for the timeout
+        raise
+
+
+def _train(args: argparse.Namespace, config, folder, dist) -> int:
     from ..data.store import is_store
-    from ..errors import LensError
     from ..lens import TunedLens
     from ..training import train_lens
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise LensError(f"--out {out} is a file: pass a folder path")
-    if not args.resume and (out / CHECKPOINT_NAME).exists():
-        raise LensError(f"{out} already holds a training checkpoint: pass --resume to continue it or another --out")
-    config = train_config_from_args(args)
-    config.check(resolve_seq_len(args))
-    dist = start_distributed(args)
+    out = folder.path
     say = print if dist.is_main else (lambda *_: None)
     model = load_model_from_args(args)
-    lens = TunedLens.from_model(model)
+    lens = TunedLens.from_model(model, hook_names=parse_hooks(args.hooks))
     plan = budget_plan(model, lens, config, args.seq_len, out if args.resume else None)
     planned = plan.apply(config) if plan is not None else config
     wanted = args.max_tokens if is_store(args.data) else args.max_tokens or planned.token_budget(args.seq_len)
@@ -61,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
         f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents"
         + (f"; {dist.world} ranks ({dist.backend})" if dist.active else ""))
+    if dist.is_main and (removed := folder.clear()):
+        say(f"--overwrite: removed the earlier {', '.join(removed)} from {out}")
     result = train_lens(model, lens, data.sequences, config, out_dir=out, resume=args.resume,
                         progress=not args.no_progress, data_info=data.info(), plan=plan, dist=dist)
     if dist.is_main:
@@ -69,3 +85,11 @@ def run(args: argparse.Namespace) -> int:
     dist.close()
     say(f"{training_summary(result)}; lens saved to {out}")
     return 0
+
+
+def parse_hooks(text: str | None) -> str | list[str] | None:
+    """``--hooks``: ``None`` (the default hook points), a named set such as ``resid_mid``, or a comma list."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names[0] if len(names) == 1 and "." not in names[0] else names

@@ -18,7 +18,8 @@ still has a scale), whether the unembedding is a plain frozen linear map that tr
 (:func:`linear_unembed_weights`), the decoder's parameters under backend-independent names for the
 model-identity hash (:func:`decoder_state`), the token embedding (:func:`embedding_matrix`), running
 the model with hooks to capture residual streams (:func:`capture_residuals`), detaching the hooks of
-a module while a lens decodes inside a hook (:func:`hooks_silenced`) and text to tokens
+a module while a lens decodes inside a hook (:func:`hooks_silenced`; at a site wrapped by an sae-lens
+SAE the capture reads through it, :mod:`.saes`) and text to tokens
 (:func:`to_tokens`). The lens hook names (``blocks.0.hook_resid_pre``, ``blocks.{i}.hook_resid_post``,
 :mod:`.layers`) are valid on both kinds.
 
@@ -29,8 +30,9 @@ classes are looked up when a model is inspected, so the package imports on 3.x a
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Container, Iterator
 
 import torch
 from einops import rearrange
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from ..errors import LensError
+from .saes import check_sae_read, find_site, missing_site
 
 HOOKED, BRIDGE = "hooked", "bridge"
 BACKENDS = (HOOKED, BRIDGE)
@@ -217,24 +220,35 @@ def hooks_silenced(module: nn.Module | None) -> Iterator[None]:
             sub._forward_hooks, sub._backward_hooks = fwd, bwd
 
 
+def hook_points(model: Model) -> Container[HookPoint]:
+    """Every ``HookPoint`` of ``model`` (its ``hook_dict``), held weakly: what a lens hook checks its
+    hook point against (see :mod:`tl_tunedlens.core.hooks`)."""
+    return weakref.WeakSet(model.hook_dict.values())
+
+
 class _Captured(Exception):
     """Raised by the last capturing hook: the rest of the forward pass is not needed."""
 
 
 @torch.no_grad()
-def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names: list[str]
-                      ) -> Float[Tensor, "layer batch pos d_model"]:
+def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names: list[str], *,
+                      sae_read: str = "output") -> Float[Tensor, "layer batch pos d_model"]:
     """Residual streams read by ``hook_names`` (e.g. ``lens.hook_names``), stacked in that order.
 
     The model runs frozen, without gradients, and stops as soon as every hook has fired (the hook
     that completes the set raises), so its own ``ln_final`` / unembedding never run on either backend
     (a Bridge ignores ``stop_at_layer=n_layers``). Captures are keyed by the requested name (on a Bridge
-    ``hook.name`` is the canonical one). A model split over devices: every capture is moved to the
-    unembedding's device, where the lens lives."""
+    ``hook.name`` is the canonical one). At a site wrapped by an sae-lens SAE the capture reads its
+    ``hook_sae_output`` (``sae_read="output"``, what flows downstream) or ``hook_sae_input`` (``"input"``).
+    A model split over devices: every capture is moved to the unembedding's device, where the lens lives."""
+    check_sae_read(sae_read)
     wanted = list(dict.fromkeys(hook_names))
-    unknown = [name for name in wanted if name not in model.hook_dict]
+    available = model.hook_dict
+    found = {name: find_site(name, available, sae_read) for name in wanted}
+    unknown = [name for name in wanted if found[name] is None]
     if unknown:
-        raise LensError(f"the model has no hook point {unknown[0]!r}: pass hook names of this model (e.g. lens.hook_names)")
+        raise missing_site(unknown[0], available, sae_read, fix="pass hook names of this model (e.g. lens.hook_names)",
+                           where="the model")
     store: dict[str, Tensor] = {}
 
     def saver(name: str):
@@ -245,7 +259,7 @@ def capture_residuals(model: Model, tokens: Int[Tensor, "batch pos"], hook_names
         return save
 
     try:
-        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(name, saver(name)) for name in wanted])
+        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(found[name], saver(name)) for name in wanted])
     except _Captured:
         pass
     missing = [name for name in wanted if name not in store]
@@ -273,18 +287,34 @@ def as_token_batch(tokens: Tensor | None) -> Int[Tensor, "batch pos"] | None:
     return tokens.long()
 
 
-def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1) -> Int[Tensor, "batch pos"]:
+def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1, max_tokens: int | None = None,
+              truncate: bool = False) -> Int[Tensor, "batch pos"]:
     """Token ids on the model's device: a string goes through ``model.to_tokens`` (TransformerLens's
     own BOS convention, ``cfg.default_prepend_bos``; the embedded SmolLM2 prepends none on either
-    backend), ids ``[pos]``/``[batch pos]`` pass through."""
+    backend), ids ``[pos]``/``[batch pos]`` pass through.
+
+    Never cut silently: more tokens than the model's context ``n_ctx`` (or ``max_tokens``, if lower)
+    is a one-line error, unless ``truncate``, which keeps the *last* tokens (and a prepended BOS), so
+    the last position is still the text's own end."""
+    bos = None
     if isinstance(text, str):
         if not text:
             raise LensError("the text is empty: pass some words")
         if getattr(model, "tokenizer", None) is None:
             raise LensError("this model has no tokenizer: pass token ids instead of a string")
-        tokens = model.to_tokens(text)
+        tokens = model.to_tokens(text, truncate=False)
+        bos = getattr(model.tokenizer, "bos_token_id", None) if getattr(model.cfg, "default_prepend_bos", False) else None
     else:
         tokens = as_token_batch(text)
     if tokens.shape[-1] < min_tokens:
         raise LensError(f"the text must be at least {min_tokens} token(s) long: pass a longer text")
+    n_ctx = int(model.cfg.n_ctx)
+    limit = min(n_ctx, max_tokens) if max_tokens is not None else n_ctx
+    if tokens.shape[-1] > limit:
+        if not truncate:
+            why = f"the model's context n_ctx={n_ctx}" if limit == n_ctx else f"the limit of {limit}"
+            raise LensError(f"the text is {tokens.shape[-1]} tokens long, more than {why}: shorten it, or ask for "
+                            f"truncation (--truncate, truncate=True) to keep its last {limit} tokens")
+        keep_bos = int(bos is not None and bool((tokens[:, 0] == bos).all()) and limit > 1)
+        tokens = torch.cat([tokens[:, :keep_bos], tokens[:, tokens.shape[-1] - (limit - keep_bos):]], dim=-1)
     return tokens.to(model.cfg.device)

@@ -9,7 +9,23 @@ Three routes give identical results on the same input:
   then ``record.log_probs[layer]`` (or ``record.top_k_log_probs`` / ``record.top_k_indices``).
 
 ``lens.hooks(intervene=layer)`` instead replaces the residual stream at ``layer`` with its
-translated version, so the rest of the model runs on the translator's output.
+translated version, so the rest of the model runs on the translator's output, and
+``lens.hooks(ablate=layer, subspace=U, method="mean"|"resample"|"zero")`` removes the span of ``U``
+from the residual stream there (:mod:`.ablation`).
+
+**The right model.** The cache route checks the cache's model (``cache.model``). The hook route
+checks, at every call, that the hook point it runs on belongs to the model the lens was built or
+loaded for (a weak reference kept by its :class:`~tl_tunedlens.core.unembed.Unembed`), or to the
+``model=`` passed to ``lens.hooks``, which is then checked like ``lens.check_model(model)`` (the same
+weights in another instance or backend pass, another model raises). Hooks running in any other model
+raise a one-line :class:`~tl_tunedlens.errors.LensError` at their first call. A hook function called by
+hand (``hook`` not a TransformerLens ``HookPoint``) is not checked.
+
+Both routes read through sae-lens SAEs (:mod:`.saes`): where an SAE is attached at a lens site, they
+read its ``hook_sae_output`` (what flows downstream) or, with ``sae_read="input"``, its
+``hook_sae_input`` (the clean residual); interventions replace ``hook_sae_output``. That is why hooks
+are placed with name predicates (:class:`~tl_tunedlens.core.saes.SiteFilter`) and why a cache for a
+lens is best taken with ``names_filter=lens.names_filter``.
 """
 
 from __future__ import annotations
@@ -21,14 +37,23 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from transformer_lens.hook_points import HookPoint
+
 from ..errors import LensError
-from .layers import normalize_layers
+from .ablation import ablate as ablate_subspace
+from .ablation import check_method, check_subspace
+from .backend import Model, hook_points
+from .layers import as_index, normalize_layers
+from .saes import SAE_READS, SiteFilter, check_sae_read, find_site, missing_site
 from .unembed import to_log_probs
 
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache
 
-HookList = list[tuple[str, Callable]]
+    from .unembed import Unembed
+
+HookList = list[tuple[Callable[[str], bool], Callable]]
+Positions = int | slice | list[int] | Int[Tensor, " n"] | None
 
 
 @dataclass
@@ -46,6 +71,7 @@ class LensRecord:
 
     @property
     def layers(self) -> list[int]:
+        """The lens layers recorded so far, ascending."""
         return sorted(self.log_probs or self.top_k_log_probs)
 
     def clear(self) -> None:
@@ -62,8 +88,40 @@ class LensRecord:
         return torch.stack([source[i] for i in sorted(source)])
 
 
-def _select_positions(resid: Tensor, positions) -> Tensor:
-    return resid if positions is None else resid[:, positions]
+def as_positions(positions: Positions) -> slice | Int[Tensor, " n"] | None:
+    """``positions`` checked and normalised: ``None`` (all), a slice of ints, or a 1-D ``long`` tensor
+    (from an int, a list/tuple of ints or an integer tensor); anything else is a one-line error."""
+    if positions is None:
+        return None
+    if isinstance(positions, slice):
+        for part in (positions.start, positions.stop, positions.step):
+            if part is not None:
+                as_index(part, "a positions slice bound")
+        return positions
+    if isinstance(positions, Tensor):
+        if positions.dtype == torch.bool or positions.is_floating_point() or positions.is_complex() or positions.ndim > 1:
+            raise LensError(f"positions must be an integer tensor of shape [n], got {positions.dtype} of shape "
+                            f"{tuple(positions.shape)}: pass e.g. positions=[-1]")
+        return positions.long().reshape(-1).cpu()
+    if isinstance(positions, (list, tuple)):
+        return torch.tensor([as_index(p, "position") for p in positions], dtype=torch.long)
+    return torch.tensor([as_index(positions, "positions")], dtype=torch.long)
+
+
+def check_positions(positions: slice | Tensor | None, n_pos: int) -> None:
+    """Raise a one-line error if an index of ``positions`` (see :func:`~tl_tunedlens.core.hooks.as_positions`) is outside a sequence of ``n_pos`` tokens."""
+    if isinstance(positions, Tensor) and len(positions):
+        bad = positions[(positions >= n_pos) | (positions < -n_pos)]
+        if len(bad):
+            raise LensError(f"position {int(bad[0])} is out of range for a sequence of {n_pos} tokens: "
+                            f"use 0..{n_pos - 1} (or -{n_pos}..-1 from the end)")
+
+
+def _select_positions(resid: Tensor, positions: slice | Tensor | None) -> Tensor:
+    if positions is None:
+        return resid
+    check_positions(positions, resid.shape[1])
+    return resid[:, positions]
 
 
 class HooksMixin:
@@ -73,31 +131,67 @@ class HooksMixin:
     the methods ``transform(h, layer)``, ``log_probs(h, layer)``, ``forward_all(resids)`` and
     ``check_model(model)``."""
 
+    unembed: "Unembed"
     n_layers: int
+    d_model: int
     d_vocab: int
     hook_names: list[str]
 
+    def _hook_guard(self, model: Model | None) -> Callable[[object], None]:
+        """A check that a hook point belongs to ``model`` (checked now with ``check_model``) or, without
+        it, to the model this lens was built or loaded for; see the module doc."""
+        if model is not None:
+            self.check_model(model)
+        owner = model if model is not None else self.unembed.model
+        points = None
+
+        def check(hook: object) -> None:
+            nonlocal points
+            if not isinstance(hook, HookPoint):
+                return
+            if points is None:
+                points = hook_points(owner) if owner is not None else ()
+            if hook not in points:
+                raise LensError(
+                    f"lens hooks ran on {getattr(hook, 'name', None) or 'a hook point'} of a model other than the one "
+                    f"this {type(self).__name__} was built for: pass lens.hooks(..., model=that_model) to check and "
+                    "use it there, or TunedLens.load the lens for that model")
+        return check
+
     # --- ActivationCache route ------------------------------------------------------
-    def residuals_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_model"]:
-        """Residual stream at every lens layer, stacked, from a TransformerLens cache."""
-        missing = [name for name in self.hook_names if name not in cache]
-        if missing:
-            raise LensError(
-                f"the cache lacks {len(missing)} lens hook(s), e.g. {missing[0]!r}: run "
-                "model.run_with_cache(tokens, names_filter=lens.hook_names)"
-            )
+    @property
+    def names_filter(self) -> SiteFilter:
+        """A hook-name predicate for ``run_with_cache(tokens, names_filter=lens.names_filter)`` (or
+        ``run_with_cache_with_saes``): it caches the lens sites and, at a site wrapped by an sae-lens SAE,
+        both its ``hook_sae_output`` and ``hook_sae_input``. Without SAEs it caches exactly what
+        ``names_filter=lens.hook_names`` does."""
+        return SiteFilter(self.hook_names, SAE_READS)
+
+    def residuals_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                             ) -> Float[Tensor, "layer batch pos d_model"]:
+        """Residual stream at every lens layer, stacked, from a TransformerLens cache. At a site wrapped by
+        an sae-lens SAE: its ``hook_sae_output`` (``sae_read="output"``) or ``hook_sae_input`` (``"input"``)."""
+        check_sae_read(sae_read)
+        names = [find_site(name, cache, sae_read) for name in self.hook_names]
+        if None in names:
+            site = self.hook_names[names.index(None)]
+            raise missing_site(site, cache, sae_read, fix="run model.run_with_cache(tokens, names_filter=lens.names_filter)",
+                               where="the cache")
         model = getattr(cache, "model", None)
         if model is not None and hasattr(model, "unembed"):
             self.check_model(model)
-        return torch.stack([cache[name] for name in self.hook_names])
+        return torch.stack([cache[name] for name in names])
 
-    def logits_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
-        """Lens logits of every layer ``0..n_layers``; the last row is the model's own output."""
-        return self.forward_all(self.residuals_from_cache(cache))
+    def logits_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                          ) -> Float[Tensor, "layer batch pos d_vocab"]:
+        """Lens logits of every layer ``0..n_layers``; the last row is the model's own output
+        (``sae_read``: see :meth:`residuals_from_cache`)."""
+        return self.forward_all(self.residuals_from_cache(cache, sae_read=sae_read))
 
-    def log_probs_from_cache(self, cache: "ActivationCache") -> Float[Tensor, "layer batch pos d_vocab"]:
+    def log_probs_from_cache(self, cache: "ActivationCache", *, sae_read: str = "output"
+                             ) -> Float[Tensor, "layer batch pos d_vocab"]:
         """Like :meth:`logits_from_cache`, as log-probs (nats), fp32 or better."""
-        return to_log_probs(self.logits_from_cache(cache))
+        return to_log_probs(self.logits_from_cache(cache, sae_read=sae_read))
 
     # --- hooks route ----------------------------------------------------------------
     def recording_hooks(
@@ -105,28 +199,32 @@ class HooksMixin:
         record: LensRecord,
         *,
         layers: int | list[int] | None = None,
-        positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
+        positions: Positions = None,
         top_k: int | None = None,
         detach: bool = True,
+        model: Model | None = None,
+        sae_read: str = "output",
     ) -> HookList:
         """Hooks that write lens predictions into ``record`` during a normal forward pass.
 
-        ``layers``: lens layers to record (default all); ``positions``: an index, slice or list of
-        positions (default all); ``top_k``: keep only the ``k`` most likely tokens per position
-        (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
-        without building a graph. The model's own output is not changed."""
+        ``layers``: lens layers (or their hook names) to record (default all); ``positions``: an index,
+        slice or list of positions (default all); ``top_k``: keep only the ``k`` most likely tokens per
+        position (memory ``layers x pos x k`` instead of ``layers x pos x vocab``); ``detach``: record
+        without building a graph; ``model``: the model the hooks will run in, when it is not the one the
+        lens was built for (checked); ``sae_read``: at a site wrapped by an sae-lens SAE, read its
+        ``"output"`` (default) or its ``"input"``. The model's own output is not changed."""
+        check_sae_read(sae_read)
         if not isinstance(record, LensRecord):
             raise LensError(f"record must be a LensRecord, got {type(record).__name__}: pass LensRecord()")
-        if top_k is not None and not 1 <= int(top_k) <= self.d_vocab:
+        if top_k is not None and not 1 <= as_index(top_k, "top_k") <= self.d_vocab:
             raise LensError(f"top_k={top_k} is out of range: use 1..{self.d_vocab} or None")
-        if isinstance(positions, int):
-            positions = [positions]
-        if isinstance(positions, list):
-            positions = torch.tensor(positions, dtype=torch.long)
+        positions = as_positions(positions)
         record.positions = positions if isinstance(positions, Tensor) else None
+        guard = self._hook_guard(model)
 
         def make_hook(layer: int) -> Callable:
             def hook_fn(resid: Tensor, hook) -> None:
+                guard(hook)
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
                     log_probs = self.log_probs(_select_positions(resid, positions), layer)
                     if top_k is None:
@@ -137,50 +235,90 @@ class HooksMixin:
                         record.top_k_indices[layer] = indices
             return hook_fn
 
-        return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]], [sae_read]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
 
     def intervention_hooks(
         self,
         layers: int | list[int],
         *,
-        positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
+        positions: Positions = None,
+        model: Model | None = None,
     ) -> HookList:
         """Hooks that replace the residual stream at ``layers`` with ``lens.transform(resid, layer)``
-        (at ``positions`` only, if given), so the rest of the model runs on the translator's output."""
-        if isinstance(positions, int):
-            positions = [positions]
+        (at ``positions`` only, if given), so the rest of the model runs on the translator's output
+        (at a site wrapped by an sae-lens SAE: its ``hook_sae_output``, what flows downstream).
+        ``model``: as in :meth:`~tl_tunedlens.core.hooks.HooksMixin.recording_hooks`."""
+        positions = as_positions(positions)
+        guard = self._hook_guard(model)
 
         def make_hook(layer: int) -> Callable:
             def hook_fn(resid: Tensor, hook) -> Tensor:
+                guard(hook)
                 if positions is None:
                     return self.transform(resid, layer)
+                check_positions(positions, resid.shape[1])
                 out = resid.clone()
                 out[:, positions] = self.transform(resid[:, positions], layer)
                 return out
             return hook_fn
 
-        return [(self.hook_names[i], make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return [(SiteFilter([self.hook_names[i]]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+
+    def ablation_hooks(
+        self,
+        layers: int | list[int],
+        subspace: Float[Tensor, "d_model k"],
+        *,
+        method: str = "mean",
+        mean: Float[Tensor, " d_model"] | None = None,
+        seed: int = 0,
+    ) -> HookList:
+        """Hooks that remove the span of ``subspace`` (orthonormal columns) from the residual stream at
+        ``layers`` by ``method`` (``"mean"``, ``"resample"`` or ``"zero"``; ``mean``: the mean residual to
+        use, default the batch's; ``seed``: the resample derangement's). See :mod:`.ablation`."""
+        basis = check_subspace(subspace, self.d_model)
+        check_method(method)
+
+        def hook_fn(resid: Tensor, hook) -> Tensor:
+            return ablate_subspace(resid, basis, method, mean=mean, seed=seed)
+
+        return [(SiteFilter([self.hook_names[i]]), hook_fn) for i in normalize_layers(layers, self.n_layers)]
 
     def hooks(
         self,
         record: LensRecord | None = None,
         *,
         layers: int | list[int] | None = None,
-        positions: int | slice | list[int] | Int[Tensor, " n"] | None = None,
+        positions: Positions = None,
         top_k: int | None = None,
         intervene: int | list[int] | None = None,
         detach: bool = True,
+        model: Model | None = None,
+        ablate: int | list[int] | None = None,
+        subspace: Float[Tensor, "d_model k"] | None = None,
+        method: str = "mean",
+        mean: Float[Tensor, " d_model"] | None = None,
+        seed: int = 0,
+        sae_read: str = "output",
     ) -> HookList:
-        """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record`` and/or intervene.
+        """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record``, intervene and/or ablate.
 
-        Recording hooks come first, so at an intervened layer the record holds the lens
-        prediction of the residual as the model computed it (see :meth:`recording_hooks`,
-        :meth:`intervention_hooks`)."""
-        if record is None and intervene is None:
-            raise LensError("lens.hooks() needs a LensRecord to record into and/or intervene=LAYER")
+        Ablation hooks (``ablate=layer, subspace=U, method=, mean=, seed=``, :meth:`ablation_hooks`)
+        come first, so the record sees the ablated stream; then recording hooks, so at an intervened
+        layer the record holds the lens prediction of the residual before the translator replaced it
+        (see :meth:`recording_hooks`, :meth:`intervention_hooks`). ``model``: the model the hooks will
+        run in when it is not the one this lens was built or loaded for (checked now, like
+        ``lens.check_model(model)``)."""
+        if record is None and intervene is None and ablate is None:
+            raise LensError("lens.hooks() needs a LensRecord to record into, intervene=LAYER and/or ablate=LAYER")
+        if (ablate is None) != (subspace is None):
+            raise LensError("ablation needs both ablate=LAYER and subspace=U (a [d_model, k] orthonormal basis)")
         hooks: HookList = []
+        if ablate is not None:
+            hooks += self.ablation_hooks(ablate, subspace, method=method, mean=mean, seed=seed)
         if record is not None:
-            hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach)
+            hooks += self.recording_hooks(record, layers=layers, positions=positions, top_k=top_k, detach=detach,
+                                          model=model, sae_read=sae_read)
         if intervene is not None:
-            hooks += self.intervention_hooks(intervene, positions=positions)
+            hooks += self.intervention_hooks(intervene, positions=positions, model=model)
         return hooks

@@ -21,6 +21,7 @@ training may run it itself (:attr:`Unembed.fusable`) in a lower precision
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +40,17 @@ def to_log_probs(logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*bat
     return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
 
 
+def _no_model() -> None:
+    return None
+
+
 class Unembed:
     """``logits = softcap(unembed(ln_final(h)))`` exactly as the model's own forward does (a
     ``HookedTransformer`` or a ``TransformerBridge``, see :mod:`.backend`)."""
 
     def __init__(self, model: Model):
         facts = model_facts(model)
+        self._model = weakref.ref(model)
         self.backend: str = facts.backend
         self.ln_final = facts.ln_final
         self.unembed = facts.unembed
@@ -58,11 +64,26 @@ class Unembed:
         self._transposed: dict[str, tuple] = {}  # "model" / "training" -> (key, W_U.T contiguous, b_U)
 
     @property
+    def model(self) -> Model | None:
+        """The model this decoder was read from (held weakly: ``None`` once it is gone, or after pickling)."""
+        return self._model()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None}  # a weak reference does not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._model is None:
+            self._model = _no_model
+
+    @property
     def device(self) -> torch.device:
+        """The device of the unembedding weights."""
         return self.unembed.W_U.device
 
     @property
     def softcapped(self) -> bool:
+        """Whether the model soft-caps its output logits (``tanh``), which the fused path cannot do."""
         return self.softcap is not None
 
     # --- the fast path ----------------------------------------------------------------
@@ -164,6 +185,7 @@ class Unembed:
 
     @property
     def fingerprint(self) -> list[float]:
+        """Log-probs of fixed probe vectors (computed once): the model identity that survives processing flags."""
         if self._fingerprint is None:
             self._fingerprint = self.compute_fingerprint()
         return self._fingerprint

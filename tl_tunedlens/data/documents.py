@@ -77,8 +77,12 @@ def _read_txt(path: Path) -> Document:
 
 def _read_jsonl(path: Path, text_field: str) -> list[Document]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LensError(f"{path}:{lineno} is not UTF-8 text: convert the file to UTF-8") from None
             if not line.strip():
                 continue
             try:

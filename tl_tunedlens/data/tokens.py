@@ -55,10 +55,12 @@ class TokenData:
 
     @property
     def n_tokens(self) -> int:
+        """Total tokens, ``n_seq * seq_len``."""
         return int(self.sequences.numel())
 
     @property
     def seq_len(self) -> int:
+        """Tokens per sequence."""
         return int(self.sequences.shape[1])
 
     def __len__(self) -> int:

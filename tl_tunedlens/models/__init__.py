@@ -14,6 +14,9 @@
 ``HookedTransformer``, the Hugging Face ``device_map`` route (``boot_transformers(n_devices=K)``) for a
 ``TransformerBridge``; ``ln_final`` and the unembedding end up on one device, where a lens is built.
 
+``sae_transformer=True`` (or :func:`~tl_tunedlens.models.sae.as_sae_transformer` on a model already loaded) gives sae-lens's
+``HookedSAETransformer`` / ``SAETransformerBridge`` instead, without the hub (:mod:`.sae`, extra ``[sae]``).
+
 A hub name with the hub unreachable (or ``HF_HUB_OFFLINE=1`` and the model not cached) fails at once
 with a clear message (:mod:`.remote`).
 
@@ -34,8 +37,9 @@ from ..errors import ModelLoadError, first_line
 from .bridge import is_hf_folder, load_bridge
 from .embedded import SMOLLM2_ALIASES, load_smollm2
 from .remote import not_cached, require_hub_model
+from .sae import as_sae_transformer, load_sae, sae_lens_analysis
 
-__all__ = ["load_model", "load_tokenizer"]
+__all__ = ["load_model", "load_tokenizer", "as_sae_transformer", "load_sae"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -82,6 +86,7 @@ def load_model(
     n_ctx: int | None = None,
     tokenizer: Any = None,
     n_devices: int = 1,
+    sae_transformer: bool = False,
     **kwargs: Any,
 ) -> Model:
     """A ``HookedTransformer`` or ``TransformerBridge`` with its tokenizer, frozen (``requires_grad=False``)
@@ -93,9 +98,13 @@ def load_model(
     flags default to TransformerLens's own (``fold_ln``, ``center_writing_weights``, ``center_unembed``;
     on a Bridge they are compatibility mode's, off entirely with ``compatibility_mode=False``); lens
     log-probs are the same under all of them. ``n_devices``: split the blocks over that many CUDA devices
-    (see the module docstring). Extra keyword arguments go to ``HookedTransformerConfig``
-    (embedded model), ``HookedTransformer.from_pretrained`` or ``TransformerBridge.boot_transformers``."""
+    (see the module docstring). ``sae_transformer=True``: return sae-lens's
+    ``HookedSAETransformer`` / ``SAETransformerBridge`` of the model (:func:`~tl_tunedlens.models.sae.as_sae_transformer`).
+    Extra keyword arguments go to ``HookedTransformerConfig`` (embedded model),
+    ``HookedTransformer.from_pretrained`` or ``TransformerBridge.boot_transformers``."""
     dtype = parse_dtype(dtype)
+    if sae_transformer:
+        sae_lens_analysis()  # before the work: a missing sae-lens fails at once
     backend = resolve_backend(backend, name)
     check_n_devices(n_devices, device)
     if n_devices > 1:
@@ -112,6 +121,8 @@ def load_model(
             model = load_smollm2(dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
         else:
             model = _load_from_hub(name, dtype=dtype, device=device, n_ctx=n_ctx, **flags, **kwargs)
+    if sae_transformer:
+        model = as_sae_transformer(model)
     for param in model.parameters():
         param.requires_grad_(False)
     return model

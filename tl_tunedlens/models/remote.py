@@ -14,6 +14,7 @@ def in_hub_cache(repo_id: str) -> bool:
 
 
 def not_cached(repo_id: str) -> ModelLoadError:
+    """The error for a hub model that ``HF_HUB_OFFLINE=1`` forbids downloading and the cache lacks."""
     return ModelLoadError(f"cannot load {repo_id!r} with HF_HUB_OFFLINE=1: it is not in the local Hugging Face "
                           "cache (unset HF_HUB_OFFLINE with the internet on to download it)")
 

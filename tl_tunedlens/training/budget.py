@@ -4,7 +4,7 @@ The budget covers the fit: this warm-up, the least-squares start and the KL step
 model or the data). :func:`measure_rates` times, on random token ids, what a run repeats: one model
 forward with the least-squares sums, and the KL work of one layer per token (its vocabulary products,
 softmax and backward). :func:`plan_budget` then spends the rest of the budget: a share
-:data:`FIT_SHARE` on the least-squares sample (at most :data:`MAX_FIT_TOKENS` tokens), the remainder
+``FIT_SHARE`` on the least-squares sample (at most ``MAX_FIT_TOKENS`` tokens), the remainder
 on whole KL steps (none when not even one fits: then the sample takes it all). The plan replaces
 ``lstsq_tokens`` and ``steps`` (:meth:`BudgetPlan.apply`); the trainer stops collecting the sample at
 its share and skips any step that would end past the deadline, re-estimating a step's time from the
@@ -48,14 +48,18 @@ class Rates:
     warmup_s: float         # wall time of the measurement itself
 
     def fit_seconds(self, tokens: int) -> float:
+        """Seconds the least-squares start needs for ``tokens`` tokens."""
         return tokens * (self.forward + self.stats)
 
     def step_seconds(self, tokens: int, n_layers: int) -> float:
+        """Seconds one KL step of ``tokens`` tokens over ``n_layers`` lens layers needs."""
         return tokens * (self.forward + (n_layers + 0.5) * self.kl_layer)   # + the target, about half a layer
 
 
 @dataclass
 class BudgetPlan:
+    """How a time budget is spent: the least-squares sample and the KL steps, planned from measured
+    :class:`Rates`; recorded in the lens's training info."""
     budget_s: float
     lstsq_tokens: int
     steps: int
@@ -76,6 +80,7 @@ class BudgetPlan:
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> "BudgetPlan":
+        """The plan recorded in a training-info dict (e.g. a checkpoint's), for a resume."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"rates"}
         return cls(**{k: info[k] for k in fields}, rates=Rates(**info["rates"]))
 

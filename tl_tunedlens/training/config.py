@@ -4,8 +4,10 @@
 flags, their defaults and help are generated from its fields (see :mod:`tl_tunedlens.cli.common`),
 and it validates itself on construction. Two presets:
 
-- ``"laptop"`` (the defaults): a closed-form least-squares start on 32,768 tokens, then 8 Adam
-  steps of the KL objective x 512 tokens; a few minutes for SmolLM2-135M on 2 CPU cores.
+- ``"laptop"`` (the defaults): a closed-form least-squares start on 28,672 tokens, then 2 Adam
+  steps of the KL objective x 512 tokens; under two minutes for SmolLM2-135M on 2 quiet CPU cores
+  (the start's sample is the lever that pays most per second; ``bench/time_to_quality.py`` compares
+  recipes, ``optimizer="whitened"`` is the preconditioned alternative to Adam).
 - ``"paper"``: Belrose et al. (2023): identity start, 250 steps x 2^18 tokens, SGD with Nesterov
   momentum 0.9, lr 1.0 (torch lr = lr x (1 - momentum)), weight decay 1e-3, clipping at 1.0,
   linear decay to zero (the paper also uses sequences of 2048 tokens: ``--seq-len 2048``).
@@ -15,23 +17,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from ..errors import LensError
 
-OPTIMIZERS = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3}
+OPTIMIZERS = ("sgd", "adam", "whitened")
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3, "whitened": 20.0}
 LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _option(help: str, **rules: Any) -> dict[str, Any]:
-    """Field metadata: ``help`` for the CLI, and the rules :meth:`TrainConfig.validate` checks:
-    ``choices``, ``min`` (with ``unit`` for the message), ``positive``, ``flag`` (CLI name), ``label``."""
+    """Field metadata: ``help`` for the CLI, and the rules :func:`~tl_tunedlens.training.config.option_problem` checks (beyond the
+    field's type): ``choices``, ``min``/``max`` (with ``unit`` for the message), ``positive``, ``below``;
+    ``flag`` (CLI name), ``label`` (for messages)."""
     return {"help": help, **rules}
 
 
@@ -39,12 +44,15 @@ def _option(help: str, **rules: Any) -> dict[str, Any]:
 class TrainConfig:
     """Trainer settings (defaults: the ``"laptop"`` preset; :meth:`~tl_tunedlens.training.config.TrainConfig.preset` ``"paper"`` for the paper's)."""
 
-    steps: int = field(default=8, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
+    steps: int = field(default=2, metadata=_option("optimiser steps of the KL (or CE) objective", min=1, unit="step"))
     tokens_per_step: int = field(default=512, metadata=_option(
         "tokens per optimiser step, rounded down to whole sequences", min=1, unit="token"))
-    optimizer: str = field(default="adam", metadata=_option("optimiser", choices=OPTIMIZERS))
+    optimizer: str = field(default="adam", metadata=_option(
+        "optimiser; whitened: SGD on each translator's gradient times the inverse input second moment of the "
+        "least-squares sample (needs --init lstsq; see tl_tunedlens.training.precondition)", choices=OPTIMIZERS))
     lr: float | None = field(default=None, metadata=_option(
-        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam)",
+        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam, "
+        "20 whitened)",
         positive=True))
     momentum: float = field(default=0.9, metadata=_option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
     weight_decay: float = field(default=1e-3, metadata=_option("weight decay (pulls translators to identity)", min=0.0))
@@ -61,9 +69,11 @@ class TrainConfig:
     checkpoint_every: int = field(default=10, metadata=_option("steps between checkpoints, 0 for none", min=0, unit="step"))
     init: str = field(default="lstsq", metadata=_option(
         "identity (= the logit lens) or the closed-form ridge-regression start", choices=INITS))
-    lstsq_tokens: int = field(default=32768, metadata=_option(
+    lstsq_tokens: int = field(default=28672, metadata=_option(
         "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
     ridge: float = field(default=1e-4, metadata=_option("relative ridge strength of the least-squares start", min=0.0))
+    damping: float = field(default=1e-3, metadata=_option(
+        "relative damping of the input second moment of --optimizer whitened", positive=True))
     layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
     time_budget: float | None = field(default=None, metadata=_option(
         "seconds for the whole fit: plans the least-squares sample and the KL steps from a short measured "
@@ -88,10 +98,21 @@ class TrainConfig:
     # --- validation -------------------------------------------------------------------
     def validate(self) -> None:
         """Check every field against its rules (field metadata) and the cross-field ones."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_field(f.name, getattr(self, f.name), f.metadata)
-        if self.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers):
-            raise LensError(f"layers={self.layers!r}: pass a list of layer numbers")
+            value = getattr(self, f.name)
+            kind, is_list, optional = field_kind(hints[f.name])
+            if value is None and optional:
+                continue
+            if is_list:
+                if not isinstance(value, (list, tuple)) or not value or any(
+                        option_problem(v, f.metadata, kind) for v in value):
+                    raise LensError(f"{f.name}={value!r}: pass a non-empty list of layer numbers")
+                continue
+            check_option(f.name, value, f.metadata, kind)
+        if self.optimizer == "whitened" and self.init != "lstsq":
+            raise LensError("--optimizer whitened needs the least-squares start's statistics: use --init lstsq "
+                            "(or --optimizer adam/sgd with --init identity)")
         if not self.warmup_steps < self.steps:
             raise LensError(f"warmup of {self.warmup_steps} steps must be >= 0 and below the {self.steps} steps")
 
@@ -125,22 +146,53 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_field(name: str, value: Any, rules: Any) -> None:
-    if value is None and name in ("lr", "clip", "micro_batch", "layers", "time_budget"):
-        return
-    label = rules.get("label", name.replace("_", " "))
+def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = None) -> str | None:
+    """Why ``value`` breaks ``rules`` (see the field metadata of :class:`~tl_tunedlens.training.config.TrainConfig`), or ``None`` when it is fine: the one check
+    behind :class:`~tl_tunedlens.training.config.TrainConfig`'s fields and every numeric command-line option (:func:`~tl_tunedlens.cli.common.option_type`).
+
+    ``kind`` (``int``, ``float``, ``str``): the type the value must have; an ``int`` is never a
+    ``bool``, a ``float`` may be an ``int`` and must be finite."""
     if "choices" in rules:
-        if value not in rules["choices"]:
-            raise LensError(f"unknown {label} {value!r}: use one of {', '.join(rules['choices'])}")
-        return
-    if not ("min" in rules or "positive" in rules or "below" in rules):
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise LensError(f"{name}={value!r}: pass a finite number")
+        return None if value in rules["choices"] else f"use one of {', '.join(map(str, rules['choices']))}"
+    numeric = kind in (int, float) or any(k in rules for k in ("min", "max", "positive", "below"))
+    if kind is str and not isinstance(value, str):
+        return "pass a string"
+    if not numeric:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "pass a whole number" if kind is int else "pass a finite number"
+    if kind is int and not isinstance(value, int):
+        return "pass a whole number"
+    if not math.isfinite(value):
+        return "pass a finite number"
     unit = f" {rules['unit']}" if "unit" in rules else ""
     if "min" in rules and value < rules["min"]:
-        raise LensError(f"{name}={value}: use at least {rules['min']}{unit}")
+        return f"use at least {rules['min']}{unit}"
+    if "max" in rules and value > rules["max"]:
+        return f"use at most {rules['max']}{unit}"
     if rules.get("positive") and not value > 0:
-        raise LensError(f"{name}={value}: must be positive")
+        return "must be positive"
     if "below" in rules and not value < rules["below"]:
-        raise LensError(f"{name}={value}: must be below {rules['below']}")
+        return f"must be below {rules['below']}"
+    return None
+
+
+def check_option(name: str, value: Any, rules: Mapping[str, Any], kind: type | None = None) -> None:
+    """Raise a one-line :class:`~tl_tunedlens.errors.LensError` (``name=value: why``) unless ``value``
+    satisfies ``rules`` (see :func:`~tl_tunedlens.training.config.option_problem`)."""
+    problem = option_problem(value, rules, kind)
+    if problem is not None:
+        label = rules.get("label", name.replace("_", " "))
+        if "choices" in rules:
+            raise LensError(f"unknown {label} {value!r}: {problem}")
+        raise LensError(f"{name}={value!r}: {problem}")
+
+
+def field_kind(hint: Any) -> tuple[type, bool, bool]:
+    """``(element type, is a list, may be None)`` of a :class:`~tl_tunedlens.training.config.TrainConfig` field's type hint."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    optional = type(None) in args
+    kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is list:
+        return typing.get_args(kind)[0], True, optional
+    return kind, False, optional

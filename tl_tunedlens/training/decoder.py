@@ -151,7 +151,7 @@ def resolve_matmul_dtype(unembed: Unembed, requested: str, rows: int = 512) -> t
     """The dtype of the lens's vocabulary products for ``requested`` (a key of ``MATMUL_DTYPES`` or
     ``"auto"``), and why. ``"auto"`` times a ``[rows, d_model] x [d_model, d_vocab]`` product in the
     model's precision and in bf16 on this device and takes bf16 only when it is at least
-    :data:`AUTO_MIN_SPEEDUP` times faster (a CPU without bf16 instructions runs it several times slower)."""
+    ``AUTO_MIN_SPEEDUP`` times faster (a CPU without bf16 instructions runs it several times slower)."""
     if requested != "auto":
         return MATMUL_DTYPES[requested], "requested"
     weights = unembed.linear_weights()

@@ -7,11 +7,17 @@ The gradient w.r.t. the lens logits is written down analytically -- ``softmax(z)
 translators' ``.grad``: no autograd graph over the vocabulary-sized softmax is ever built, and at
 most one block of logits plus the target is alive at a time. The target, the softmax, the loss and
 its gradient are fp32 whatever the decoder's matmul precision.
+
+Divergence (:class:`~tl_tunedlens.training.loss.DivergenceWatch`): a non-finite loss or weight stops training at once; so does a
+layer whose mean loss stays above ``DIVERGENCE_FACTOR`` times its first step's loss (and at least
+``DIVERGENCE_MARGIN`` nats above it, so that tiny losses may fluctuate) for
+``DIVERGENCE_STEPS`` steps in a row. Both raise :func:`~tl_tunedlens.training.loss.diverged`'s error, naming the layer and step.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -24,11 +30,50 @@ if TYPE_CHECKING:
     from ..lens import TunedLens
 
 
-def diverged(what: str, layer: int, step: int | None) -> TrainingDivergedError:
-    """The one divergence error: ``what`` became non-finite at ``layer`` (and ``step``)."""
+#: a layer's loss "rises" when above this many times its first step's loss ...
+DIVERGENCE_FACTOR = 4.0
+#: ... and at least this many nats above it ...
+DIVERGENCE_MARGIN = 1.0
+#: ... and training stops when it has risen for this many steps in a row
+DIVERGENCE_STEPS = 3
+
+
+def diverged(what: str, layer: int, step: int | None, how: str = "became non-finite") -> TrainingDivergedError:
+    """The one divergence error: ``what`` ``how`` (default: became non-finite) at ``layer`` (and ``step``)."""
     where = f" at step {step}" if step is not None else ""
-    return TrainingDivergedError(f"{what} became non-finite at layer {layer}{where}: lower --lr or use "
-                                 "--optimizer adam; the last checkpoint is intact")
+    return TrainingDivergedError(f"{what} at layer {layer}{where} {how}: lower --lr or use --optimizer adam; "
+                                 "the checkpoints written before it are intact")
+
+
+@dataclass
+class DivergenceWatch:
+    """Stops a run whose loss rises well above where it started (see the module doc). ``start``: each
+    trained layer's mean loss (nats) at the first step watched; ``rising``: steps in a row above the bar."""
+
+    start: list[float] | None = None
+    rising: list[int] = field(default_factory=list)
+
+    def update(self, layer_losses: list[float], layers: list[int], step: int) -> None:
+        """Record one step's per-layer mean losses; raise :func:`~tl_tunedlens.training.loss.diverged`'s error on a sustained rise."""
+        if self.start is None or len(self.start) != len(layer_losses):
+            self.start, self.rising = list(layer_losses), [0] * len(layer_losses)
+            return
+        for j, (loss, first) in enumerate(zip(layer_losses, self.start)):
+            bar = max(DIVERGENCE_FACTOR * first, first + DIVERGENCE_MARGIN)
+            self.rising[j] = self.rising[j] + 1 if loss > bar else 0
+            if self.rising[j] >= DIVERGENCE_STEPS:
+                raise diverged("the loss", layers[j], step, how=(
+                    f"rose to {loss:.4g} nats, {loss / max(first, 1e-12):.1f}x its first step's {first:.4g}, for "
+                    f"{DIVERGENCE_STEPS} steps in a row"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the watch."""
+        return {"start": self.start, "rising": self.rising}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue from :meth:`~tl_tunedlens.training.loss.DivergenceWatch.state_dict` (``None``, a checkpoint from before the watch: start afresh)."""
+        state = state or {}
+        self.start, self.rising = state.get("start"), list(state.get("rising") or [])
 
 
 def log_softmax_(z: Tensor) -> Tensor:

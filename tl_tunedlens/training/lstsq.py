@@ -173,6 +173,12 @@ def lstsq_init_(lens: "TunedLens", model: Model, sequences: Int[Tensor, "n_seq s
     ``deadline``, ``dist``: see :func:`collect_stats` (the tokens actually used are in the summary)."""
     stats = collect_stats(model, lens, sequences, layers=layers, micro_batch=micro_batch, progress=progress,
                           centre=lens.bias, deadline=deadline, dist=dist)
+    return fit_from_stats_(lens, stats, ridge)
+
+
+@torch.no_grad()
+def fit_from_stats_(lens: "TunedLens", stats: RidgeStats, ridge: float = DEFAULT_RIDGE) -> dict:
+    """Set the translators of ``stats.layers`` to the ridge solution of ``stats``; returns a summary dict."""
     set_translators_(lens, stats.layers, solve_ridge(stats, ridge, bias=lens.bias))
     return {"init": "lstsq", "lstsq_tokens": stats.n, "ridge": ridge}
 

@@ -11,9 +11,12 @@ from .config import DEFAULT_LR, TrainConfig
 
 
 def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (``lr`` in the paper's convention: torch lr = ``lr * (1 - momentum)``)
-    or Adam with AMSGrad; ``lr`` defaults to 1.0 (SGD) or 1e-3 (Adam)."""
+    """SGD with Nesterov momentum (``lr`` in the paper's convention: torch lr = ``lr * (1 - momentum)``),
+    Adam with AMSGrad, or plain SGD for ``"whitened"`` (its gradients are whitened by the trainer,
+    :mod:`.precondition`); ``lr`` defaults to 1.0 (SGD), 1e-3 (Adam) or 20 (whitened)."""
     lr = DEFAULT_LR[config.optimizer] if config.lr is None else float(config.lr)
+    if config.optimizer == "whitened":
+        return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr * (1.0 - config.momentum), momentum=config.momentum, nesterov=True,
                                weight_decay=config.weight_decay)

@@ -7,12 +7,14 @@
 2. :func:`start` resumes from ``out_dir/checkpoint.pt`` or applies the least-squares start (:mod:`.lstsq`);
 3. :func:`train_step` runs one optimiser step: the model runs frozen, its residual streams are
    captured with hooks on ``lens.hook_names``, and :func:`~.loss.accumulate_lens_grads` adds the
-   loss gradient micro-batch by micro-batch; then clipping, the update, and a weight check;
+   loss gradient micro-batch by micro-batch; then clipping, the whitening of ``optimizer="whitened"``
+   (:mod:`.precondition`), the update, and a weight check;
 4. :func:`finish` freezes the lens again and returns a :class:`TrainResult`.
 
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
-``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight
-stops training with an error naming the layer and step (the last checkpoint stays intact).
+``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight, or
+a layer's loss staying well above its first step's (:class:`~tl_tunedlens.training.loss.DivergenceWatch`), stops training
+with an error naming the layer and step (the last checkpoint stays intact).
 With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
 before a step that would end past the budget.
 
@@ -28,7 +30,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from jaxtyping import Int
@@ -41,10 +43,11 @@ from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
 from .decoder import Decoder, make_decoder, resolve_matmul_dtype
 from .distributed import SINGLE, Dist
-from .loss import accumulate_lens_grads, diverged
-from .lstsq import lstsq_init_
+from .loss import DivergenceWatch, accumulate_lens_grads, diverged
+from .lstsq import RidgeStats, collect_stats, fit_from_stats_
 from .optim import make_optimizer, make_scheduler
 from .order import data_digest, step_sequences, stream_positions
+from .precondition import Whitener
 
 from ..core.backend import Model
 
@@ -87,17 +90,20 @@ class Run:
     resume_state: dict | None = None  # the checkpoint to continue from, until start() applies it
     plan: BudgetPlan | None = None    # with a time budget: the plan, and the deadline (perf_counter)
     deadline: float | None = None
+    whitener: Whitener | None = None  # optimizer="whitened": the least-squares sample's input moments
     step: int = 0
     losses: list[float] = field(default_factory=list)
     layer_losses: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
+    watch: DivergenceWatch = field(default_factory=DivergenceWatch)
 
 
 def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"],
                config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: bool = False,
                progress: bool = True, data_info: dict | None = None, plan: BudgetPlan | None = None,
+               on_step: Callable[[Run], None] | None = None, stats: RidgeStats | None = None,
                dist: Dist = SINGLE) -> TrainResult:
     """Train ``lens`` (a ``TunedLens`` for ``model``) on ``sequences``; returns a :class:`TrainResult`.
 
@@ -106,6 +112,11 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
     lens is *not* saved here (call ``lens.save(out_dir, training=result.info)``). ``data_info``
     (e.g. :meth:`~tl_tunedlens.data.tokens.TokenData.info`) is recorded in ``result.info``. With ``config.time_budget``,
     ``plan`` is the :func:`~tl_tunedlens.training.trainer.plan_run` made before loading the data (made here when not given).
+    ``on_step(run)`` is called after the start and after every step (e.g. to evaluate snapshots);
+    its time counts neither in ``result.seconds`` nor against the budget. ``stats``: the least-squares
+    sums of this run's sample (:func:`~tl_tunedlens.training.lstsq.collect_stats` over its first
+    ``lstsq_sequences``, in stream order), already collected: the start only solves them (e.g. to
+    compare refinements from one start; the pass's time is then not in ``result.seconds``).
     ``dist``: this rank of a ``torchrun`` run (:func:`~tl_tunedlens.training.distributed.init_distributed`);
     every rank passes the same arguments and gets the same lens."""
     from tqdm.auto import tqdm
@@ -115,13 +126,15 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
     try:
         run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan,
                       t_begin=t_begin, dist=dist)
-        start(run, progress=progress)
+        start(run, progress=progress, stats=stats)
+        _call(on_step, run)
         bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
         while run.step < run.cfg.steps and not out_of_time(run):
             train_step(run)
             if run.ckpt_path is not None and run.cfg.checkpoint_every and (
                     run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
                 save_run(run)
+            _call(on_step, run)
             bar.update(1)
             bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
         bar.close()
@@ -132,6 +145,15 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
         dist.abort()   # the other ranks fail at their next collective instead of waiting for the timeout
         raise
     return finish(run, data_info)
+
+
+def _call(on_step: Callable[[Run], None] | None, run: Run) -> None:
+    """Run the caller's callback off the clock: its time is added back to the deadline."""
+    if on_step is not None:
+        t0 = time.perf_counter()
+        on_step(run)
+        if run.deadline is not None:
+            run.deadline += time.perf_counter() - t0
 
 
 def plan_run(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int) -> BudgetPlan:
@@ -188,9 +210,10 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
     saved_info = state.get("info", {}) if state else {}
     deadline = None
     if cfg.time_budget is not None:
-        if "budget" in saved_info:     # the plan the run started with; the time already spent counts
+        if "budget" in saved_info:     # the plan the run started with, and the budget it had left
             plan = BudgetPlan.from_info(saved_info["budget"])
-            deadline = t_begin + cfg.time_budget - float(state.get("seconds", 0.0))
+            left = state.get("budget_left_s", cfg.time_budget - float(state.get("seconds", 0.0)))
+            deadline = t_begin + float(left)
         elif plan is None:
             plan = plan_run(model, lens, cfg, seq_len)
             deadline = t_begin + cfg.time_budget
@@ -220,7 +243,7 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         per_step=per_step, micro=cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len),
         n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
         fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
-                     "data_digest": data_digest(sequences)},
+                     "data_digest": data_digest(sequences), "hook_names": lens.hook_names},
         ckpt_path=ckpt_path, dist=dist, resume_state=state,
         info={"init": cfg.init, "matmul_dtype": _dtype_name(matmul_dtype), "matmul_dtype_choice": dtype_choice,
               **({"budget": plan.info()} if plan is not None else {})},
@@ -232,8 +255,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def start(run: Run, *, progress: bool) -> None:
-    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``)."""
+def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
+    """Continue from the checkpoint read by :func:`prepare`, or set the least-squares start (``init="lstsq"``,
+    from ``stats`` when given)."""
     state = run.resume_state
     if state is not None:
         _check_resumable(state, run.fingerprint, run.ckpt_path)
@@ -243,6 +267,9 @@ def start(run: Run, *, progress: bool) -> None:
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
         run.elapsed = float(state.get("seconds", 0.0))
         run.step_seconds = list(state.get("step_seconds", []))
+        run.watch.load_state_dict(state.get("divergence"))
+        if "whitener" in state:
+            run.whitener = Whitener.from_state_dict(state["whitener"])
         run.resume_state = None
     elif run.n_fit:
         t0 = time.perf_counter()
@@ -250,8 +277,12 @@ def start(run: Run, *, progress: bool) -> None:
         fit_deadline = None
         if run.deadline is not None:   # the sample's share of the budget, ending where the planned steps begin
             fit_deadline = run.deadline - run.plan.steps * run.plan.predicted_step_s
-        run.info.update(lstsq_init_(run.lens, run.model, fit, ridge=run.cfg.ridge, layers=run.layers,
-                                    micro_batch=run.micro, progress=progress, deadline=fit_deadline, dist=run.dist))
+        if stats is None:
+            stats = collect_stats(run.model, run.lens, fit, layers=run.layers, micro_batch=run.micro,
+                                  progress=progress, centre=run.lens.bias, deadline=fit_deadline, dist=run.dist)
+        run.info.update(fit_from_stats_(run.lens, stats, run.cfg.ridge))
+        if run.cfg.optimizer == "whitened":
+            run.whitener = Whitener.from_stats(stats, run.lens.bias, run.cfg.damping)
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
 
@@ -281,12 +312,15 @@ def train_step(run: Run) -> None:
         run.dist.all_reduce_([p.grad for p in run.params] + [sums], f"the gradient all-reduce of step {run.step}")
     if cfg.clip:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
+    if run.whitener is not None:
+        run.whitener.apply_(lens)
     run.optimizer.step()
     run.scheduler.step()
     for layer in run.layers:
         if not all(torch.isfinite(p).all() for p in lens.translators[layer].parameters()):
             raise diverged("the translator", layer, run.step)
     run.layer_losses = (sums / run.step_tokens).tolist()
+    run.watch.update(run.layer_losses, run.layers, run.step)
     run.losses.append(float(sum(run.layer_losses)))
     dt = time.perf_counter() - t0
     run.elapsed += dt
@@ -302,6 +336,11 @@ def save_run(run: Run) -> None:
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
         "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
+        "divergence": run.watch.state_dict(),
+        **({"whitener": run.whitener.state_dict()} if run.whitener is not None else {}),
+        # on the deadline's own clock: a resume gets exactly what the stopped run had left (not budget - seconds,
+        # which leaves out the time between steps)
+        **({"budget_left_s": run.deadline - time.perf_counter()} if run.deadline is not None else {}),
     })
 
 
@@ -334,6 +373,8 @@ def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
         if saved.get(key) != fingerprint[key]:
             raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
                             "resume with the same --data and --seq-len, or drop --resume")
+    if saved.get("hook_names", fingerprint["hook_names"]) != fingerprint["hook_names"]:
+        raise LensError(f"{path} was written for a lens on other hook points: resume with the same --hooks, or drop --resume")
     saved_config = {"matmul_dtype": "float32", **saved.get("config", {})}  # checkpoints from before the option
     for key, value in fingerprint["config"].items():
         if saved_config.get(key) != value:

@@ -2,6 +2,9 @@
 
 - :mod:`.circuits`: circuitsvis views of a trajectory, inline in Jupyter and savable offline;
 - :mod:`.plots`: plotly heatmaps of trajectories and curves of evaluation metrics, saved offline (HTML, PNG);
+- :mod:`.experiments`: figures of the experiment tools (logit differences, prediction depth, layer transfer,
+  causal effects) and the evaluation page;
+- :mod:`.sae`: per-layer curves of the SAE experiments (splicing an SAE, ablating or steering a latent);
 - :mod:`.report`: one offline HTML page per text (what ``tl-tunedlens show`` writes).
 
 May import: :mod:`tl_tunedlens.analysis`, :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`,
@@ -15,6 +18,14 @@ May import: :mod:`tl_tunedlens.analysis`, :mod:`tl_tunedlens.lens`, :mod:`tl_tun
 """
 
 from .circuits import CircuitsView, colored_tokens_view, lens_view, save_html, top_k_view
+from .experiments import (
+    causal_effects_figure,
+    logit_difference_figure,
+    prediction_depth_figure,
+    trajectory_logit_diff_figure,
+    transfer_heatmap,
+    write_metrics_page,
+)
 from .plots import (
     compare_heatmaps,
     comparison_heatmap,
@@ -27,9 +38,13 @@ from .plots import (
     write_png,
 )
 from .report import report_html, write_report
+from .sae import latent_effect_figure, splice_effect_figure
 
 __all__ = [
     "CircuitsView", "colored_tokens_view", "top_k_view", "lens_view", "save_html",
     "trajectory_heatmap", "compare_heatmaps", "comparison_heatmap", "metric_curves", "load_metrics",
     "use_offline_renderer", "write_html", "write_png", "write_metric_curves", "report_html", "write_report",
+    "logit_difference_figure", "trajectory_logit_diff_figure", "prediction_depth_figure", "transfer_heatmap",
+    "causal_effects_figure", "write_metrics_page",
+    "splice_effect_figure", "latent_effect_figure",
 ]
