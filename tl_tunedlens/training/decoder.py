@@ -38,6 +38,8 @@ from .config import MATMUL_DTYPES
 AUTO_MIN_WEIGHTS = 1 << 22
 #: "auto" picks bf16 when its measured product is at least this many times faster
 AUTO_MIN_SPEEDUP = 1.25
+#: "auto" times products against this many vocabulary columns (a fraction of a second either way)
+AUTO_PROBE_VOCAB = 8192
 
 
 class FusedDecoder:
@@ -149,7 +151,7 @@ def _timed_product(x: Tensor, w: Tensor, reps: int = 3) -> float:
 @torch.no_grad()
 def resolve_matmul_dtype(unembed: Unembed, requested: str, rows: int = 512) -> tuple[torch.dtype, str]:
     """The dtype of the lens's vocabulary products for ``requested`` (a key of ``MATMUL_DTYPES`` or
-    ``"auto"``), and why. ``"auto"`` times a ``[rows, d_model] x [d_model, d_vocab]`` product in the
+    ``"auto"``), and why. ``"auto"`` times a ``[rows, d_model] x [d_model, AUTO_PROBE_VOCAB]`` product in the
     model's precision and in bf16 on this device and takes bf16 only when it is at least
     ``AUTO_MIN_SPEEDUP`` times faster (a CPU without bf16 instructions runs it several times slower)."""
     if requested != "auto":
@@ -157,11 +159,13 @@ def resolve_matmul_dtype(unembed: Unembed, requested: str, rows: int = 512) -> t
     weights = unembed.linear_weights()
     if weights is None or unembed.dtype != torch.float32 or weights[0].numel() < AUTO_MIN_WEIGHTS:
         return unembed.dtype, "auto: the model's precision (bf16 not considered for this unembedding)"
-    w = weights[0]
+    w = weights[0][:, :AUTO_PROBE_VOCAB]             # a slice of the vocabulary: the ratio is what counts
     x = torch.randn(rows, w.shape[0], device=w.device, generator=None)
     fp32 = _timed_product(x, w)
-    low = w.to(torch.bfloat16)
-    bf16 = _timed_product(x.to(torch.bfloat16), low)
+    # bf16 in the layout training uses (a [d_vocab, d_model] copy, read transposed: see FusedDecoder); CPU
+    # kernels for the other layout can be orders of magnitude slower, which would only slow the probe
+    low = w.T.contiguous().to(torch.bfloat16)
+    bf16 = _timed_product(x.to(torch.bfloat16), low.T)
     del low
     speedup = fp32 / bf16
     choice = torch.bfloat16 if speedup >= AUTO_MIN_SPEEDUP else torch.float32
