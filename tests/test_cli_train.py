@@ -126,7 +126,7 @@ def test_data_errors(tiny, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("tiny\n")
     code, _, err = _run(capsys, "train", "--data", str(short), "--split", "all", "--out", str(tmp_path / "o"),
-                        "--seq-len", "16", "--tokens-per-step", "16", "--init", "identity", "--optimizer", "adam")
+                        "--seq-len", "16", "--steps", "1", "--tokens-per-step", "16", "--init", "identity", "--optimizer", "adam")
     assert code == 2 and "fewer than one sequence" in err
     jl = tmp_path / "d.jsonl"
     jl.write_text('{"body": "x"}\n')

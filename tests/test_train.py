@@ -181,10 +181,29 @@ def test_exploding_weights_are_caught(model, seqs):
                    paper(steps=3, tokens_per_step=32, lr=1e39, clip=None, checkpoint_every=0), progress=False)
 
 
+def test_zero_steps_is_the_least_squares_start_alone(model, seqs):
+    """``steps=0`` (the laptop preset's): the lens is exactly the start a run with steps has before its first step."""
+    cfg = dict(tokens_per_step=32, lstsq_tokens=64, checkpoint_every=0)
+    alone = TunedLens.from_model(model)
+    result = train_lens(model, alone, seqs, TrainConfig(steps=0, **cfg), progress=False)
+    assert result.losses == [] and result.steps == 0 and result.info["lstsq_tokens"] == 64
+    started = {}
+
+    def snapshot(run):
+        if run.step == 0:
+            started.update({k: v.clone() for k, v in run.lens.state_dict().items()})
+
+    train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(steps=1, **cfg), progress=False, on_step=snapshot)
+    for key, value in alone.state_dict().items():
+        assert torch.equal(value, started[key]), key
+    assert any(p.abs().sum() > 0 for p in alone.translators.parameters())
+
+
 def test_bad_configs(model, seqs):
     lens = TunedLens.from_model(model)
     for kwargs, pattern in [
-        (dict(steps=0), "at least 1 step"),
+        (dict(steps=-1), "at least 0 step"),
+        (dict(steps=0), "trains nothing from the identity start"),
         (dict(tokens_per_step=8), "below one sequence"),
         (dict(optimizer="rmsprop"), "unknown optimizer"),
         (dict(loss="mse"), "unknown loss"),

@@ -1,7 +1,7 @@
 """``tl-tunedlens demo``: the main job on the embedded default (SmolLM2-135M + Shakespeare, offline).
 
 Train a tuned lens for every layer with the default training settings (the ``laptop`` preset of
-:class:`~tl_tunedlens.training.config.TrainConfig`: a least-squares start, then a few Adam KL
+:class:`~tl_tunedlens.training.config.TrainConfig`: the least-squares start alone; ``--steps N`` adds KL
 steps on other sequences), on sequences drawn across all the training plays; evaluate it against the
 logit lens on sequences drawn across the held-out plays; print the per-layer table, the fit time and
 the held-out mean KL, and write the lens, ``metrics.json``, ``report.md``, the offline trajectory
@@ -82,9 +82,10 @@ def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
     metrics = evaluate_lenses(model, held.sequences, tuned=lens, bytes_per_token=held.bytes_per_token,
                               max_tokens=args.eval_tokens, progress=not args.no_progress)
     eval_s = time.perf_counter() - t0
+    steps = (f"{result.steps} KL steps x {result.info['tokens_per_step']} tokens ({config.optimizer}, "
+             f"{result.info['matmul_dtype']} vocabulary matmuls)" if result.steps else "no KL steps")
     timing = (f"least-squares start on {result.info.get('lstsq_tokens')} tokens ({result.info.get('lstsq_seconds')} s), "
-              f"{result.steps} KL steps x {result.info['tokens_per_step']} tokens ({config.optimizer}, "
-              f"{result.info['matmul_dtype']} vocabulary matmuls); fit {train_s:.0f} s, evaluation on "
+              f"{steps}; fit {train_s:.0f} s, evaluation on "
               f"{metrics['tokens']} held-out tokens {eval_s:.0f} s, total {time.perf_counter() - t_start:.0f} s "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     _write_outputs(out, model, lens, metrics, held.documents, timing)

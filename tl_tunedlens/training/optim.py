@@ -30,7 +30,7 @@ def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
     only *after* the last step, so every one of the ``steps`` steps updates the lens."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    return (steps - step) / (steps - warmup)
+    return (steps - step) / (steps - warmup) if steps > warmup else 1.0  # no step at all: never used
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

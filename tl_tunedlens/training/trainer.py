@@ -128,7 +128,8 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
                       t_begin=t_begin, dist=dist)
         start(run, progress=progress, stats=stats)
         _call(on_step, run)
-        bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress or not run.cfg.steps,
+                   dynamic_ncols=True)
         while run.step < run.cfg.steps and not out_of_time(run):
             train_step(run)
             if run.ckpt_path is not None and run.cfg.checkpoint_every and (
