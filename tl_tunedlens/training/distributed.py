@@ -3,7 +3,7 @@
 A run is distributed when ``torchrun`` (or any launcher) sets ``WORLD_SIZE`` and ``RANK``, with
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. :func:`init_distributed` then joins the group:
 ``gloo`` on the CPU, ``nccl`` on CUDA (rank ``r`` uses ``cuda:LOCAL_RANK``). Without those variables it
-returns :data:`SINGLE`, a one-process :class:`Dist` whose collectives do nothing, so the same code runs
+returns ``SINGLE``, a one-process :class:`Dist` whose collectives do nothing, so the same code runs
 either way.
 
 What a rank does: every step's sequences are the single-process run's (:mod:`.order`); rank ``r``
@@ -140,7 +140,7 @@ def launched() -> bool:
 
 def init_distributed(device: str | torch.device = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
     """Join the process group described by the launcher's environment (see the module docstring), or
-    return :data:`SINGLE` when there is none. ``device``: ``"cpu"`` (gloo) or ``"cuda"`` (nccl, this
+    return ``SINGLE`` when there is none. ``device``: ``"cpu"`` (gloo) or ``"cuda"`` (nccl, this
     rank's ``cuda:LOCAL_RANK``). Returns the :class:`Dist` of this process; a one-line error when the
     environment is incomplete or the device is missing."""
     if not launched():
