@@ -3,7 +3,9 @@
 All 30 layers of SmolLM2-135M, sequences of 256 Shakespeare tokens, SGD-Nesterov (paper defaults),
 the same tokens for both. Each side runs in its own subprocess (clean peak memory); a third
 subprocess measures this machine's fp32 and bf16 matmul rates on the unembedding shape, which give
-the FLOP bounds (ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound). A fourth
+the FLOP bounds (ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound); the
+``ours`` and ``eval`` rows also measure that rate in their own process just before and after their
+timed part and take their bound from it (:class:`LocalRate`: a shared host's speed drifts). A fourth
 trains ours on a HookedTransformer and on a TransformerBridge of the same weights, alternating in one
 process (``backends``: the Bridge's tokens/s relative to HookedTransformer's, same load for both).
 Not a test: run ``.venv/bin/python bench/bench_train.py`` (a few minutes).
@@ -66,22 +68,45 @@ def _tokens(seq_len: int, n_tokens: int):
     return load_tokens("shakespeare", tok, seq_len, split="train", max_tokens=n_tokens).sequences
 
 
-def worker_matmul(args) -> dict:
-    """Best of 5 rates of the unembedding-shaped product (F.linear with a contiguous transposed
-    weight, as the lenses run it), in fp32 and in bf16."""
+def matmul_gflops(dtype_name: str = "float32", reps: int = 5) -> float:
+    """Best of ``reps`` rates (GFLOP/s) of the unembedding-shaped product (F.linear with a contiguous
+    transposed weight, as the lenses run it) in ``dtype_name``."""
     import torch
     import torch.nn.functional as F
 
-    out = {}
-    for name, dtype in (("gflops", torch.float32), ("gflops_bf16", torch.bfloat16)):
-        a, w = torch.randn(512, 576, dtype=dtype), torch.randn(49152, 576, dtype=dtype)
-        rates = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            F.linear(a, w)
-            rates.append(2 * 512 * 576 * 49152 / (time.perf_counter() - t0) / 1e9)
-        out[name] = max(rates)
-    return out
+    dtype = getattr(torch, dtype_name)
+    a, w = torch.randn(512, 576, dtype=dtype), torch.randn(49152, 576, dtype=dtype)
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        F.linear(a, w)
+        rates.append(2 * 512 * 576 * 49152 / (time.perf_counter() - t0) / 1e9)
+    return max(rates)
+
+
+def worker_matmul(args) -> dict:
+    """This machine's fp32 and bf16 matmul rates (:func:`matmul_gflops`)."""
+    return {"gflops": matmul_gflops("float32"), "gflops_bf16": matmul_gflops("bfloat16")}
+
+
+class LocalRate:
+    """The matmul rate measured in the worker itself just before and just after its timed part (their
+    mean): the FLOP bound of that worker's row, so a machine whose speed drifts between subprocesses
+    (a shared host) does not skew the "of FLOP bound" column."""
+
+    def __init__(self, dtype_name: str):
+        self.dtype_name, self.before, self.after = dtype_name, None, None
+
+    def __enter__(self):
+        self.before = matmul_gflops(self.dtype_name)
+        return self
+
+    def __exit__(self, *exc):
+        self.after = matmul_gflops(self.dtype_name)
+
+    @property
+    def gflops(self) -> float:
+        return (self.before + self.after) / 2
 
 
 def worker_ours_bf16(args, seqs) -> dict:
@@ -97,11 +122,11 @@ def worker_ours(args, seqs, matmul_dtype: str = "float32") -> dict:
     cfg = TrainConfig.preset("paper", steps=args.warmup + args.steps, tokens_per_step=args.tokens_per_step,
                              micro_batch=args.micro_batch, chunk_tokens=args.chunk_tokens, checkpoint_every=0,
                              matmul_dtype=matmul_dtype)
-    with PeakRSS() as mem:
+    with LocalRate(matmul_dtype) as rate, PeakRSS() as mem:
         res = train_lens(model, lens, seqs, cfg, progress=False)
     timed = res.step_seconds[args.warmup:]
     return {"tok_s": args.steps * res.info["tokens_per_step"] / sum(timed), "peak_mib": mem.peak,
-            "base_mib": mem.base, "loss": res.losses[-1]}
+            "base_mib": mem.base, "loss": res.losses[-1], "gflops_local": rate.gflops}
 
 
 def worker_backends(args, seqs) -> dict:
@@ -133,8 +158,12 @@ def worker_eval_bf16(args, seqs) -> dict:
 
 
 def worker_eval(args, seqs, matmul_dtype: str = "float32") -> dict:
-    """``evaluate_lenses`` (logit + tuned lens, every layer, all metrics) on ``--eval-seqs`` sequences
-    after one untimed sequence; with bf16 products, also the largest KL difference from fp32."""
+    """``evaluate_lenses`` (logit + tuned lens, every layer, all metrics) on ``--eval-seqs`` sequences,
+    ``--eval-rounds`` times after one untimed sequence, each round between two matmul-rate probes
+    (:class:`LocalRate`); the medians of positions/s and of each round's fraction of its own FLOP
+    bound. With bf16 products, also the largest KL difference from fp32."""
+    import statistics
+
     import torch
 
     from tl_tunedlens import TunedLens, load_model
@@ -148,13 +177,20 @@ def worker_eval(args, seqs, matmul_dtype: str = "float32") -> dict:
             p.copy_(0.01 * torch.randn(p.shape, generator=gen))
     dtype = getattr(torch, matmul_dtype)
     evaluate_lenses(model, seqs[:1], tuned=lens, chunk_tokens=args.eval_chunk_tokens, matmul_dtype=dtype)
+    speeds, fractions, gflops = [], [], []
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        metrics = evaluate_lenses(model, seqs[1:1 + args.eval_seqs], tuned=lens, chunk_tokens=args.eval_chunk_tokens,
-                                  matmul_dtype=dtype)
-        seconds = time.perf_counter() - t0
-    out = {"tok_s": metrics["tokens"] / seconds, "peak_mib": mem.peak, "base_mib": mem.base,
-           "loss": sum(e["tuned"]["kl"] for e in metrics["layers"][:-1])}
+        for _ in range(args.eval_rounds):
+            with LocalRate(matmul_dtype) as rate:
+                t0 = time.perf_counter()
+                metrics = evaluate_lenses(model, seqs[1:1 + args.eval_seqs], tuned=lens,
+                                          chunk_tokens=args.eval_chunk_tokens, matmul_dtype=dtype)
+                seconds = time.perf_counter() - t0
+            speeds.append(metrics["tokens"] / seconds)
+            gflops.append(rate.gflops)
+            fractions.append(speeds[-1] * eval_flops_per_token(seq_len=args.seq_len) / (rate.gflops * 1e9))
+    out = {"tok_s": statistics.median(speeds), "peak_mib": mem.peak, "base_mib": mem.base,
+           "loss": sum(e["tuned"]["kl"] for e in metrics["layers"][:-1]), "gflops_local": statistics.median(gflops),
+           "of_bound": statistics.median(fractions), "rounds": [round(f, 3) for f in fractions]}
     if "precision" in metrics:
         out["kl_error"] = metrics["precision"]["max_kl_error"]
     return out
@@ -202,6 +238,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2, help="backends: alternating rounds per backend")
     parser.add_argument("--eval-seqs", type=int, default=4, help="eval: timed sequences (of --seq-len)")
+    parser.add_argument("--eval-rounds", type=int, default=3, help="eval: timed rounds (medians are reported)")
     parser.add_argument("--eval-chunk-tokens", type=int, default=512, help="eval: positions per logits block")
     parser.add_argument("--only", choices=WORKERS, nargs="+", default=list(WORKERS))
     parser.add_argument("--force-bf16", action="store_true", help="run ours_bf16 even where bf16 matmuls are slow")
@@ -252,23 +289,27 @@ def main() -> int:
     labels = {"ours": ("ours", "fp32"), "ours_bf16": ("ours", "bf16 matmul"), "ref": ("reference", "fp32"),
               "eval": ("ours eval", "fp32"), "eval_bf16": ("ours eval", "bf16 matmul")}
     print(f"{'impl':12} {'precision':11} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} "
-          f"{'of FLOP bound':>14} {'last loss':>10}")
+          f"{'of FLOP bound':>14} {'at GFLOP/s':>11} {'last loss':>10}")
     for name in ("ours", "ours_bf16", "ref", "eval", "eval_bf16"):
         if name in results:
             r = results[name]
             bound = bounds.get("bf16" if name.endswith("_bf16") else "fp32")
+            if "gflops_local" in r:   # the rate measured around this row's own timed part
+                bound = r["gflops_local"] * 1e9 / fpt
             if bound and name.startswith("eval"):
                 bound *= fpt / efpt
-            frac = f"{r['tok_s'] / bound:.2f}" if bound else "-"
+            frac = f"{r['of_bound']:.2f}" if "of_bound" in r else f"{r['tok_s'] / bound:.2f}" if bound else "-"
             impl, prec = labels[name]
             print(f"{impl:12} {prec:11} {r['tok_s']:>9.2f} {r['peak_mib']:>13.0f} {r['peak_mib'] - r['base_mib']:>14.0f} "
-                  f"{frac:>14} {r['loss']:>10.3f}" + (f"  (KL within {r['kl_error']:.2g} nats of fp32)" if "kl_error" in r else ""))
+                  f"{frac:>14} {r.get('gflops_local', float('nan')):>11.1f} {r['loss']:>10.3f}" + (f"  (KL within {r['kl_error']:.2g} nats of fp32)" if "kl_error" in r else "")
+                  + (f"  (rounds: {', '.join(f'{f:.2f}' for f in r['rounds'])} of their bounds)" if "rounds" in r else ""))
     if "backends" in results:
         b = results["backends"]
         for backend in ("hooked", "bridge"):
             bound = bounds.get("fp32")
             frac = f"{b[f'tok_s_{backend}'] / bound:.2f}" if bound else "-"
-            print(f"{'ours ' + backend:12} {'fp32':11} {b[f'tok_s_{backend}']:>9.2f} {'-':>13} {'-':>14} {frac:>14} {'-':>10}")
+            print(f"{'ours ' + backend:12} {'fp32':11} {b[f'tok_s_{backend}']:>9.2f} {'-':>13} {'-':>14} {frac:>14} "
+                  f"{'-':>11} {'-':>10}")
         print(f"backends (one process, {args.rounds} alternating rounds, fp32, fused vocabulary path: {b['fused']}): "
               f"HookedTransformer {b['tok_s_hooked']:.2f} tokens/s, TransformerBridge {b['tok_s_bridge']:.2f} tokens/s; "
               f"bridge/hooked {b['tok_s_bridge'] / b['tok_s_hooked']:.2f}x (target >= 0.9)")

@@ -150,3 +150,36 @@ def test_help_is_complete(capsys):
             main([sub, "--help"])
         out = capsys.readouterr().out
         assert all(w in out for w in words)
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_rank_that_fails_after_joining_leaves_the_group_at_once(tiny, texts, tmp_path, capsys, monkeypatch, command):
+    """Under torchrun a rank that fails (here: loading the model) aborts the group, so the others fail at
+    their next collective instead of waiting out ``--dist-timeout``; the error is still one line."""
+    import importlib
+
+    from tl_tunedlens.errors import LensError
+
+    module = importlib.import_module(f"tl_tunedlens.cli.{command}")
+    calls = []
+
+    class FakeDist:
+        is_main, active = True, True
+
+        def abort(self):
+            calls.append("abort")
+
+        def close(self):
+            calls.append("close")
+
+    def failing_load(args):
+        raise LensError("model could not be loaded on this rank")
+
+    monkeypatch.setattr(module, "start_distributed", lambda args: FakeDist())
+    monkeypatch.setattr(module, "load_model_from_args", failing_load)
+    argv = ["--data", str(texts), "--seq-len", "16", "--no-progress"]
+    if command == "train":
+        argv += ["--out", str(tmp_path / "out"), "--steps", "1", "--tokens-per-step", "16"]
+    code, _, err = _run(capsys, command, *argv)
+    assert code == 2 and "could not be loaded" in err and len(err.strip().splitlines()) == 1
+    assert calls == ["abort"]

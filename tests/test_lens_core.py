@@ -53,6 +53,17 @@ def test_untrained_tuned_lens_equals_logit_lens_exactly(model, tiny_tokens):
         assert torch.equal(tuned(h, layer), logit(h, layer))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_logit_lens_shares_an_unembed_only_of_the_same_model(backend, tiny_tokens):
+    model, other = make_tiny_model("RMS", backend=backend), make_tiny_model("RMS", backend=backend)
+    tuned = TunedLens.from_model(model)
+    shared = LogitLens.from_model(model, unembed=tuned.unembed)
+    assert shared.unembed is tuned.unembed
+    assert torch.equal(shared(model.embed(tiny_tokens), 0), LogitLens.from_model(model)(model.embed(tiny_tokens), 0))
+    own = LogitLens.from_model(other, unembed=tuned.unembed)  # another model's: not shared
+    assert own.unembed is not tuned.unembed and own.unembed.same_modules(LogitLens.from_model(other).unembed)
+
+
 def test_last_layer_equals_model_log_probs(model, tiny_tokens):
     lens = randomize(TunedLens.from_model(model))
     logits, cache = model.run_with_cache(tiny_tokens, names_filter=lens.hook_names)

@@ -194,12 +194,17 @@ class LogitLens(Lens):
     lens_type = "logit_lens"
 
     @classmethod
-    def from_model(cls, model: Model, *, hook_names: str | Sequence[str] | None = None) -> "LogitLens":
+    def from_model(cls, model: Model, *, hook_names: str | Sequence[str] | None = None,
+                   unembed: Unembed | None = None) -> "LogitLens":
         """The logit lens of ``model``: its own ``ln_final`` and unembedding at every layer
-        (``hook_names``: other residual hook points, see :func:`~tl_tunedlens.core.layers.lens_hook_names`)."""
+        (``hook_names``: other residual hook points, see :func:`~tl_tunedlens.core.layers.lens_hook_names`).
+        ``unembed``: an existing :class:`~tl_tunedlens.core.unembed.Unembed` (e.g. a tuned lens's) to
+        share, with its cached hash, fingerprint and weights, when it decodes with ``model``'s own
+        modules; otherwise a new one is built."""
         facts = model_facts(model)
-        return _checked_hooks(cls(Unembed(model), facts.n_layers, model_name=facts.model_name, hook_names=hook_names),
-                              model)
+        own = Unembed(model)
+        shared = unembed if unembed is not None and unembed.same_modules(own) else own
+        return _checked_hooks(cls(shared, facts.n_layers, model_name=facts.model_name, hook_names=hook_names), model)
 
 
 class TunedLens(Lens):

@@ -5,7 +5,8 @@ For every lens layer ``0..n_layers`` and every position that has a next token:
 - ``kl``: KL(model's final distribution || lens distribution), nats;
 - ``ce``: cross-entropy of the lens against the actual next token, nats;
 - ``entropy``: entropy of the lens distribution, nats;
-- ``top1``: fraction of positions where the lens's top-1 token equals the model's top-1;
+- ``top1``: fraction of positions where the lens's top-1 token equals the model's top-1 (a tie
+  for the lens's top logit counts when it includes the model's top-1);
 
 plus the model's own CE and entropy (``baseline``). Each nat value also appears in bits per byte
 (``nats / bytes_per_token / ln 2``). At layer ``n_layers`` both lenses are the model itself
@@ -70,7 +71,8 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
 
     if tuned is not None:
         tuned.check_model(model)
-    logit = LogitLens.from_model(model, hook_names=None if tuned is None else tuned.hook_names)
+    logit = LogitLens.from_model(model, hook_names=None if tuned is None else tuned.hook_names,
+                                 unembed=None if tuned is None else tuned.unembed)
     lenses = {"logit": logit} | ({"tuned": tuned} if tuned is not None else {})
     n_seq = n_eval_sequences(sequences, max_tokens)
     micro = micro_batch or max(1, chunk_tokens // sequences.shape[1])
@@ -98,8 +100,9 @@ class LensEvaluator:
 
     The fused path of training (:mod:`tl_tunedlens.training.decoder`): per chunk of positions the
     model's distribution ``p`` is computed once and shared by every lens and layer; each layer's
-    logits land in one reused ``[chunk, d_vocab]`` buffer, become log-probs in place, and ``p`` and
-    ``q = exp(log q)`` live in two more reused buffers. Everything is exact over the full vocabulary.
+    logits land in one reused ``[chunk, d_vocab]`` buffer and are scored in cache-sized row blocks by
+    one softmax pass and two dot products (:func:`_score_block`); ``p`` and the block's ``q`` live in
+    reused buffers. Everything is exact over the full vocabulary.
     ``layers``: score only these lens layers (``0..n_layers-1``; default all)."""
 
     def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 512,
@@ -161,27 +164,21 @@ class LensEvaluator:
     def _add_chunk(self, resids: Tensor, labels: Int[Tensor, "m 1"], decoder, per_layer: dict, base: Tensor) -> None:
         z = decoder.target_logits(resids[-1])
         p, q, out = self._buffers(z.shape[0], z.shape[1], z.device)
-        top = z.argmax(-1)
+        top = z.argmax(-1, keepdim=True)
         logp = log_softmax_(z)
         base[0] += -logp.gather(-1, labels).sum().double()
         torch.exp(logp, out=p)
-        neg_entropy = torch.linalg.vecdot(p, logp)                       # sum p log p, per position
-        base[1] += -neg_entropy.sum().double()
+        neg_entropy = torch.linalg.vecdot(p, logp).sum(dtype=torch.float64)   # sum p log p
+        base[1] += -neg_entropy
         rows = self._rows(z.shape[1])
         for name, lens in self.lenses.items():
             for layer in self.layers:
                 z = decoder.logits(lens.transform(resids[layer], layer))
-                # row blocks small enough to stay in cache: each block is read from memory once
-                for r in range(0, z.shape[0], rows):
-                    block, sl = z[r:r + rows], slice(r, r + rows)
-                    torch.eq(block.argmax(-1), top[sl], out=out[3, sl])
-                    lq = log_softmax_(block)
-                    torch.linalg.vecdot(p[sl], lq, out=out[0, sl])
-                    torch.gather(lq, -1, labels[sl], out=out[1, sl, None])
-                    torch.linalg.vecdot(torch.exp(lq, out=q[:lq.shape[0]]), lq, out=out[2, sl])
+                for r in range(0, z.shape[0], rows):  # row blocks that stay in cache: one read from memory
+                    _score_block(z[r:r + rows], p[r:r + rows], labels[r:r + rows], top[r:r + rows], q,
+                                 out[:, r:r + rows])
                 sums = out.sum(1, dtype=torch.float64)                  # sum p lq, sum lq[label], sum q lq, top-1 hits
-                per_layer[name][layer] += torch.stack([neg_entropy.sum(dtype=torch.float64) - sums[0], -sums[1],
-                                                       -sums[2], sums[3]])
+                per_layer[name][layer] += torch.stack([neg_entropy - sums[0], -sums[1], -sums[2], sums[3]])
 
     def metrics(self, model_name: str, hook_names: list[str], bytes_per_token: float) -> EvalMetrics:
         """Means over the positions seen, as the metrics dict."""
@@ -203,3 +200,26 @@ class LensEvaluator:
         if self.precision is not None:
             out["precision"] = self.precision
         return out
+
+
+def _score_block(z: Float[Tensor, "r vocab"], p: Float[Tensor, "r vocab"], labels: Int[Tensor, "r 1"],
+                 top: Int[Tensor, "r 1"], q_buf: Float[Tensor, "rows vocab"], out: Float[Tensor, "4 r"]) -> None:
+    """Per position of a block of lens logits ``z``: ``sum p log q``, ``log q[label]``, ``sum q log q`` and
+    whether the model's top-1 token ``top`` is a top-1 token of the lens, into ``out`` (nats; ``z`` is unchanged).
+
+    One softmax pass and two dot products: with ``lse = logsumexp(z) = max z - log max q``, every term
+    is a sum over ``z`` minus ``lse`` (``sum p = sum q = 1``), so ``log q`` is never materialised."""
+    z_max = z.amax(-1, keepdim=True)
+    q = _softmax_into(z, q_buf[:z.shape[0]])
+    lse = (z_max - q.amax(-1, keepdim=True).log_())[:, 0]   # max q = 1 / sum exp(z - max z)
+    torch.sub(torch.linalg.vecdot(p, z), lse, out=out[0])
+    torch.sub(z.gather(-1, labels)[:, 0], lse, out=out[1])
+    torch.sub(torch.linalg.vecdot(q, z), lse, out=out[2])
+    torch.eq(z.gather(-1, top), z_max, out=out[3, :, None])
+
+
+def _softmax_into(z: Tensor, out: Tensor) -> Tensor:
+    """``softmax(z, -1)`` written into ``out`` (same shape) on CPU; out of place elsewhere."""
+    if z.device.type == "cpu":
+        return torch._softmax(z, -1, False, out=out)
+    return z.softmax(-1)

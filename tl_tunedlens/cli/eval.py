@@ -63,13 +63,17 @@ def run(args: argparse.Namespace) -> int:
         raise LensError("--transfer measures a tuned lens's translators: pass --lens DIR")
     resolve_seq_len(args)
     dist = start_distributed(args)
-    model = load_model_from_args(args)
-    tuned = TunedLens.load(args.lens, model) if args.lens else None
-    data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
-    metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
-                              max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
-                              matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress,
-                              dist=dist)
+    try:
+        model = load_model_from_args(args)
+        tuned = TunedLens.load(args.lens, model) if args.lens else None
+        data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
+        metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
+                                  max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
+                                  matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress,
+                                  dist=dist)
+    except BaseException:
+        dist.abort()   # the other ranks fail at their all-reduce instead of waiting for the timeout
+        raise
     dist.close()
     if not dist.is_main:
         return 0
