@@ -62,9 +62,9 @@ def softcapped(setup):
 @pytest.mark.parametrize("which", ["fused", "softcapped", "row-blocks"])
 def test_numbers_equal_hand_computation(which, setup, request, monkeypatch):
     if which == "row-blocks":  # logits processed 2 rows at a time after each product
-        import tl_tunedlens.analysis.evaluate as evaluate_module
+        import tl_tunedlens.training.loss as loss_module
 
-        monkeypatch.setattr(evaluate_module, "BLOCK_BYTES", 4 * 37 * 2)
+        monkeypatch.setattr(loss_module, "BLOCK_BYTES", 4 * 37 * 2)
     model, lens, seqs = request.getfixturevalue("softcapped") if which == "softcapped" else setup
     metrics = evaluate_lenses(model, seqs, tuned=lens, bytes_per_token=2.0, chunk_tokens=5, micro_batch=2)
     hand, base = _by_hand(model, lens, seqs)

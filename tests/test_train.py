@@ -43,8 +43,13 @@ def _direct(lens, resids, layers, labels=None):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("rows", [None, 2], ids=["one-block", "row-blocks"])
 @pytest.mark.parametrize("loss", ["kl", "ce"])
-def test_loss_and_gradient_equal_direct_computation(tiny_model, tiny_tokens, loss):
+def test_loss_and_gradient_equal_direct_computation(tiny_model, tiny_tokens, loss, rows, monkeypatch):
+    if rows is not None:  # the softmax-side passes take 2 rows of each 7-token chunk at a time
+        import tl_tunedlens.training.loss as loss_module
+
+        monkeypatch.setattr(loss_module, "BLOCK_BYTES", 4 * tiny_model.cfg.d_vocab * rows)
     lens = random_tuned_lens(tiny_model)
     resids = capture_residuals(tiny_model, tiny_tokens, lens.hook_names)
     labels = None

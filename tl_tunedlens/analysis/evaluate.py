@@ -36,7 +36,7 @@ from ..errors import LensError
 from ..lens import LogitLens
 from ..training.decoder import make_decoder
 from ..training.distributed import SINGLE, Dist
-from ..training.loss import log_softmax_
+from ..training.loss import block_rows, log_softmax_, softmax_
 from .metrics import EvalMetrics, check_finite
 
 from ..core.backend import Model
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from ..lens import Lens, TunedLens
 
 METRICS = ("kl", "ce", "entropy", "top1")
-#: bytes of a ``[rows, d_vocab]`` block of logits processed at once after each layer's product (fits a CPU cache)
-BLOCK_BYTES = 4 * 2**20
 
 
 def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
@@ -147,30 +145,25 @@ class LensEvaluator:
         dist.all_reduce_([*self.per_layer.values(), self.base, count], "the evaluation all-reduce")
         self.count = int(count.item())
 
-    def _buffers(self, m: int, vocab: int, device) -> tuple[Tensor, Tensor, Tensor]:
-        """``p`` ``[m, vocab]``, ``q`` for one row block, and ``[4, m]`` per-position results."""
-        rows = self._rows(vocab)
-        if self._p is None or self._p.shape[0] < m or self._p.shape[1] != vocab:
-            self._p = torch.empty(m, vocab, dtype=torch.float32, device=device)
-            self._q = torch.empty(rows, vocab, dtype=torch.float32, device=device)
-            self._out = torch.empty(len(METRICS), m, dtype=torch.float32, device=device)
+    def _buffers(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For logits ``z`` ``[m, vocab]``: ``p`` ``[m, vocab]``, ``q`` for one row block, and ``[4, m]`` results."""
+        (m, vocab), rows = z.shape, block_rows(z)
+        if self._p is None or self._p.shape[0] < m or self._p.shape[1] != vocab or self._q.shape[0] < rows:
+            self._p = torch.empty(m, vocab, dtype=torch.float32, device=z.device)
+            self._q = torch.empty(rows, vocab, dtype=torch.float32, device=z.device)
+            self._out = torch.empty(len(METRICS), m, dtype=torch.float32, device=z.device)
         return self._p[:m], self._q, self._out[:, :m]
-
-    @staticmethod
-    def _rows(vocab: int) -> int:
-        """Rows of a ``[rows, vocab]`` fp32 block that stay in a CPU cache (:data:`BLOCK_BYTES`)."""
-        return max(1, BLOCK_BYTES // (4 * vocab))
 
     def _add_chunk(self, resids: Tensor, labels: Int[Tensor, "m 1"], decoder, per_layer: dict, base: Tensor) -> None:
         z = decoder.target_logits(resids[-1])
-        p, q, out = self._buffers(z.shape[0], z.shape[1], z.device)
+        p, q, out = self._buffers(z)
         top = z.argmax(-1, keepdim=True)
         logp = log_softmax_(z)
         base[0] += -logp.gather(-1, labels).sum().double()
         torch.exp(logp, out=p)
         neg_entropy = torch.linalg.vecdot(p, logp).sum(dtype=torch.float64)   # sum p log p
         base[1] += -neg_entropy
-        rows = self._rows(z.shape[1])
+        rows = block_rows(z)
         for name, lens in self.lenses.items():
             for layer in self.layers:
                 z = decoder.logits(lens.transform(resids[layer], layer))
@@ -210,16 +203,10 @@ def _score_block(z: Float[Tensor, "r vocab"], p: Float[Tensor, "r vocab"], label
     One softmax pass and two dot products: with ``lse = logsumexp(z) = max z - log max q``, every term
     is a sum over ``z`` minus ``lse`` (``sum p = sum q = 1``), so ``log q`` is never materialised."""
     z_max = z.amax(-1, keepdim=True)
-    q = _softmax_into(z, q_buf[:z.shape[0]])
+    q = softmax_(z, q_buf[:z.shape[0]])
     lse = (z_max - q.amax(-1, keepdim=True).log_())[:, 0]   # max q = 1 / sum exp(z - max z)
     torch.sub(torch.linalg.vecdot(p, z), lse, out=out[0])
     torch.sub(z.gather(-1, labels)[:, 0], lse, out=out[1])
     torch.sub(torch.linalg.vecdot(q, z), lse, out=out[2])
     torch.eq(z.gather(-1, top), z_max, out=out[3, :, None])
 
-
-def _softmax_into(z: Tensor, out: Tensor) -> Tensor:
-    """``softmax(z, -1)`` written into ``out`` (same shape) on CPU; out of place elsewhere."""
-    if z.device.type == "cpu":
-        return torch._softmax(z, -1, False, out=out)
-    return z.softmax(-1)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from ..lens import TunedLens
 
 
+#: bytes of a ``[rows, d_vocab]`` fp32 block of logits that the softmax-side passes take at once on a
+#: CPU (it stays in cache while it is read several times: :func:`block_rows`)
+BLOCK_BYTES = 4 * 2**20
 #: a layer's loss "rises" when above this many times its first step's loss ...
 DIVERGENCE_FACTOR = 4.0
 #: ... and at least this many nats above it ...
@@ -84,6 +87,56 @@ def log_softmax_(z: Tensor) -> Tensor:
     return z.log_softmax(-1)
 
 
+def softmax_(z: Tensor, out: Tensor | None = None) -> Tensor:
+    """``softmax(z, -1)`` written into ``out`` (default: over ``z`` itself, which the CPU kernel allows
+    as it finishes each row's max before writing it); out of place, then copied, elsewhere."""
+    out = z if out is None else out
+    if z.device.type == "cpu":
+        return torch._softmax(z, -1, False, out=out)
+    return out.copy_(z.softmax(-1))
+
+
+def block_rows(z: Float[Tensor, "m d_vocab"]) -> int:
+    """Rows of ``z`` that the softmax-side passes take at once: on a CPU a ``[rows, d_vocab]`` fp32 block
+    of :data:`BLOCK_BYTES` that stays in cache while it is read several times; elsewhere all of them."""
+    if z.device.type != "cpu":
+        return max(1, z.shape[0])
+    return max(1, BLOCK_BYTES // (4 * z.shape[-1]))
+
+
+def loss_and_grad_(z: Float[Tensor, "m d_vocab"], *, neg_target: Float[Tensor, "m d_vocab"] | None = None,
+                   neg_entropy: Float[Tensor, " m"] | None = None, labels: Int[Tensor, "m 1"] | None = None,
+                   s: float = 1.0, scale: float = 1.0) -> Float[Tensor, " m"]:
+    """Per-token loss (nats) of fp32 lens logits ``z``, and ``z`` overwritten with ``scale * d loss / d z``.
+
+    KL (``neg_target = -s p``, ``neg_entropy = sum p log p``): ``sum p log p - sum p log q``, gradient
+    ``scale (q - p)``; CE (``labels``): ``-log q[label]``, gradient ``scale (q - onehot)``. Row blocks of
+    :func:`block_rows`, each read once from memory: its max, ``sum p z`` (or ``z[label]``), then the
+    softmax in place; with ``lse = max z - log max q`` no ``log q`` is ever materialised."""
+    loss = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    rows = block_rows(z)
+    for r in range(0, z.shape[0], rows):
+        block, sl = z[r:r + rows], slice(r, r + rows)
+        z_max = block.amax(-1)
+        if labels is None:
+            cross = torch.linalg.vecdot(neg_target[sl], block)          # -s sum p z
+        else:
+            picked = block.gather(-1, labels[sl])[:, 0]
+        q = softmax_(block)
+        lse = z_max - q.amax(-1).log_()                                 # max q = 1 / sum exp(z - max z)
+        if labels is None:
+            torch.add(neg_entropy[sl], cross.div_(s).add_(lse), out=loss[sl])
+        else:
+            torch.sub(lse, picked, out=loss[sl])
+        if scale == 0:
+            q.zero_()
+        elif labels is None:
+            torch.add(neg_target[sl], q, alpha=s, out=q)                # s (q - p)
+        else:
+            q.mul_(scale).scatter_add_(-1, labels[sl], torch.full_like(picked[:, None], -scale))
+    return loss
+
+
 def accumulate_lens_grads(lens: "TunedLens", resids: Float[Tensor, "layer n d_model"], layers: list[int], *,
                           labels: Int[Tensor, " n"] | None = None, scale: float = 1.0, chunk_tokens: int = 512,
                           step: int | None = None, matmul_dtype: torch.dtype | None = None,
@@ -115,22 +168,12 @@ def accumulate_lens_grads(lens: "TunedLens", resids: Float[Tensor, "layer n d_mo
             else:
                 lab = labels[sl].to(device)[:, None]
         for j, layer in enumerate(layers):
-            lq = log_softmax_(decoder.logits(lens.transform(resids[layer, sl], layer)))
-            with torch.no_grad():
-                if labels is None:
-                    loss = neg_entropy + torch.linalg.vecdot(neg_target, lq) / s   # KL(p || q) per token
-                else:
-                    loss = -lq.gather(-1, lab).squeeze(-1)
+            z = decoder.logits(lens.transform(resids[layer, sl], layer))
+            with torch.no_grad():                                       # z becomes d loss / d z
+                loss = loss_and_grad_(z, neg_target=neg_target, neg_entropy=neg_entropy, labels=lab, s=s, scale=scale)
                 total = loss.double().sum()
                 if not torch.isfinite(total):
                     raise diverged("the loss", layer, step)
                 sums[j] += total
-                grad = lq.exp_()                                                # q, in place
-                if scale == 0:
-                    grad.zero_()
-                elif labels is None:
-                    torch.add(neg_target, grad, alpha=s, out=grad)              # s * (q - p)
-                else:
-                    grad.mul_(scale).scatter_add_(-1, lab, torch.full_like(loss[:, None], -scale))
-            decoder.backward(grad)
+            decoder.backward(z)
     return sums.cpu()
