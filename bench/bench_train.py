@@ -2,8 +2,9 @@
 
 All 30 layers of SmolLM2-135M, sequences of 256 Shakespeare tokens, SGD-Nesterov (paper defaults),
 the same tokens for both. Each side runs in its own subprocess (clean peak memory); a third
-subprocess measures this machine's fp32 and bf16 matmul rates on the unembedding shape, which give
-the FLOP bounds (ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound); the
+subprocess measures this machine's fp32 and bf16 rates of the two unembedding-shaped products (logits,
+and their input gradient, whose long reduction runs faster), which give the FLOP bounds
+(:func:`bound_per_s`; ours with ``--matmul-dtype bfloat16`` is compared against the bf16 bound); the
 ``ours`` and ``eval`` rows also measure that rate in their own process just before and after their
 timed part and take their bound from it (:class:`LocalRate`: a shared host's speed drifts). A fourth
 trains ours on a HookedTransformer and on a TransformerBridge of the same weights, alternating in one
@@ -68,29 +69,40 @@ def _tokens(seq_len: int, n_tokens: int):
     return load_tokens("shakespeare", tok, seq_len, split="train", max_tokens=n_tokens).sequences
 
 
-def matmul_gflops(dtype_name: str = "float32", reps: int = 5) -> float:
-    """Best of ``reps`` rates (GFLOP/s) of the unembedding-shaped product (F.linear with a contiguous
-    transposed weight, as the lenses run it) in ``dtype_name``."""
+def matmul_rates(dtype_name: str = "float32", reps: int = 5) -> dict[str, float]:
+    """This machine's best rates (GFLOP/s, best of ``reps``) of the two unembedding-shaped products, the
+    fastest way torch runs them here (into preallocated outputs, over both weight layouts):
+    ``fwd`` ``[512, 576] @ [576, 49152]`` (logits) and ``bwd`` ``[512, 49152] @ [49152, 576]`` (their
+    input gradient). The long reduction of ``bwd`` runs faster than ``fwd`` on a CPU."""
     import torch
-    import torch.nn.functional as F
 
     dtype = getattr(torch, dtype_name)
-    a, w = torch.randn(512, 576, dtype=dtype), torch.randn(49152, 576, dtype=dtype)
-    rates = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        F.linear(a, w)
-        rates.append(2 * 512 * 576 * 49152 / (time.perf_counter() - t0) / 1e9)
-    return max(rates)
+    m, d, v = 512, 576, 49152
+    w = torch.randn(d, v, dtype=dtype)
+    w_t = w.T.contiguous()
+    x, b, g = torch.randn(m, d, dtype=dtype), torch.randn(v, dtype=dtype), torch.randn(m, v, dtype=dtype)
+    z, gx = torch.empty(m, v, dtype=dtype), torch.empty(m, d, dtype=dtype)
+    products = {"fwd": [lambda: torch.addmm(b, x, w, out=z), lambda: torch.addmm(b, x, w_t.T, out=z)],
+                "bwd": [lambda: torch.mm(g, w.T, out=gx), lambda: torch.mm(g, w_t, out=gx)]}
+    rates = {}
+    for name, fns in products.items():
+        best = 0.0
+        for _ in range(reps):
+            for fn in fns:
+                t0 = time.perf_counter()
+                fn()
+                best = max(best, 2 * m * d * v / (time.perf_counter() - t0) / 1e9)
+        rates[name] = best
+    return rates
 
 
 def worker_matmul(args) -> dict:
-    """This machine's fp32 and bf16 matmul rates (:func:`matmul_gflops`)."""
-    return {"gflops": matmul_gflops("float32"), "gflops_bf16": matmul_gflops("bfloat16")}
+    """This machine's fp32 and bf16 matmul rates (:func:`matmul_rates`)."""
+    return {"float32": matmul_rates("float32"), "bfloat16": matmul_rates("bfloat16")}
 
 
 class LocalRate:
-    """The matmul rate measured in the worker itself just before and just after its timed part (their
+    """The matmul rates measured in the worker itself just before and just after its timed part (their
     mean): the FLOP bound of that worker's row, so a machine whose speed drifts between subprocesses
     (a shared host) does not skew the "of FLOP bound" column."""
 
@@ -98,15 +110,15 @@ class LocalRate:
         self.dtype_name, self.before, self.after = dtype_name, None, None
 
     def __enter__(self):
-        self.before = matmul_gflops(self.dtype_name)
+        self.before = matmul_rates(self.dtype_name, reps=3)
         return self
 
     def __exit__(self, *exc):
-        self.after = matmul_gflops(self.dtype_name)
+        self.after = matmul_rates(self.dtype_name, reps=3)
 
     @property
-    def gflops(self) -> float:
-        return (self.before + self.after) / 2
+    def rates(self) -> dict[str, float]:
+        return {k: (self.before[k] + self.after[k]) / 2 for k in self.before}
 
 
 def worker_ours_bf16(args, seqs) -> dict:
@@ -126,7 +138,7 @@ def worker_ours(args, seqs, matmul_dtype: str = "float32") -> dict:
         res = train_lens(model, lens, seqs, cfg, progress=False)
     timed = res.step_seconds[args.warmup:]
     return {"tok_s": args.steps * res.info["tokens_per_step"] / sum(timed), "peak_mib": mem.peak,
-            "base_mib": mem.base, "loss": res.losses[-1], "gflops_local": rate.gflops}
+            "base_mib": mem.base, "loss": res.losses[-1], "rates_local": rate.rates}
 
 
 def worker_backends(args, seqs) -> dict:
@@ -177,7 +189,7 @@ def worker_eval(args, seqs, matmul_dtype: str = "float32") -> dict:
             p.copy_(0.01 * torch.randn(p.shape, generator=gen))
     dtype = getattr(torch, matmul_dtype)
     evaluate_lenses(model, seqs[:1], tuned=lens, chunk_tokens=args.eval_chunk_tokens, matmul_dtype=dtype)
-    speeds, fractions, gflops = [], [], []
+    speeds, fractions, rates = [], [], []
     with PeakRSS() as mem:
         for _ in range(args.eval_rounds):
             with LocalRate(matmul_dtype) as rate:
@@ -186,10 +198,10 @@ def worker_eval(args, seqs, matmul_dtype: str = "float32") -> dict:
                                           chunk_tokens=args.eval_chunk_tokens, matmul_dtype=dtype)
                 seconds = time.perf_counter() - t0
             speeds.append(metrics["tokens"] / seconds)
-            gflops.append(rate.gflops)
-            fractions.append(speeds[-1] * eval_flops_per_token(seq_len=args.seq_len) / (rate.gflops * 1e9))
+            rates.append(rate.rates)
+            fractions.append(speeds[-1] / bound_per_s(rate.rates, "eval", args.seq_len))
     out = {"tok_s": statistics.median(speeds), "peak_mib": mem.peak, "base_mib": mem.base,
-           "loss": sum(e["tuned"]["kl"] for e in metrics["layers"][:-1]), "gflops_local": statistics.median(gflops),
+           "loss": sum(e["tuned"]["kl"] for e in metrics["layers"][:-1]), "rates_local": {k: statistics.median(r[k] for r in rates) for k in rates[0]},
            "of_bound": statistics.median(fractions), "rounds": [round(f, 3) for f in fractions]}
     if "precision" in metrics:
         out["kl_error"] = metrics["precision"]["max_kl_error"]
@@ -212,20 +224,23 @@ def worker_ref(args, seqs) -> dict:
             "peak_mib": mem.peak, "base_mib": mem.base, "loss": run.losses[-1]}
 
 
-def eval_flops_per_token(n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> float:
-    """FLOPs of one evaluated position: model forward (+attention), the model's own distribution once,
-    and every layer's vocabulary product for the logit lens and the tuned lens."""
+def flops(kind: str, n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> dict[str, float]:
+    """FLOPs per token, split by the product rate that bounds them (``fwd``: logits-shaped products and
+    everything else; ``bwd``: the input gradient through the unembedding).
+
+    ``train``: model forward (+attention), the target and every layer's logits, every layer's input
+    gradient, translator forward/backward. ``eval``: model forward, the model's own distribution once,
+    and every layer's logits for the logit lens and the tuned lens, plus the translators."""
     model = 2 * n_params_blocks + n_layers * 4 * seq_len * d
-    return model + (1 + 2 * n_layers) * 2 * d * vocab + n_layers * 2 * d * d
+    if kind == "eval":
+        return {"fwd": model + (1 + 2 * n_layers) * 2 * d * vocab + n_layers * 2 * d * d, "bwd": 0.0}
+    return {"fwd": model + (n_layers + 1) * 2 * d * vocab + n_layers * 3 * 2 * d * d,
+            "bwd": n_layers * 2 * d * vocab}
 
 
-def flops_per_token(n_layers=30, d=576, vocab=49152, n_params_blocks=106e6, seq_len=256) -> float:
-    """FLOPs of one training token: model forward (+attention), target + every layer's unembedding
-    forward, input-gradient backward through the unembedding, translator forward/backward."""
-    model = 2 * n_params_blocks + n_layers * 4 * seq_len * d
-    unembed = (n_layers + 1) * 2 * d * vocab + n_layers * 2 * d * vocab
-    translators = n_layers * 3 * 2 * d * d
-    return model + unembed + translators
+def bound_per_s(rates: dict[str, float], kind: str, seq_len: int = 256) -> float:
+    """The FLOP bound in tokens (positions) per second: each part of :func:`flops` at its product's rate."""
+    return 1.0 / sum(f / (rates[k] * 1e9) for k, f in flops(kind, seq_len=seq_len).items())
 
 
 def main() -> int:
@@ -256,7 +271,7 @@ def main() -> int:
 
     results = {}
     for name in args.only:
-        slow_bf16 = "matmul" in results and results["matmul"]["gflops_bf16"] < results["matmul"]["gflops"]
+        slow_bf16 = "matmul" in results and results["matmul"]["bfloat16"]["fwd"] < results["matmul"]["float32"]["fwd"]
         if name in ("ours_bf16", "eval_bf16") and slow_bf16 and not args.force_bf16:
             print(f"{name}: skipped, bf16 matmuls are slower than fp32 on this CPU (no bf16 instructions); "
                   "--force-bf16 runs it anyway", file=sys.stderr)
@@ -270,43 +285,36 @@ def main() -> int:
             return 1
         results[name] = json.loads(line[-1][7:])
         print(f"{name}: {results[name]}", file=sys.stderr)
-    fpt = flops_per_token(seq_len=args.seq_len)
     print(f"SmolLM2-135M, all 30 layers, seq {args.seq_len}, {args.tokens_per_step} tokens/step, "
           f"micro-batch {args.micro_batch} sequences, chunk {args.chunk_tokens} tokens (ours), "
           f"{args.steps} timed steps, 2 threads")
-    bounds = {}
+    train_f, eval_f = flops("train", seq_len=args.seq_len), flops("eval", seq_len=args.seq_len)
+    print(f"FLOPs: {sum(train_f.values()) / 1e9:.2f} GFLOP per training token ({train_f['bwd'] / 1e9:.2f} of them input "
+          f"gradients), {sum(eval_f.values()) / 1e9:.2f} GFLOP per evaluated position (logit + tuned lens, every layer)")
     if "matmul" in results:
-        m = results["matmul"]
-        bounds = {"fp32": m["gflops"] * 1e9 / fpt, "bf16": m["gflops_bf16"] * 1e9 / fpt}
-        print(f"matmul rate (512x576 @ 576x49152): fp32 {m['gflops']:.1f} GFLOP/s, bf16 {m['gflops_bf16']:.1f} GFLOP/s; "
-              f"{fpt / 1e9:.2f} GFLOP per training token -> FLOP bound {bounds['fp32']:.1f} tokens/s (fp32), "
-              f"{bounds['bf16']:.1f} tokens/s (bf16; vocabulary matmuls only are bf16, so this bound is optimistic)")
-    efpt = eval_flops_per_token(seq_len=args.seq_len)
-    if "matmul" in results:
-        m = results["matmul"]
-        print(f"evaluation: {efpt / 1e9:.2f} GFLOP per position (logit + tuned lens, every layer) -> FLOP bound "
-              f"{m['gflops'] * 1e9 / efpt:.1f} positions/s (fp32)")
+        for dt, r in results["matmul"].items():
+            print(f"matmul rates ({dt}): logits [512x576 @ 576x49152] {r['fwd']:.1f} GFLOP/s, input gradient "
+                  f"[512x49152 @ 49152x576] {r['bwd']:.1f} GFLOP/s -> FLOP bound {bound_per_s(r, 'train'):.1f} "
+                  f"tokens/s training, {bound_per_s(r, 'eval'):.1f} positions/s evaluation")
     labels = {"ours": ("ours", "fp32"), "ours_bf16": ("ours", "bf16 matmul"), "ref": ("reference", "fp32"),
               "eval": ("ours eval", "fp32"), "eval_bf16": ("ours eval", "bf16 matmul")}
     print(f"{'impl':12} {'precision':11} {'tokens/s':>9} {'peak RSS MiB':>13} {'peak-base MiB':>14} "
-          f"{'of FLOP bound':>14} {'at GFLOP/s':>11} {'last loss':>10}")
+          f"{'of FLOP bound':>14} {'fwd GFLOP/s':>11} {'last loss':>10}")
     for name in ("ours", "ours_bf16", "ref", "eval", "eval_bf16"):
         if name in results:
             r = results[name]
-            bound = bounds.get("bf16" if name.endswith("_bf16") else "fp32")
-            if "gflops_local" in r:   # the rate measured around this row's own timed part
-                bound = r["gflops_local"] * 1e9 / fpt
-            if bound and name.startswith("eval"):
-                bound *= fpt / efpt
+            dt = "bfloat16" if name.endswith("_bf16") else "float32"
+            rates = r.get("rates_local") or results.get("matmul", {}).get(dt)   # measured around the row itself
+            bound = bound_per_s(rates, "eval" if name.startswith("eval") else "train") if rates else None
             frac = f"{r['of_bound']:.2f}" if "of_bound" in r else f"{r['tok_s'] / bound:.2f}" if bound else "-"
             impl, prec = labels[name]
             print(f"{impl:12} {prec:11} {r['tok_s']:>9.2f} {r['peak_mib']:>13.0f} {r['peak_mib'] - r['base_mib']:>14.0f} "
-                  f"{frac:>14} {r.get('gflops_local', float('nan')):>11.1f} {r['loss']:>10.3f}" + (f"  (KL within {r['kl_error']:.2g} nats of fp32)" if "kl_error" in r else "")
+                  f"{frac:>14} {rates['fwd'] if rates else float('nan'):>11.1f} {r['loss']:>10.3f}" + (f"  (KL within {r['kl_error']:.2g} nats of fp32)" if "kl_error" in r else "")
                   + (f"  (rounds: {', '.join(f'{f:.2f}' for f in r['rounds'])} of their bounds)" if "rounds" in r else ""))
     if "backends" in results:
         b = results["backends"]
         for backend in ("hooked", "bridge"):
-            bound = bounds.get("fp32")
+            bound = bound_per_s(results["matmul"]["float32"], "train") if "matmul" in results else None
             frac = f"{b[f'tok_s_{backend}'] / bound:.2f}" if bound else "-"
             print(f"{'ours ' + backend:12} {'fp32':11} {b[f'tok_s_{backend}']:>9.2f} {'-':>13} {'-':>14} {frac:>14} "
                   f"{'-':>11} {'-':>10}")

@@ -99,8 +99,9 @@ class LensEvaluator:
     The fused path of training (:mod:`tl_tunedlens.training.decoder`): per chunk of positions the
     model's distribution ``p`` is computed once and shared by every lens and layer; each layer's
     logits land in one reused ``[chunk, d_vocab]`` buffer and are scored in cache-sized row blocks by
-    one softmax pass and two dot products (:func:`_score_block`); ``p`` and the block's ``q`` live in
-    reused buffers. Everything is exact over the full vocabulary.
+    one softmax pass and one or two dot products (:func:`_score_block`; for a linear unembedding
+    ``sum p z`` comes from ``p W_U^T``, one ``[chunk, d_model]`` product per chunk shared by every layer);
+    ``p`` and the block's ``q`` live in reused buffers. Everything is exact over the full vocabulary.
     ``layers``: score only these lens layers (``0..n_layers-1``; default all)."""
 
     def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 512,
@@ -164,12 +165,16 @@ class LensEvaluator:
         neg_entropy = torch.linalg.vecdot(p, logp).sum(dtype=torch.float64)   # sum p log p
         base[1] += -neg_entropy
         rows = block_rows(z)
+        expectation = decoder.expectation_of_logits(p)   # sum p z without reading p again, when linear
         for name, lens in self.lenses.items():
             for layer in self.layers:
                 z = decoder.logits(lens.transform(resids[layer], layer))
+                p_dot_z = None
+                if expectation is not None:
+                    p_dot_z = torch.linalg.vecdot(decoder.last_input().float(), expectation[0]) + expectation[1]
                 for r in range(0, z.shape[0], rows):  # row blocks that stay in cache: one read from memory
-                    _score_block(z[r:r + rows], p[r:r + rows], labels[r:r + rows], top[r:r + rows], q,
-                                 out[:, r:r + rows])
+                    _score_block(z[r:r + rows], p[r:r + rows] if p_dot_z is None else p_dot_z[r:r + rows],
+                                 labels[r:r + rows], top[r:r + rows], q, out[:, r:r + rows])
                 sums = out.sum(1, dtype=torch.float64)                  # sum p lq, sum lq[label], sum q lq, top-1 hits
                 per_layer[name][layer] += torch.stack([neg_entropy - sums[0], -sums[1], -sums[2], sums[3]])
 
@@ -195,17 +200,19 @@ class LensEvaluator:
         return out
 
 
-def _score_block(z: Float[Tensor, "r vocab"], p: Float[Tensor, "r vocab"], labels: Int[Tensor, "r 1"],
-                 top: Int[Tensor, "r 1"], q_buf: Float[Tensor, "rows vocab"], out: Float[Tensor, "4 r"]) -> None:
+def _score_block(z: Float[Tensor, "r vocab"], p: Float[Tensor, "r vocab"] | Float[Tensor, " r"],
+                 labels: Int[Tensor, "r 1"], top: Int[Tensor, "r 1"], q_buf: Float[Tensor, "rows vocab"],
+                 out: Float[Tensor, "4 r"]) -> None:
     """Per position of a block of lens logits ``z``: ``sum p log q``, ``log q[label]``, ``sum q log q`` and
     whether the model's top-1 token ``top`` is a top-1 token of the lens, into ``out`` (nats; ``z`` is unchanged).
+    ``p``: the model's distribution, or already ``sum p z`` per position (``[r]``).
 
-    One softmax pass and two dot products: with ``lse = logsumexp(z) = max z - log max q``, every term
-    is a sum over ``z`` minus ``lse`` (``sum p = sum q = 1``), so ``log q`` is never materialised."""
+    One softmax pass and at most two dot products: with ``lse = logsumexp(z) = max z - log max q``, every
+    term is a sum over ``z`` minus ``lse`` (``sum p = sum q = 1``), so ``log q`` is never materialised."""
     z_max = z.amax(-1, keepdim=True)
     q = softmax_(z, q_buf[:z.shape[0]])
     lse = (z_max - q.amax(-1, keepdim=True).log_())[:, 0]   # max q = 1 / sum exp(z - max z)
-    torch.sub(torch.linalg.vecdot(p, z), lse, out=out[0])
+    torch.sub(torch.linalg.vecdot(p, z) if p.ndim == 2 else p, lse, out=out[0])
     torch.sub(z.gather(-1, labels)[:, 0], lse, out=out[1])
     torch.sub(torch.linalg.vecdot(q, z), lse, out=out[2])
     torch.eq(z.gather(-1, top), z_max, out=out[3, :, None])

@@ -88,6 +88,21 @@ class FusedDecoder:
         with torch.no_grad():
             return self._product(self._x.detach(), self.forward_w, self.forward_b)
 
+    @torch.no_grad()
+    def expectation_of_logits(self, p: Float[Tensor, "m d_vocab"]
+                              ) -> tuple[Float[Tensor, "m d_model"], Float[Tensor, " m"]] | None:
+        """``(p W_U^T, p . b_U)`` for fp32 distributions ``p`` over the vocabulary (``None`` unless the
+        lens products are exact fp32): then ``sum_v p_v z_v`` of the logits ``z = x W_U + b_U`` of any
+        later :meth:`logits` call is ``x . (p W_U^T) + p . b_U`` (``x``: :meth:`last_input`), with no
+        pass over the vocabulary. One product of the input-gradient shape, shared by every layer."""
+        if not self.is_exact or self.w_u.dtype != torch.float32:
+            return None
+        return torch.mm(p, self.w_u.T), torch.mv(p, self.b_u)
+
+    def last_input(self) -> Float[Tensor, "m d_model"]:
+        """The normalised input ``x`` (``ln_final`` of the translated residual) of the last :meth:`logits` call."""
+        return self._x.detach()
+
     def backward(self, grad: Float[Tensor, "m d_vocab"]) -> None:
         """Push ``grad`` (fp32 ``[m, d_vocab]``) back: ``grad @ W_U^T`` explicitly, then autograd through ``ln_final``."""
         x, self._x = self._x, None
@@ -117,6 +132,10 @@ class AutogradDecoder:
         """fp32 logits of translated residuals ``h``, keeping the autograd graph for :meth:`backward`."""
         self._z = self.unembed(h, self.matmul_dtype)
         return self._z.detach().float()                # fp32 logits: no copy when they already are
+
+    def expectation_of_logits(self, p: Tensor) -> None:
+        """Not available: the logits need not be linear in the input (a soft-cap, a custom module)."""
+        return None
 
     def backward(self, grad: Float[Tensor, "m d_vocab"]) -> None:
         """Push ``grad`` (fp32 ``[m, d_vocab]``) back through the model's modules into the lens."""
