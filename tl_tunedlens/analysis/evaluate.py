@@ -99,7 +99,7 @@ class LensEvaluator:
     The fused path of training (:mod:`tl_tunedlens.training.decoder`): per chunk of positions the
     model's distribution ``p`` is computed once and shared by every lens and layer; each layer's
     logits land in one reused ``[chunk, d_vocab]`` buffer and are scored in cache-sized row blocks by
-    one softmax pass and one or two dot products (:func:`_score_block`; for a linear unembedding
+    one softmax pass and one or two dot products (``_score_block``; for a linear unembedding
     ``sum p z`` comes from ``p W_U^T``, one ``[chunk, d_model]`` product per chunk shared by every layer);
     ``p`` and the block's ``q`` live in reused buffers. Everything is exact over the full vocabulary.
     ``layers``: score only these lens layers (``0..n_layers-1``; default all)."""
