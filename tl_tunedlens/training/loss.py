@@ -98,7 +98,7 @@ def softmax_(z: Tensor, out: Tensor | None = None) -> Tensor:
 
 def block_rows(z: Float[Tensor, "m d_vocab"]) -> int:
     """Rows of ``z`` that the softmax-side passes take at once: on a CPU a ``[rows, d_vocab]`` fp32 block
-    of :data:`BLOCK_BYTES` that stays in cache while it is read several times; elsewhere all of them."""
+    of ``BLOCK_BYTES`` that stays in cache while it is read several times; elsewhere all of them."""
     if z.device.type != "cpu":
         return max(1, z.shape[0])
     return max(1, BLOCK_BYTES // (4 * z.shape[-1]))
