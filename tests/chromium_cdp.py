@@ -126,14 +126,13 @@ class Chromium:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.25)
-        return value
+        """The first truthy value of the page expression, polled until ``timeout``."""
+        return wait_until(lambda: self.evaluate(expression), timeout)
+
+    def next_frames(self, n: int = 2) -> None:
+        """Return once the page has drawn ``n`` more animation frames (what was changed is on screen)."""
+        self.evaluate("new Promise(done => { let left = %d; const tick = () => --left ? "
+                      "requestAnimationFrame(tick) : done(true); requestAnimationFrame(tick); })" % n)
 
     def screenshot(self, path: str | os.PathLike | None = None, full_page: bool = False) -> bytes:
         params = {"format": "png"}
@@ -180,6 +179,16 @@ class Chromium:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait_until(condition, timeout: float = 20.0, interval: float = 0.25):
+    """Poll ``condition()`` until it is truthy (returned) or ``timeout`` seconds pass (its last value)."""
+    deadline = time.monotonic() + timeout
+    value = condition()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = condition()
+    return value
 
 
 # --- static check of saved pages --------------------------------------------------------------

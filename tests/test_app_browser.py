@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 import torch
 
-from chromium_cdp import Chromium, fetchable_urls, find_chromium
+from chromium_cdp import Chromium, fetchable_urls, find_chromium, wait_until
 from test_browser import _require_browser
 from tl_tunedlens import TunedLens
 from tl_tunedlens.app import Explorer
@@ -104,11 +103,8 @@ def test_explorer_in_chromium(server, smollm2, tmp_path):
         # "download this page": the offline report arrives as a file
         browser.send("Page.setDownloadBehavior", behavior="allow", downloadPath=str(tmp_path))
         browser.evaluate("document.getElementById('download').click()")
-        deadline, page = time.monotonic() + 180, tmp_path / "tl_tunedlens-report.html"
-        while not page.is_file() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert page.is_file(), browser.evaluate("document.getElementById('message').textContent")
-        time.sleep(1.0)  # let the download finish writing
+        page = tmp_path / "tl_tunedlens-report.html"   # Chromium renames a download to its name once complete
+        assert wait_until(page.is_file, timeout=180), browser.evaluate("document.getElementById('message').textContent")
         html = page.read_text(encoding="utf-8")
         assert html.startswith("<!DOCTYPE html>") and "To be, or not to be" in html and fetchable_urls(html) == []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 
 import pytest
 import torch
@@ -77,7 +76,7 @@ def test_report_renders_offline_in_chromium(report, tmp_path):
         browser.evaluate("(() => { const s = document.querySelector('.tl-circuitsvis select'); s.value = '1';"
                          " s.dispatchEvent(new Event('change')); })()")
         assert browser.evaluate(visible) == "1"
-        time.sleep(0.3)
+        browser.next_frames()
         png = browser.screenshot(tmp_path / "report.png")
         assert browser.errors() == []
         fetched = [u for u in browser.request_urls() if not u.startswith(("file:", "data:", "blob:", "about:"))]

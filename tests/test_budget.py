@@ -76,24 +76,25 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    from tl_tunedlens.training import lstsq, trainer
+    from tl_tunedlens.training import budget, lstsq, trainer
 
     fake = FakeClock()
-    for module in (trainer, lstsq):
+    for module in (trainer, lstsq, budget):
         monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=fake.perf_counter))
     return fake
 
 
 def test_a_budget_stops_before_the_deadline_with_a_checkpoint_and_resume_keeps_the_plan(model, seqs, tmp_path, clock):
+    clock.tick = 0.1   # each step reads the clock a few times: ~25 steps fit in the 8 s
     cfg = TrainConfig(time_budget=8.0, tokens_per_step=64, checkpoint_every=0)
     plan = BudgetPlan(budget_s=8.0, lstsq_tokens=128, steps=1000, tokens_per_step=64, predicted_fit_s=0.01,
-                      predicted_step_s=0.05, rates=Rates(1e-4, 1e-5, 1e-4, warmup_s=0.0))
+                      predicted_step_s=0.5, rates=Rates(1e-4, 1e-5, 1e-4, warmup_s=0.0))
     lens = TunedLens.from_model(model)
     t0 = clock.now
     result = train_lens(model, lens, seqs, cfg, out_dir=tmp_path, progress=False, plan=plan)
     # every step ends before the deadline (t0 + 8 s); after it, only the final checkpoint and summary read the clock
     assert clock.now - t0 <= 8.0 + 5 * clock.tick and sum(result.step_seconds) < 8.0
-    assert clock.now - t0 > 8.0 - 0.05 - 5 * clock.tick    # and it stopped only when one more step would not fit
+    assert clock.now - t0 > 8.0 - 0.5 - 5 * clock.tick     # and it stopped only when one more step would not fit
     info = result.info
     assert info["stopped_early"] and 1 <= result.steps < 1000 and info["steps"] == result.steps
     assert info["budget"]["steps"] == 1000 and info["budget"]["lstsq_tokens"] == 128
@@ -106,9 +107,36 @@ def test_a_budget_stops_before_the_deadline_with_a_checkpoint_and_resume_keeps_t
     assert again.steps == result.steps                        # the budget was already spent
 
 
-def test_budget_run_without_a_given_plan_measures_one(model, seqs):
+def test_budget_run_without_a_given_plan_measures_one(model, seqs, clock):
+    """On the fake clock (each reading 10 ms later): the warm-up measures rates and stays within its share,
+    the run ends within the budget, and the training info agrees with itself."""
+    t0 = clock.now
     result = train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(time_budget=6.0, tokens_per_step=64,
                                                                              checkpoint_every=0), progress=False)
     plan = result.info["budget"]
-    assert plan["budget_s"] == 6.0 and plan["rates"]["warmup_s"] > 0
-    assert result.seconds < 6.0 and result.steps <= plan["steps"]
+    assert plan["budget_s"] == 6.0 and 0 < plan["rates"]["warmup_s"] <= 0.1 * 6.0 + 5 * clock.tick
+    assert plan["rates"]["forward"] > 0 and plan["rates"]["kl_layer"] > 0
+    assert clock.now - t0 <= 6.0 + 5 * clock.tick and result.steps <= plan["steps"]
+    assert result.info["stopped_early"] == (result.steps < plan["steps"])
+    assert "fit (warm-up" in plan["covers"]
+
+
+def test_a_plan_of_no_steps_is_the_start_alone_and_says_so(model, seqs, tmp_path, clock):
+    """A budget that leaves room for the least-squares start only: 0 KL steps planned, none run, and the
+    training info does not claim the run stopped early."""
+    from tl_tunedlens.cli.common import training_summary
+
+    cfg = TrainConfig(time_budget=3.0, tokens_per_step=64, checkpoint_every=0)
+    plan = BudgetPlan(budget_s=3.0, lstsq_tokens=128, steps=0, tokens_per_step=64, predicted_fit_s=1.0,
+                      predicted_step_s=50.0, rates=Rates(1e-4, 1e-5, 1e-1, warmup_s=0.2))
+    result = train_lens(model, TunedLens.from_model(model), seqs, cfg, progress=False, plan=plan)
+    assert result.steps == 0 and result.info["steps"] == 0 and result.info["stopped_early"] is False
+    assert result.info["lstsq_tokens"] == 128
+    summary = training_summary(result)
+    assert "least-squares start on 128 tokens" in summary and "planned" not in summary
+
+
+def test_a_budget_too_short_for_one_step_from_the_identity_is_refused():
+    cfg = TrainConfig(time_budget=3.0, init="identity", tokens_per_step=4096)
+    with pytest.raises(LensError, match="less than one KL step .* raise --time-budget"):
+        plan_budget(cfg, RATES, seq_len=64, n_layers=10)

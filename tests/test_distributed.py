@@ -74,12 +74,10 @@ def _worker(rank: int, world: int, ports: tuple[int, int], out: str) -> None:
                 return real(*args, **kwargs)
 
             trainer.capture_residuals = dying
-        (out / "started").touch()
         train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(**CONFIG), out_dir=out / "killed",
                    progress=False, dist=dist)
     except BaseException as err:
         (out / f"error-{rank}.txt").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-        (out / f"failed-{rank}").write_text(str(time.time()))
         raise SystemExit(1)
 
 
@@ -108,7 +106,6 @@ def two_ranks(tmp_path_factory) -> Path:
         p.kill()
     assert not alive, f"ranks still running after {timeout} s: a hang"
     (out / "exitcodes").write_text(" ".join(str(p.exitcode) for p in procs))
-    (out / "ended").write_text(str(time.time()))
     return out
 
 
@@ -154,8 +151,9 @@ def test_a_dead_rank_stops_the_run_and_one_rank_resumes_it(single, two_ranks):
     assert (two_ranks / "exitcodes").read_text() == f"1 {-signal.SIGKILL}"
     error = (two_ranks / "error-0.txt").read_text().splitlines()[0]
     assert error.startswith(f"DistributedError: rank 0 of 2: the gradient all-reduce of step {KILL_STEP} failed"), error
-    # from the start of the second run to rank 0's error: a few tiny steps, far below the 60 s timeout
-    assert float((two_ranks / "failed-0").read_text()) - (two_ranks / "started").stat().st_mtime < 30
+    # the dead peer's closed connection ended the collective, not the 60 s timeout
+    reason = error.split(" failed (", 1)[1].split("): another rank", 1)[0]
+    assert "timed out" not in reason.lower() and "timeout" not in reason.lower(), reason
     ckpt = load_checkpoint(two_ranks / "killed" / CHECKPOINT_NAME)
     assert ckpt["step"] == KILL_STEP                              # intact: the last one written
     model = _model()

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from forking import run_forked
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
 
@@ -35,44 +36,8 @@ class CharTokenizer:
 
 
 def _run(argv: list[str], kill: tuple[str, float] | None) -> int:
-    """Run the CLI in a forked child; ``kill``: ("fsync"|"replace", n) kills it at its n-th call of
-    that file operation (inside an atomic write), ("time", s) after s seconds. Returns the wait status
-    as ``returncode`` (``-9`` when killed)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 70
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1), os.dup2(devnull, 2)
-            torch.set_num_threads(1)
-            if kill is not None and kill[0] != "time":
-                import tl_tunedlens.artifacts.files as files
-
-                target = {"fsync": "_fsync", "replace": "replace"}[kill[0]]
-                owner = files if kill[0] == "fsync" else files.os
-                real, calls = getattr(owner, target), [0]
-
-                def dying(*args, **kwargs):
-                    calls[0] += 1
-                    if calls[0] >= kill[1]:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return real(*args, **kwargs)
-
-                setattr(owner, target, dying)
-            from tl_tunedlens.cli import main
-
-            code = main(argv)
-        finally:
-            os._exit(code)
-    if kill is not None and kill[0] == "time":
-        deadline = time.monotonic() + kill[1]
-        while time.monotonic() < deadline:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return 0
-            time.sleep(0.005)
-        os.kill(pid, signal.SIGKILL)
-    status = os.waitpid(pid, 0)[1]
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    """The CLI in a forked child (:func:`forking.run_forked`); its exit code, ``-9`` when killed."""
+    return run_forked(argv, kill=kill)[0]
 
 
 @pytest.fixture

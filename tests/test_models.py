@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
+from test_hub import connections  # noqa: F401  (fixture)
 from tl_tunedlens import LogitLens, ModelLoadError, TunedLens, load_model
-from tl_tunedlens.artifacts.hub import hub_reachable
+from tl_tunedlens.artifacts.hub import REACH_TIMEOUT_S, hub_reachable
 
 SENTENCE = "The capital of France is Paris, and the capital of Germany is Berlin. The capital of Italy is"
 
@@ -24,21 +23,19 @@ def test_bad_dtype_is_a_clear_error():
 
 
 @pytest.mark.skipif(hub_reachable(), reason="needs a machine without access to the hub")
-def test_hub_model_without_network_fails_fast(monkeypatch):
+def test_hub_model_without_network_fails_fast(monkeypatch, connections):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError, match="hub is unreachable.*HF_HUB_OFFLINE=1.*smollm2-135m"):
         load_model("gpt2")
-    assert time.perf_counter() - start < 10
+    assert len(connections) <= 1 and all(t is not None and t <= REACH_TIMEOUT_S for _, t in connections)
 
 
-def test_hub_model_offline_and_not_cached_fails_fast(monkeypatch, tmp_path):
+def test_hub_model_offline_and_not_cached_fails_fast(monkeypatch, tmp_path, connections):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1.*not in the local Hugging Face cache"):
         load_model("gpt2")
-    assert time.perf_counter() - start < 5
+    assert connections == []
 
 
 # --- the real model ----------------------------------------------------------------------------

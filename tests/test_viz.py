@@ -176,9 +176,9 @@ def test_cli_show_bad_stats(capsys):
 
 @pytest.mark.integration
 def test_cli_show_smollm2(smollm2, tmp_path, monkeypatch, capsys):
-    import tl_tunedlens.cli.common as common
+    import tl_tunedlens.cli.show as show
 
-    monkeypatch.setattr(common, "load_model_from_args", lambda args: smollm2)
+    monkeypatch.setattr(show, "load_model_from_args", lambda args, **kwargs: smollm2)
     out = tmp_path / "report.html"
     lens_dir = tmp_path / "lens"
     TunedLens.from_model(smollm2).save(lens_dir)

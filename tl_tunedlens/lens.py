@@ -279,7 +279,7 @@ class TunedLens(Lens):
         """Load a lens folder (ours or the reference's) for ``model``, checked against its
         unembedding, ``n_layers``, ``d_model`` and residual stream; the config's fields, the weights'
         SHA-256 and finiteness are checked too. ``allow_unverified``: accept a config of ours that
-        records no model identity (refused by default)."""
+        records no model identity or no weights SHA-256 (both refused by default)."""
         return artifacts.load(cls, path, model, dtype=dtype, allow_unverified=allow_unverified)
 
     @classmethod

@@ -91,6 +91,10 @@ def _site_of(lens: "Lens", model: Model, sae: SAE) -> tuple[str, int]:
     if site in getattr(model, "acts_to_saes", {}):
         raise LensError(f"an SAE is already attached at {site!r}: call model.reset_saes() first, so the clean run is clean")
     lens.check_model(model)
+    d_in = getattr(sae.cfg, "d_in", None)
+    if d_in is not None and int(d_in) != int(model.cfg.d_model):
+        raise LensError(f"the SAE reads vectors of d_in={int(d_in)} but the model's residual stream has "
+                        f"d_model={int(model.cfg.d_model)}: use an SAE trained on this model's {site!r}")
     return site, lens.layer_of(site)
 
 

@@ -106,6 +106,12 @@ class Query:
                 value = int(value)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise LensError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+            if kind is str:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:   # JSON may carry a lone surrogate (\ud800), which is no text
+                    raise LensError(f"{name} holds a lone UTF-16 surrogate, which is not text: send valid "
+                                    "Unicode") from None
             values[name] = value
         if "text" not in values:
             raise LensError("the request has no text")

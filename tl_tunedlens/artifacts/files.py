@@ -8,6 +8,7 @@ what was staged and leaves the folder as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import LensError
+from ..errors import LensError, first_line
 
 Writer = Callable[[Path], None]
 
@@ -45,6 +46,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def write_failure_as_oserror(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a serializer's failed write inside the block (torch's ``RuntimeError``, safetensors'
+    ``SafetensorError``: a full disk, a file-size limit, an I/O error) into an ``OSError`` naming ``what``
+    and ``path``, as a failed plain write would be."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        if isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError":
+            raise OSError(errno.EIO, f"writing {what} failed ({first_line(err, 120)}): the disk is probably full; "
+                                     "free some space and run the command again", str(path)) from None
         raise
 
 

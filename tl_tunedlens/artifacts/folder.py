@@ -86,13 +86,18 @@ def check_folder(path: str | os.PathLike, *, allow_unverified: bool = False) -> 
         raise LensError(f"{cfg_file} records no model identity (neither unembed_hash nor unembed_fingerprint), so "
                         "nothing can check it belongs to this model: re-save it with lens.save() from its model, or "
                         "load it with allow_unverified=True if you trust it")
+    if (path / native.WEIGHTS_NAME).is_file() and config.get("weights_sha256") is None and not allow_unverified:
+        raise LensError(f"{cfg_file} records no weights_sha256, so a corrupted or changed {native.WEIGHTS_NAME} would "
+                        "load unnoticed: re-save it with lens.save(), or load it with allow_unverified=True if you "
+                        "trust it")
     return config
 
 
 def load(cls: type["TunedLens"], path: str | os.PathLike, model: Model, *,
          dtype: torch.dtype | None = None, source: str | None = None, allow_unverified: bool = False) -> "TunedLens":
     """Load the lens in folder ``path`` (either format) for ``model``; see :mod:`tl_tunedlens.artifacts.native` for what is
-    checked (``allow_unverified``: accept a native config that records no model identity)."""
+    checked (``allow_unverified``: accept a native config that records no model identity or no
+    ``weights_sha256``)."""
     path = Path(path)
     config = check_folder(path, allow_unverified=allow_unverified)
     what = f"the lens in {source or path}"

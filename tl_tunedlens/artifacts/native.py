@@ -13,7 +13,8 @@ all-or-nothing, as strict JSON (no NaN).
 Loading checks, each a one-line error naming the file: every config field's type
 (``FIELD_TYPES``), the weights' keys and shapes, that every tensor is finite (by name), and the
 weights file's SHA-256 against the config's (a flipped byte is caught); a config that records no
-model identity (neither ``unembed_hash`` nor ``unembed_fingerprint``) is refused unless the caller
+model identity (neither ``unembed_hash`` nor ``unembed_fingerprint``), or a weights file but no
+``weights_sha256`` (deleting the key must not turn the corruption check off), is refused unless the caller
 opts in (``allow_unverified=True``, see :func:`~tl_tunedlens.artifacts.folder.load`).
 """
 
@@ -32,7 +33,7 @@ from safetensors.torch import load as load_bytes, save_file
 
 from ..core.basis import CENTRED, RAW
 from ..errors import LensError, first_line
-from .files import strict_json, write_folder_atomic
+from .files import strict_json, write_failure_as_oserror, write_folder_atomic
 
 if TYPE_CHECKING:
     from ..lens import TunedLens
@@ -147,8 +148,11 @@ def save_lens(lens: "TunedLens", path: str | os.PathLike, training: dict[str, An
         text = strict_json(config, "the lens config") + "\n"
         return write_folder_atomic(path, {CONFIG_NAME: lambda tmp: tmp.write_text(text, encoding="utf-8")})
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
-    return write_folder_atomic(path, write_with_checksum(
-        WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), config, "weights_sha256"))
+    def weights(tmp: Path) -> None:
+        with write_failure_as_oserror(path / WEIGHTS_NAME, WEIGHTS_NAME):
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    return write_folder_atomic(path, write_with_checksum(WEIGHTS_NAME, weights, config, "weights_sha256"))
 
 
 def read_json_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..core.basis import rows_centred
 from ..core.unembed import Unembed
 from ..errors import LensError, UnembedMismatchError, first_line
-from .files import write_folder_atomic
+from .files import write_failure_as_oserror, write_folder_atomic
 from .native import check_finite, check_sha256, write_with_checksum
 
 CONFIG_NAME = "config.json"
@@ -197,5 +197,8 @@ def write_reference(folder: str | os.PathLike, params: dict[str, Tensor], *, d_m
     }
     params = {k: v.detach().cpu().contiguous().clone() for k, v in params.items()}
     check_finite(params, "this lens")
-    return write_folder_atomic(folder, write_with_checksum(
-        PARAMS_NAME, lambda tmp: torch.save(params, tmp), config, "params_sha256"))
+    def write_params(tmp: Path) -> None:
+        with write_failure_as_oserror(Path(folder) / PARAMS_NAME, PARAMS_NAME):
+            torch.save(params, tmp)
+
+    return write_folder_atomic(folder, write_with_checksum(PARAMS_NAME, write_params, config, "params_sha256"))

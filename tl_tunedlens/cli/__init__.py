@@ -1,9 +1,11 @@
 """``tl-tunedlens``: the command line. Each subcommand lives in its own module here and
 exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 
-Every error is one line on stderr with exit status 2: a bad option (argparse's usage message is
-replaced by one line pointing at ``--help``), bad input (:class:`~tl_tunedlens.errors.LensError`,
-:class:`~tl_tunedlens.errors.ModelLoadError`) and a failed file operation (``OSError``)."""
+Every error is one line on stderr. Exit status 2: a bad option (argparse's usage message is
+replaced by one line pointing at ``--help``) or bad input (:class:`~tl_tunedlens.errors.LensError`,
+:class:`~tl_tunedlens.errors.ModelLoadError`), all checked before the work starts where they can be;
+exit status 1: the environment failed during the work (``OSError``: a full disk, an I/O or permission
+error), with nothing half-written left behind."""
 
 from __future__ import annotations
 
@@ -41,22 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; one-line errors on stderr with exit status 2, 130 on Ctrl-C."""
+    """Run the command line; one-line errors on stderr with exit status 2 (bad input) or 1 (the environment), 130 on Ctrl-C."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
+    from ..training.distributed import fail_fast_on_sigterm
+
+    fail_fast_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except (LensError, ModelLoadError) as err:
         print(f"tl-tunedlens {args.command}: error: {first_line(err, 1000)}", file=sys.stderr)
         return 2
-    except OSError as err:  # a disk, permission or file-system failure met during the work
+    except OSError as err:  # the environment failed during the work: a full disk, an I/O or permission error
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"tl-tunedlens {args.command}: error: {err.strerror or first_line(err)}{where}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print(f"tl-tunedlens {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -154,6 +154,28 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str) -> None:
                             "store's own; the paper used 2048)")
 
 
+def check_data_arg(args: argparse.Namespace) -> None:
+    """The model-free checks of ``--data`` (a missing file or folder, a damaged token store), before any model loads."""
+    from ..data.documents import check_source
+    from ..data.store import check_store, is_store
+
+    if is_store(args.data):
+        check_store(args.data, split=args.split)
+    else:
+        check_source(args.data)
+
+
+def check_layers_arg(model_name: str, hooks: "str | list[str] | None", layers: "list[int] | None") -> None:
+    """``--layers`` against the model's layer count when it can be read without loading the model
+    (:func:`~tl_tunedlens.models.peek_n_layers`); otherwise the trainer checks it after the load."""
+    from ..core.layers import lens_hook_names, translator_layers
+    from ..models import peek_n_layers
+
+    n_layers = peek_n_layers(model_name) if layers is not None else None
+    if n_layers is not None:
+        translator_layers(layers, len(lens_hook_names(n_layers, hooks)) - 1)
+
+
 def resolve_seq_len(args: argparse.Namespace) -> int:
     """``args.seq_len`` made definite: a token store's own (``--seq-len`` must agree), else the default."""
     from ..data.store import is_store, read_manifest
@@ -226,9 +248,9 @@ def budget_plan(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: i
     if resume_from is not None and (plan := saved_plan(resume_from)) is not None:
         return plan
     plan = plan_run(model, lens, config, seq_len)
-    print(f"plan for {config.time_budget:g} s (from a {plan.rates.warmup_s:.1f} s warm-up): least-squares start on "
-          f"{plan.lstsq_tokens} tokens (~{plan.predicted_fit_s:.0f} s), then {plan.steps} KL steps x "
-          f"{plan.tokens_per_step} tokens (~{plan.predicted_step_s:.0f} s each)")
+    print(f"plan for {config.time_budget:g} s of fitting (from a {plan.rates.warmup_s:.1f} s warm-up; loading and "
+          f"saving come on top): least-squares start on {plan.lstsq_tokens} tokens (~{plan.predicted_fit_s:.0f} s), "
+          f"then {plan.steps} KL steps x {plan.tokens_per_step} tokens (~{plan.predicted_step_s:.0f} s each)")
     return plan
 
 

@@ -71,12 +71,11 @@ def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
           f"{args.seq_len} tokens drawn across {len(train.documents)} plays; held-out: {n_eval} sequences drawn "
           f"across {', '.join(_play(name) for name in held.documents)}")
 
-    folder.clear()
     lens = TunedLens.from_model(model)
     t0 = time.perf_counter()
     result = train_lens(model, lens, train.sequences, config, progress=not args.no_progress, data_info=train.info())
     train_s = time.perf_counter() - t0
-    out = folder.path
+    out = folder.work   # a staging folder when --overwrite replaces an earlier demo: swapped in at the end
     lens.save(out, training=result.info)
     t0 = time.perf_counter()
     metrics = evaluate_lenses(model, held.sequences, tuned=lens, bytes_per_token=held.bytes_per_token,
@@ -88,7 +87,9 @@ def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
               f"{steps}; fit {train_s:.0f} s, evaluation on "
               f"{metrics['tokens']} held-out tokens {eval_s:.0f} s, total {time.perf_counter() - t_start:.0f} s "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    _write_outputs(out, model, lens, metrics, held.documents, timing)
+    written = _write_outputs(out, model, lens, metrics, held.documents, timing)
+    folder.commit()
+    print(f"{written} written to {folder.path}")
     print(f"fit: {train_s:.0f} s; held-out mean KL over layers 1..{model.cfg.n_layers - 1}: "
           f"{mean_kl(metrics, 'tuned', 1):.3f} nats (logit lens {mean_kl(metrics, 'logit', 1):.3f})")
     worse = layers_where_worse(metrics)
@@ -102,8 +103,9 @@ def _play(document: str) -> str:
     return document.removesuffix("_gut.txt")
 
 
-def _write_outputs(out: Path, model, lens, metrics, held_documents: list[str], timing: str) -> None:
-    """Print the table and summary; write metrics.json, report.md, report.html and the metric curves."""
+def _write_outputs(out: Path, model, lens, metrics, held_documents: list[str], timing: str) -> str:
+    """Print the table and summary; write metrics.json, report.md, report.html and the metric curves;
+    returns what was written."""
     from ..analysis.metrics import layers_where_worse, mean_kl
     from ..analysis.tables import metrics_table
     from ..artifacts.files import write_json_atomic, write_text_atomic
@@ -132,4 +134,4 @@ def _write_outputs(out: Path, model, lens, metrics, held_documents: list[str], t
         written += ", metric_curves.png"
     except LensError as err:  # PNG export needs kaleido + a Chromium; the HTML is always written
         print(f"note: metric_curves.png skipped: {err}")
-    print(f"{written} written to {out}")
+    return written

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import MATMUL_DTYPES
-from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, check_lens_arg,
-                     load_data_from_args, load_model_from_args, option_type, resolve_seq_len, start_distributed)
+from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, check_data_arg,
+                     check_lens_arg, load_data_from_args, load_model_from_args, option_type, resolve_seq_len, start_distributed)
 
 
 def register(subparsers) -> None:
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.transfer or args.transfer_layers) and not args.lens:
         raise LensError("--transfer measures a tuned lens's translators: pass --lens DIR")
     resolve_seq_len(args)
+    check_data_arg(args)
     dist = start_distributed(args)
     try:
         model = load_model_from_args(args)

@@ -27,15 +27,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens predict``; returns the exit status."""
     from ..analysis.tables import prediction_table
-    from ..core.backend import to_tokens
+    from ..core.backend import fit_tokens, truncation
     from ..lens import LogitLens, TunedLens
 
     check_lens_arg(args.lens)
     model = load_model_from_args(args)
     tuned = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
-    tokens = to_tokens(model, args.text, truncate=args.truncate)
+    tokens, dropped = fit_tokens(model, args.text, truncate=args.truncate)
     print(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
     print(f"text:  {args.text!r}  ({tokens.shape[1]} tokens; decoding position {args.position})")
+    if dropped:
+        print(f"note: {truncation(tokens.shape[1], dropped)}")
     label = "tuned" if args.lens else "tuned(untrained)"
     logit = LogitLens.from_model(model, hook_names=tuned.hook_names)
     print(prediction_table(model, {"logit": logit, label: tuned}, tokens, position=args.position, top_k=args.top_k))

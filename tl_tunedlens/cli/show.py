@@ -45,6 +45,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``tl-tunedlens show``; returns the exit status."""
     from ..artifacts.outdir import check_file_output
+    from ..core.backend import fit_tokens, truncation
     from ..errors import LensError
     from ..lens import TunedLens
     from ..models.sae import load_sae
@@ -61,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
     sae = load_sae(args.sae, device=getattr(args, "device", "cpu")) if args.sae else None
     model = load_model_from_args(args, sae_transformer=sae is not None)
     lens = TunedLens.load(args.lens, model) if args.lens else TunedLens.from_model(model)
+    tokens, dropped = fit_tokens(model, args.text, min_tokens=2, max_tokens=args.max_tokens, truncate=args.truncate)
     path = write_report(args.out, model, lens, args.text, stats=stats, top_k=args.top_k, max_tokens=args.max_tokens,
                         truncate=args.truncate, contrast=tuple(args.contrast) if args.contrast else None,
                         position=args.position, sae=sae, latent=args.latent)
+    if dropped:
+        print(f"note: {truncation(tokens.shape[1], dropped)}")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser (works offline)")
     return 0

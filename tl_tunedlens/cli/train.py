@@ -10,8 +10,9 @@ import argparse
 from pathlib import Path
 
 from .common import (add_data_args, add_distributed_args, add_model_args, add_overwrite_arg, add_progress_arg,
-                     add_train_config_args, budget_plan, load_data_from_args, load_model_from_args, option_type,
-                     resolve_seq_len, start_distributed, train_config_from_args, training_summary)
+                     add_train_config_args, budget_plan, check_data_arg, check_layers_arg, load_data_from_args,
+                     load_model_from_args, option_type, resolve_seq_len, start_distributed, train_config_from_args,
+                     training_summary)
 
 
 def register(subparsers) -> None:
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args)
     config.check(resolve_seq_len(args))
+    check_data_arg(args)
+    check_layers_arg(args.model, parse_hooks(args.hooks), config.layers)
     folder = OutputFolder(args.out, resume=args.resume, overwrite=args.overwrite)
     folder.check()   # on every rank, before any joins the group: a bad --out fails them all alike
     dist = start_distributed(args)
@@ -64,7 +67,7 @@ def _train(args: argparse.Namespace, config, folder, dist) -> int:
     from ..lens import TunedLens
     from ..training import train_lens
 
-    out = folder.path
+    out = folder.work   # the folder itself, or its staging folder when the run replaces an earlier lens
     say = print if dist.is_main else (lambda *_: None)
     model = load_model_from_args(args)
     lens = TunedLens.from_model(model, hook_names=parse_hooks(args.hooks))
@@ -75,15 +78,18 @@ def _train(args: argparse.Namespace, config, folder, dist) -> int:
     say(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
         f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents"
         + (f"; {dist.world} ranks ({dist.backend})" if dist.active else ""))
-    if dist.is_main and (removed := folder.clear()):
-        say(f"--overwrite: removed the earlier {', '.join(removed)} from {out}")
+    if folder.staged:
+        say(f"--overwrite: the earlier lens in {folder.path} stays until this run's lens is complete")
     result = train_lens(model, lens, data.sequences, config, out_dir=out, resume=args.resume,
                         progress=not args.no_progress, data_info=data.info(), plan=plan, dist=dist)
+    replaced = []
     if dist.is_main:
         lens.save(out, training=result.info)
+        replaced = folder.commit()
     dist.barrier("saving the lens")
     dist.close()
-    say(f"{training_summary(result)}; lens saved to {out}")
+    say(f"{training_summary(result)}; lens saved to {folder.path}"
+        + (f" (replacing the earlier {', '.join(replaced)})" if replaced else ""))
     return 0
 
 

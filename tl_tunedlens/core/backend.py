@@ -295,7 +295,20 @@ def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1, max_toke
 
     Never cut silently: more tokens than the model's context ``n_ctx`` (or ``max_tokens``, if lower)
     is a one-line error, unless ``truncate``, which keeps the *last* tokens (and a prepended BOS), so
-    the last position is still the text's own end."""
+    the last position is still the text's own end; :func:`truncation` says how many were dropped."""
+    return fit_tokens(model, text, min_tokens=min_tokens, max_tokens=max_tokens, truncate=truncate)[0]
+
+
+def truncation(kept: int, dropped: int) -> str:
+    """One sentence for the user about a truncated text (empty when nothing was dropped)."""
+    if not dropped:
+        return ""
+    return f"--truncate kept the last {kept} of {kept + dropped} tokens (the first {dropped} were dropped)"
+
+
+def fit_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1, max_tokens: int | None = None,
+               truncate: bool = False) -> tuple[Int[Tensor, "batch pos"], int]:
+    """:func:`to_tokens`, and how many tokens ``truncate`` dropped (0 when none)."""
     bos = None
     if isinstance(text, str):
         if not text:
@@ -316,5 +329,7 @@ def to_tokens(model: Model, text: str | Tensor, *, min_tokens: int = 1, max_toke
             raise LensError(f"the text is {tokens.shape[-1]} tokens long, more than {why}: shorten it, or ask for "
                             f"truncation (--truncate, truncate=True) to keep its last {limit} tokens")
         keep_bos = int(bos is not None and bool((tokens[:, 0] == bos).all()) and limit > 1)
+        dropped = tokens.shape[-1] - limit
         tokens = torch.cat([tokens[:, :keep_bos], tokens[:, tokens.shape[-1] - (limit - keep_bos):]], dim=-1)
-    return tokens.to(model.cfg.device)
+        return tokens.to(model.cfg.device), dropped
+    return tokens.to(model.cfg.device), 0

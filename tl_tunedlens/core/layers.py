@@ -151,6 +151,28 @@ def normalize_layers(layers, n_layers: int) -> list[int]:
     return sorted({normalize_layer(layer, n_layers) for layer in layers})
 
 
+def translator_layers(layers, n_layers: int) -> list[int]:
+    """The translators ``layers`` names (``None``: all), sorted and unique, in ``0..n_layers-1``: a lens
+    has no translator at layer ``n_layers`` (the model's output, ``-1``), so naming it, or a layer out of
+    range, is a one-line error giving the valid range both ways."""
+    valid = f"train translators 0..{n_layers - 1} (or -{n_layers + 1}..-2 counting from the end)"
+    if layers is None:
+        return list(range(n_layers))
+    out = set()
+    for layer in ([layers] if isinstance(layers, (int, str)) else layers):
+        try:
+            index = normalize_layer(layer, n_layers)
+        except LensError:
+            raise LensError(f"layer {layer} is out of range: {valid}") from None
+        if index == n_layers:
+            raise LensError(f"layer {layer} is lens layer {n_layers}, the model's own output, which has no "
+                            f"translator: {valid}")
+        out.add(index)
+    if not out:
+        raise LensError(f"no layer to train: {valid}")
+    return sorted(out)
+
+
 def hook_label(name: str) -> str:
     """Short display label of a residual hook name: ``blocks.3.hook_resid_mid`` -> ``3.mid``."""
     match = RESID_HOOK.match(name)

@@ -37,10 +37,26 @@ class Document:
 
 
 # --- loading documents ------------------------------------------------------------------
+def check_source(source: str | os.PathLike) -> None:
+    """The checks of a data ``source`` that need neither a model nor reading it: a path that looks local
+    must exist, and a folder must hold ``.txt`` files (one-line errors); what :func:`load_documents` checks first."""
+    source_str = str(source)
+    if source_str == DEFAULT_CORPUS:
+        return
+    path = Path(source_str).expanduser()
+    if path.is_dir():
+        if not any(p.is_file() and p.suffix == ".txt" for p in path.iterdir()):
+            raise LensError(f"the folder {path} holds no .txt files: put the texts in *.txt files")
+    elif not path.is_file() and (path.suffix in (".txt", ".jsonl") or source_str.startswith((".", "/", "~"))
+                                 or source_str.count("/") > 1):
+        raise LensError(f"data file {source_str} does not exist: pass an existing .txt, .jsonl or folder")
+
+
 def load_documents(source: str | os.PathLike, *, text_field: str = "text", hf_split: str = "train",
                    max_documents: int | None = None) -> list[Document]:
     """Documents of ``source`` (see the module docstring), in a fixed order; empty texts dropped."""
     source_str = str(source)
+    check_source(source)
     if source_str == DEFAULT_CORPUS:
         from .corpora import shakespeare_files
 
@@ -48,16 +64,11 @@ def load_documents(source: str | os.PathLike, *, text_field: str = "text", hf_sp
     else:
         path = Path(source_str).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".txt")
-            if not files:
-                raise LensError(f"the folder {path} holds no .txt files: put the texts in *.txt files")
-            docs = [_read_txt(p) for p in files]
+            docs = [_read_txt(p) for p in sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".txt")]
         elif path.is_file() and path.suffix == ".jsonl":
             docs = _read_jsonl(path, text_field)
         elif path.is_file():
             docs = [_read_txt(path)]
-        elif path.suffix in (".txt", ".jsonl") or source_str.startswith((".", "/", "~")) or source_str.count("/") > 1:
-            raise LensError(f"data file {source_str} does not exist: pass an existing .txt, .jsonl or folder")
         else:
             docs = _read_hf_dataset(source_str, text_field, hf_split, max_documents)
     docs = [d for d in docs if d.text.strip()]

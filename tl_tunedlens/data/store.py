@@ -6,8 +6,16 @@ streams the rows to disk, so the token ids of a corpus never sit in memory at on
 
 - ``tokens.npy``: a ``[count, seq_len]`` numpy array (``uint16`` when the vocabulary fits, else ``uint32``);
 - ``manifest.json``: the tokenizer's hash and name, ``seq_len``, ``count``, the document split, bytes
-  per token and the digest of the ids (the one :func:`~tl_tunedlens.training.order.data_digest` computes,
-  so a checkpoint knows its data).
+  per token, the digest of the ids (the one :func:`~tl_tunedlens.training.order.data_digest` computes,
+  so a checkpoint knows its data) and the SHA-256 of every shard of ``tokens.npy``'s rows (``shards``:
+  ``SHARD_BYTES`` of file each).
+
+**What is read is verified.** :func:`open_store` checks the file's header and size against the manifest
+before mapping it (a truncated or padded file is a one-line error), and every shard's SHA-256 is checked
+the first time a row in it is read (:class:`StoredSequences`): an edited id is refused before it is
+trained on. Hashing runs at ~1.7 GB/s here, so the check costs ~0.6 s per GB of store, paid once per
+shard as the shards are first read, not at open. A store of format version 1 (no shard digests) is
+verified whole at open against its ids' digest instead (~12 s per GB: the ids are widened to int64).
 
 The folder appears all at once (written in a hidden staging folder, then renamed). :func:`open_store`
 maps it read-only (every rank of a ``torchrun`` run opens the same files) and returns a
@@ -39,7 +47,11 @@ from .documents import Document
 from .tokens import TokenData, _check_seq_len, eos_token_id, join_documents
 
 FORMAT = "tl_tunedlens token store"
-VERSION = 1
+VERSION = 2   # 2: per-shard SHA-256 of tokens.npy's rows (version 1 stores are read and verified whole)
+#: bytes of ``tokens.npy``'s rows per verified shard
+SHARD_BYTES = 64 * 2**20
+_MANIFEST_KEYS = {"seq_len": int, "count": int, "digest": str, "tokenizer": dict, "bytes_per_token": (int, float),
+                  "split": dict, "documents": list}
 MANIFEST = "manifest.json"
 TOKENS = "tokens.npy"
 #: keys of a fast tokenizer's JSON that do not change ``tokenizer(text, add_special_tokens=False)``
@@ -74,15 +86,36 @@ def _id_dtype(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if size <= 2**16 else np.uint32)
 
 
+class ShardCheck:
+    """The SHA-256 of each shard of ``rows`` rows of a store's array, checked the first time a row of
+    the shard is read (a one-line error naming the store when a shard was changed)."""
+
+    def __init__(self, array: np.ndarray, rows: int, digests: list[str], source: str):
+        self.array, self.rows, self.digests, self.source = array, int(rows), list(digests), source
+        self.checked: set[int] = set()
+
+    def rows_read(self, rows: np.ndarray) -> None:
+        """Check every shard holding one of ``rows`` (row numbers of the whole array) not checked yet."""
+        for shard in np.unique(np.asarray(rows, dtype=np.int64) // self.rows).tolist():
+            if shard not in self.checked:
+                block = np.ascontiguousarray(self.array[shard * self.rows:(shard + 1) * self.rows])
+                if hashlib.sha256(block.data).hexdigest() != self.digests[shard]:
+                    raise LensError(f"{self.source}: rows {shard * self.rows}..{shard * self.rows + len(block) - 1} "
+                                    f"of {TOKENS} do not match the manifest's SHA-256 (the file was changed or "
+                                    "damaged): tokenize the data again")
+                self.checked.add(shard)
+
+
 class StoredSequences:
     """``[n_seq, seq_len]`` token ids on disk, read on indexing: ``seqs[[3, 9]]``, ``seqs[2:5]`` or
     ``seqs[4]`` give int64 tensors holding only those rows. Quacks enough like a tensor for training and
-    evaluation (``len``, ``shape``, ``ndim``, ``numel``) and carries the ids' ``digest``."""
+    evaluation (``len``, ``shape``, ``ndim``, ``numel``) and carries the ids' ``digest``. With ``check``
+    (:class:`ShardCheck`), every shard is verified the first time a row of it is read."""
 
     ndim = 2
 
-    def __init__(self, array: np.ndarray, digest: str | None = None):
-        self.array, self._digest = array, digest
+    def __init__(self, array: np.ndarray, digest: str | None = None, check: ShardCheck | None = None):
+        self.array, self._digest, self._check = array, digest, check
 
     @property
     def shape(self) -> torch.Size:
@@ -99,16 +132,20 @@ class StoredSequences:
     def __getitem__(self, index) -> Int[Tensor, "..."]:
         if isinstance(index, Tensor):
             index = index.tolist()
+        if self._check is not None:
+            self._check.rows_read(np.arange(len(self))[index])
         return torch.from_numpy(np.asarray(self.array[index], dtype=np.int64))
 
     def head(self, n: int) -> "StoredSequences":
-        """The first ``n`` rows (no copy; their digest is computed when asked for)."""
-        return self if n >= len(self) else StoredSequences(self.array[:n])
+        """The first ``n`` rows (no copy; their digest is computed when asked for; shards still checked)."""
+        return self if n >= len(self) else StoredSequences(self.array[:n], check=self._check)
 
     @property
     def digest(self) -> str:
         """:func:`~tl_tunedlens.training.order.data_digest` of the ids (from the manifest, or read in blocks)."""
         if self._digest is None:
+            if self._check is not None:
+                self._check.rows_read(np.arange(len(self)))
             h = hashlib.sha256()
             for start in range(0, len(self), 4096):
                 h.update(np.ascontiguousarray(self.array[start:start + 4096], dtype=np.int64).tobytes())
@@ -135,6 +172,9 @@ def write_store(docs: Iterable[Document], tokenizer, seq_len: int, out: str | os
     eos, dtype = eos_token_id(tokenizer), _id_dtype(tokenizer)
     limit = np.iinfo(dtype).max
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    shard_rows = max(1, SHARD_BYTES // (seq_len * dtype.itemsize))
+    shards: list[str] = []
+    shard = hashlib.sha256()
     try:
         digest, rows, n_bytes, n_text, names = hashlib.sha256(), 0, 0, 0, []
         pending: list[int] = []
@@ -155,12 +195,20 @@ def write_store(docs: Iterable[Document], tokenizer, seq_len: int, out: str | os
                         raise LensError(f"token id {int(block.max())} does not fit the store's {dtype}: "
                                         "the tokenizer's length is wrong")
                     digest.update(block.tobytes())
-                    raw.write(block.astype(dtype).tobytes())
+                    narrow = block.astype(dtype)
+                    raw.write(narrow.tobytes())
+                    for i in range(full):   # the shards' digests, split at shard boundaries
+                        shard.update(narrow[i].tobytes())
+                        if (rows + i + 1) % shard_rows == 0:
+                            shards.append(shard.hexdigest())
+                            shard = hashlib.sha256()
                     rows += full
                     del pending[:full * seq_len]
         if rows == 0:
             raise LensError(f"the data has {len(pending)} tokens, fewer than one sequence of {seq_len}: "
                             "pass more text or a smaller --seq-len")
+        if rows % shard_rows:
+            shards.append(shard.hexdigest())
         with open(staging / TOKENS, "wb") as fh, open(staging / "rows.bin", "rb") as raw:
             np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                       "fortran_order": False, "shape": (rows, seq_len)})
@@ -171,6 +219,7 @@ def write_store(docs: Iterable[Document], tokenizer, seq_len: int, out: str | os
         manifest = {
             "format": FORMAT, "version": VERSION, "file": TOKENS, "dtype": dtype.name, "seq_len": int(seq_len),
             "count": rows, "tokens": rows * int(seq_len), "digest": digest.hexdigest()[:16],
+            "shards": {"rows": shard_rows, "sha256": shards},
             "tokenizer": {"hash": tokenizer_hash(tokenizer), "name": _tokenizer_name(tokenizer), "eos": eos},
             "bytes_per_token": n_bytes / max(n_text, 1), "source": source, "split": split or {"data": source},
             "documents": names,
@@ -190,8 +239,53 @@ def read_manifest(path: str | os.PathLike) -> dict:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise LensError(f"{path} is not a token store ({first_line(err)}): make one with tl-tunedlens tokenize") from None
-    if manifest.get("format") != FORMAT or manifest.get("version", 0) > VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version", 0) > VERSION:
         raise LensError(f"{path}/{MANIFEST} is not a token store this version reads: make it again with tl-tunedlens tokenize")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            what = kind.__name__ if isinstance(kind, type) else "number"
+            raise LensError(f"{path}/{MANIFEST}: {key!r} is missing or not a {what}: the store is damaged, "
+                            "tokenize the data again")
+    return manifest
+
+
+def _map_tokens(path: Path, manifest: dict) -> np.ndarray:
+    """``tokens.npy`` memory-mapped read-only, after checking its header and size against the manifest."""
+    file = path / str(manifest.get("file", TOKENS))
+    count, seq_len = manifest.get("count"), manifest.get("seq_len")
+    damaged = "the store is damaged: tokenize the data again"
+    try:
+        with open(file, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except (OSError, ValueError) as err:
+        raise LensError(f"{file} is missing or not a .npy file ({first_line(err, 120)}): {damaged}") from None
+    if shape != (count, seq_len) or fortran or dtype.name != manifest.get("dtype", dtype.name):
+        raise LensError(f"{file} holds {shape} {dtype.name}, not the manifest's ({count}, {seq_len}) "
+                        f"{manifest.get('dtype')}: {damaged}")
+    expected = offset + count * seq_len * dtype.itemsize
+    if size != expected:
+        raise LensError(f"{file} has {size} bytes, not the {expected} its header and the manifest say "
+                        f"({'truncated' if size < expected else 'extra bytes'}): {damaged}")
+    return np.load(file, mmap_mode="r")
+
+
+def check_store(path: str | os.PathLike, *, seq_len: int | None = None, split: str | None = None) -> dict:
+    """The checks of the store at ``path`` that need no tokenizer (its manifest, ``seq_len`` and ``split``
+    when given, and ``tokens.npy``'s header and size); returns the manifest. One-line errors."""
+    path = Path(path).expanduser()
+    manifest = read_manifest(path)
+    if seq_len is not None and seq_len != manifest["seq_len"]:
+        raise LensError(f"{path} holds sequences of {manifest['seq_len']} tokens, not --seq-len {seq_len}: "
+                        "drop --seq-len or tokenize again")
+    stored_split = manifest["split"].get("split")
+    if split is not None and stored_split is not None and split != stored_split:
+        raise LensError(f"{path} holds the '{stored_split}' documents, not '{split}': pass --split {stored_split} "
+                        f"or tokenize the '{split}' documents into another folder")
+    _map_tokens(path, manifest)
     return manifest
 
 
@@ -200,26 +294,23 @@ def open_store(path: str | os.PathLike, tokenizer, *, seq_len: int | None = None
     """The store at ``path`` as :class:`~tl_tunedlens.data.tokens.TokenData` (memory-mapped, read-only).
 
     Refused with a one-line error when it was made with another tokenizer than ``tokenizer``, or
-    ``seq_len`` / ``split`` (when given) differ from its own. ``max_tokens``: only its first sequences."""
+    ``seq_len`` / ``split`` (when given) differ from its own (:func:`check_store`). ``max_tokens``: only
+    its first sequences."""
     path = Path(path).expanduser()
-    manifest = read_manifest(path)
+    manifest = check_store(path, seq_len=seq_len, split=split)
     made_with, ours = manifest["tokenizer"], tokenizer_hash(tokenizer)
     if made_with["hash"] != ours:
         raise LensError(f"{path} was tokenised with another tokenizer ({made_with['name']}, hash {made_with['hash']}) "
                         f"than this model's ({_tokenizer_name(tokenizer)}, hash {ours}): run tl-tunedlens tokenize "
                         "again with this --model")
-    if seq_len is not None and seq_len != manifest["seq_len"]:
-        raise LensError(f"{path} holds sequences of {manifest['seq_len']} tokens, not --seq-len {seq_len}: "
-                        "drop --seq-len or tokenize again")
-    stored_split = manifest["split"].get("split")
-    if split is not None and stored_split is not None and split != stored_split:
-        raise LensError(f"{path} holds the '{stored_split}' documents, not '{split}': pass --split {stored_split} "
-                        f"or tokenize the '{split}' documents into another folder")
-    array = np.load(path / manifest["file"], mmap_mode="r")
-    if array.shape != (manifest["count"], manifest["seq_len"]):
-        raise LensError(f"{path}/{manifest['file']} holds {array.shape}, not the manifest's "
-                        f"({manifest['count']}, {manifest['seq_len']}): the store is damaged, tokenize again")
-    sequences = StoredSequences(array, manifest["digest"])
+    array = _map_tokens(path, manifest)
+    check = None
+    if "shards" in manifest:
+        check = ShardCheck(array, manifest["shards"]["rows"], manifest["shards"]["sha256"], str(path))
+    elif StoredSequences(array).digest != manifest["digest"]:   # version 1: no shard digests, verified whole
+        raise LensError(f"{path}/{manifest['file']} does not match the manifest's digest (the file was changed or "
+                        "damaged): tokenize the data again")
+    sequences = StoredSequences(array, manifest["digest"], check)
     if max_tokens is not None:
         sequences = sequences.head(max(1, -(-int(max_tokens) // manifest["seq_len"])))
     return TokenData(sequences, float(manifest["bytes_per_token"]), list(manifest["documents"]), str(path),  # type: ignore[arg-type]

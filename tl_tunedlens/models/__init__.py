@@ -39,7 +39,7 @@ from .embedded import SMOLLM2_ALIASES, load_smollm2
 from .remote import not_cached, require_hub_model
 from .sae import as_sae_transformer, load_sae, sae_lens_analysis
 
-__all__ = ["load_model", "load_tokenizer", "as_sae_transformer", "load_sae"]
+__all__ = ["load_model", "load_tokenizer", "peek_n_layers", "as_sae_transformer", "load_sae"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -150,6 +150,34 @@ def load_tokenizer(name: str = "smollm2-135m") -> Any:
         return AutoTokenizer.from_pretrained(str(name))
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {first_line(err)}") from err
+
+
+def peek_n_layers(name: Any) -> int | None:
+    """The number of blocks of the model ``name`` (as :func:`load_model` takes it) when it can be read
+    without loading the model: the embedded model's cached config, or a Hugging Face folder's
+    ``config.json``; ``None`` otherwise (e.g. a hub name). Lets commands check layer options first."""
+    import json
+    from pathlib import Path
+
+    if isinstance(name, str) and name.lower() in SMOLLM2_ALIASES:
+        from .embedded import smollm2_cache_folder
+
+        try:
+            config = smollm2_cache_folder() / "cfg.json"
+        except ModelLoadError:
+            return None
+        key = "n_layers"
+    elif is_hf_folder(name):
+        config, key = Path(name).expanduser() / "config.json", None
+    else:
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = [key] if key else ["num_hidden_layers", "n_layer", "num_layers"]
+    value = next((data[k] for k in keys if isinstance(data.get(k), int)), None)
+    return value
 
 
 def check_n_devices(n_devices: int, device: str | torch.device) -> None:

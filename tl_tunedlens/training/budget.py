@@ -1,9 +1,11 @@
 """Fitting to a wall-clock budget (``TrainConfig.time_budget``): a measured warm-up, a plan, a deadline.
 
-The budget covers the fit: this warm-up, the least-squares start and the KL steps (not loading the
-model or the data). :func:`measure_rates` times, on random token ids, what a run repeats: one model
-forward with the least-squares sums, and the KL work of one layer per token (its vocabulary products,
-softmax and backward). :func:`plan_budget` then spends the rest of the budget: a share
+The budget covers the fit: this warm-up, the least-squares start and the KL steps; loading the model
+and the data, and saving the lens, come on top (the plan line and the training info say so).
+:func:`measure_rates` times, on random token ids, what a run repeats: one model forward with the
+least-squares sums, and the KL work of one layer per token (its vocabulary products, softmax and
+backward); it stops repeating a measurement once it has used ``WARMUP_SHARE`` of the budget, so a
+loaded machine or a short budget cannot spend the budget on the warm-up. :func:`plan_budget` then spends the rest of the budget: a share
 ``FIT_SHARE`` on the least-squares sample (at most ``MAX_FIT_TOKENS`` tokens), the remainder
 on whole KL steps (none when not even one fits: then the sample takes it all). The plan replaces
 ``lstsq_tokens`` and ``steps`` (:meth:`BudgetPlan.apply`); the trainer stops collecting the sample at
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.backend import capture_residuals, flatten_tokens
+from ..errors import LensError
 from .config import TrainConfig
 
 from ..core.backend import Model
@@ -36,6 +39,10 @@ FIT_SHARE = 0.5
 MAX_FIT_TOKENS = 65536
 #: kept free at the end of the budget, for solving the start and writing the last checkpoint
 RESERVE_SHARE = 0.03
+#: the warm-up's share of the budget: past it, no measurement is repeated
+WARMUP_SHARE = 0.1
+#: what the budget covers, recorded with the plan
+COVERS = "the fit (warm-up, least-squares start, KL steps); not loading the model or data, nor saving"
 
 
 @dataclass
@@ -69,42 +76,51 @@ class BudgetPlan:
     rates: Rates
 
     def apply(self, cfg: TrainConfig) -> TrainConfig:
-        """``cfg`` with the planned least-squares sample and step count."""
-        return dataclasses.replace(cfg, lstsq_tokens=max(1, self.lstsq_tokens), steps=max(1, self.steps),
+        """``cfg`` with the planned least-squares sample and step count (0 steps: the start alone)."""
+        return dataclasses.replace(cfg, lstsq_tokens=max(1, self.lstsq_tokens), steps=self.steps,
                                    init="lstsq" if self.lstsq_tokens else cfg.init)
 
     def info(self) -> dict[str, Any]:
         """JSON-ready, recorded with the lens; :meth:`from_info` reads it back (resume)."""
         return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "rates"},
-                "rates": dataclasses.asdict(self.rates)}
+                "rates": dataclasses.asdict(self.rates), "covers": COVERS}
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> "BudgetPlan":
         """The plan recorded in a training-info dict (e.g. a checkpoint's), for a resume."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"rates"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"rates"}   # "covers" is documentation
         return cls(**{k: info[k] for k in fields}, rates=Rates(**info["rates"]))
 
 
 def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: int,
                   layers: list[int], matmul_dtype: torch.dtype | None = None) -> Rates:
-    """Time one forward + least-squares sums and two layers of KL work on random token ids (not trained on)."""
+    """Time one forward + least-squares sums and one or two layers of KL work on random token ids (not
+    trained on). Each measurement is taken twice (the first call pays one-off costs) while the warm-up
+    has used less than ``WARMUP_SHARE`` of ``cfg.time_budget``; then once, on one sequence."""
     from .decoder import make_decoder
     from .loss import accumulate_lens_grads
     from .lstsq import RidgeStats
 
     t_start = time.perf_counter()
+    share = WARMUP_SHARE * float(cfg.time_budget or float("inf"))
+
+    def time_left() -> bool:
+        return time.perf_counter() - t_start < share / 2   # room for the measurement's second half
+
     micro = cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len)
     tokens = torch.randint(0, model.cfg.d_vocab, (micro, seq_len), generator=torch.Generator().manual_seed(0))
-    n = micro * seq_len
     forward = []
     for _ in range(2):                      # the first call pays one-off costs
         t0 = time.perf_counter()
         resids = flatten_tokens(capture_residuals(model, tokens, lens.hook_names))
-        forward.append(time.perf_counter() - t0)
+        forward.append((time.perf_counter() - t0) / tokens.numel())
+        if not time_left():
+            break
+        tokens = tokens[:1]                 # the repeat: one sequence is enough to see the steady rate
     t0 = time.perf_counter()
     RidgeStats(layers, lens.d_model).update(resids[layers], resids[-1])
-    stats = time.perf_counter() - t0
-    chunk = resids[:, :min(n, cfg.chunk_tokens)]
+    stats = (time.perf_counter() - t0) / resids.shape[1]
+    chunk = resids[:, :min(resids.shape[1], cfg.chunk_tokens)]
     probe = [layers[0], layers[-1]]
     saved = {layer: [p.detach().clone() for p in lens.translators[layer].parameters()] for layer in probe}
     decoder = make_decoder(lens.unembed, matmul_dtype)
@@ -114,15 +130,16 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
             lens.translators[layer].requires_grad_(True)
             t0 = time.perf_counter()
             accumulate_lens_grads(lens, chunk, [layer], chunk_tokens=cfg.chunk_tokens, decoder=decoder)
-            kl.append(time.perf_counter() - t0)
+            kl.append((time.perf_counter() - t0) / chunk.shape[1])
+            if not time_left():
+                break
     for layer, params in saved.items():     # leave the lens (and its gradients) as they were
         for p, old in zip(lens.translators[layer].parameters(), params):
             p.grad = None
             p.data.copy_(old)
             p.requires_grad_(False)
     lens.unembed.release_training_cache()
-    return Rates(forward=min(forward) / n, stats=stats / n, kl_layer=kl[-1] / chunk.shape[1],
-                 warmup_s=time.perf_counter() - t_start)
+    return Rates(forward=min(forward), stats=stats, kl_layer=kl[-1], warmup_s=time.perf_counter() - t_start)
 
 
 def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> BudgetPlan:
@@ -137,6 +154,10 @@ def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> 
     if steps < 1 and cfg.init == "lstsq":   # not one step fits: the start takes the whole budget
         fit_tokens = int(min(MAX_FIT_TOKENS, left / (rates.forward + rates.stats))) // seq_len * seq_len
         steps = int((left - rates.fit_seconds(fit_tokens)) // step_s)
+    if steps < 1 and cfg.init != "lstsq":
+        raise LensError(f"a time budget of {budget:g} s leaves {left:.1f} s after the {rates.warmup_s:.1f} s warm-up, "
+                        f"less than one KL step (~{step_s:.1f} s) from the identity start: raise --time-budget, lower "
+                        "--tokens-per-step or use --init lstsq")
     return BudgetPlan(budget_s=budget, lstsq_tokens=max(fit_tokens, seq_len if cfg.init == "lstsq" else 0),
                       steps=max(steps, 0), tokens_per_step=per_step,
                       predicted_fit_s=rates.fit_seconds(fit_tokens), predicted_step_s=step_s, rates=rates)

@@ -78,9 +78,10 @@ class TrainConfig:
         "relative damping of the input second moment of --optimizer whitened", positive=True))
     layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
     time_budget: float | None = field(default=None, metadata=_option(
-        "seconds for the whole fit: plans the least-squares sample and the KL steps from a short measured "
-        "warm-up (they replace --lstsq-tokens and --steps), stops cleanly before the budget runs out "
-        "(with a checkpoint), and records the plan with the lens", positive=True, unit="s"))
+        "seconds of fitting (the warm-up, the least-squares start and the KL steps; loading the model and data "
+        "and saving come on top): plans the least-squares sample and the KL steps from a short measured "
+        "warm-up (at most a tenth of the budget; they replace --lstsq-tokens and --steps), stops cleanly "
+        "before the budget runs out (with a checkpoint), and records the plan with the lens", positive=True, unit="s"))
     matmul_dtype: str = field(default="auto", metadata=_option(
         "precision of the lens's vocabulary matmuls (the softmax, loss and translators stay fp32); auto: bfloat16 "
         "where a measured product runs at least 1.25x faster than float32 (hardware with bf16 instructions), "

@@ -138,6 +138,24 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def fail_fast_on_sigterm() -> None:
+    """Under a launcher: make its SIGTERM (``torchrun`` stops the surviving ranks this way when one rank
+    fails or is killed) a :class:`DistributedError`, so the rank leaves with our one-line message and the
+    resume hint instead of dying silently behind the launcher's traceback. Call from the main thread."""
+    import signal
+
+    if not launched():
+        return
+    rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+
+    def stopped(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the process at once
+        raise DistributedError(f"rank {rank} of {world} was stopped by the launcher (SIGTERM): another rank failed "
+                               "or was killed; the last checkpoint is intact, rerun with --resume")
+
+    signal.signal(signal.SIGTERM, stopped)
+
+
 def init_distributed(device: str | torch.device = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
     """Join the process group described by the launcher's environment (see the module docstring), or
     return ``SINGLE`` when there is none. ``device``: ``"cpu"`` (gloo) or ``"cuda"`` (nccl, this

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ..core.backend import capture_residuals, flatten_tokens
+from ..core.layers import translator_layers
 from ..errors import LensError
 from .budget import BudgetPlan, measure_rates, plan_budget
 from .config import MATMUL_DTYPES, TrainConfig
@@ -178,10 +179,7 @@ def out_of_time(run: Run) -> bool:
 
 
 def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
-    layers = sorted({lens.layer_index(i) for i in (cfg.layers or range(lens.n_layers))} - {lens.n_layers})
-    if not layers:
-        raise LensError("no layer to train: pass layers below n_layers")
-    return layers
+    return translator_layers(cfg.layers, lens.n_layers)
 
 
 def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,

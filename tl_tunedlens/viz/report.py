@@ -19,7 +19,7 @@ import torch
 from ..analysis.sae import ablate_latent, most_active_latent, splice_effect
 from ..analysis.trajectory import STATISTICS, PredictionTrajectory, trajectory_pair
 from ..artifacts.files import write_text_atomic
-from ..core.backend import to_tokens
+from ..core.backend import fit_tokens, truncation
 from ..errors import LensError
 from ..lens import LogitLens
 from ..analysis.readouts import single_token_id
@@ -65,7 +65,7 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
                 position: int = -1, sae: Any = None, latent: int | None = None) -> str:
     """The report page as a string (see :func:`write_report`)."""
     check_stats(stats)
-    tokens = to_tokens(model, text, min_tokens=2, max_tokens=max_tokens, truncate=truncate)
+    tokens, dropped = fit_tokens(model, text, min_tokens=2, max_tokens=max_tokens, truncate=truncate)
     watch = [single_token_id(getattr(model, "tokenizer", None), t) for t in contrast] if contrast else []
     if not -tokens.shape[1] <= position < tokens.shape[1]:
         raise LensError(f"position {position} is out of range: the text has {tokens.shape[1]} tokens")
@@ -86,6 +86,8 @@ def report_html(model: Model, lens: "Lens", text: str | torch.Tensor, *,
         "prediction for the next token; hover for the top-k.</p>",
         f'<p class="text">{html.escape(shown)}</p>',
     ]
+    if dropped:
+        parts.insert(-1, f'<p class="meta"><b>Truncated:</b> {html.escape(truncation(tokens.shape[1], dropped))}.</p>')
     for i, stat in enumerate(stats):
         fig = compare_heatmaps([logit, tuned], stat, top_k=top_k)
         parts.append(f"<h2>{html.escape(fig.layout.title.text or stat)}</h2>")
