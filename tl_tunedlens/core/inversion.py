@@ -76,9 +76,20 @@ def least_squares_start(lens: "Lens", target: Float[Tensor, "n d_vocab"], layer:
     if b_u is not None:
         z = z - b_u.detach().double()
     design = torch.cat([w_u, torch.ones(1, w_u.shape[1], dtype=w_u.dtype, device=w_u.device)])  # [d_model+1 d_vocab]
-    x = (z @ torch.linalg.pinv(design))[:, :-1]                             # normalised residual
+    x = _solve_rows(design, z)[:, :-1]                                      # normalised residual
     m, b = affine_map(lens, layer)
     return (x - b) @ torch.linalg.pinv(m)
+
+
+def _solve_rows(design: Float[Tensor, "k v"], z: Float[Tensor, "n v"]) -> Float[Tensor, "n k"]:
+    """``argmin_x ||x design - z||`` per row: the normal equations ``x (D D^T) = z D^T`` by Cholesky (fp64;
+    ~40x faster than ``pinv`` of a ``[577, 49152]`` design), the pseudo-inverse when ``D D^T`` is singular
+    (fewer vocabulary entries than rows of ``D``)."""
+    gram = design @ design.T
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        return z @ torch.linalg.pinv(design)
+    return torch.cholesky_solve(design @ z.T, chol).T
 
 
 def invert(lens: "Lens", target_log_probs: Float[Tensor, "*batch d_vocab"], layer: int, *,
