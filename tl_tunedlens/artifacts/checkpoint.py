@@ -2,7 +2,7 @@
 
 A write that fails (a full disk, a quota, an I/O error) raises ``OSError`` with one line naming the
 file, whatever torch's serialiser said, and leaves the previous checkpoint as it was. A read returns
-a dict holding at least :data:`CHECKPOINT_KEYS`, or raises a one-line :class:`~tl_tunedlens.errors.LensError`.
+a dict holding at least ``CHECKPOINT_KEYS``, or raises a one-line :class:`~tl_tunedlens.errors.LensError`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict at ``path``, read with ``weights_only=True``; a one-line error when it is
-    missing, unreadable, or not a checkpoint of ours (see :data:`CHECKPOINT_KEYS`)."""
+    missing, unreadable, or not a checkpoint of ours (see ``CHECKPOINT_KEYS``)."""
     path = Path(path)
     if not path.is_file():
         raise LensError(f"no checkpoint at {path} to resume from: train without --resume first")
