@@ -28,7 +28,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from tl_tunedlens import TunedLens, load_model
     from tl_tunedlens.training import TrainConfig, train_lens
-    from tl_tunedlens.training.distributed import init_distributed
+    from tl_tunedlens.core.distributed import init_distributed
 
     dist = init_distributed("cpu", timeout_s=1200)
     model = load_model("smollm2-135m")

@@ -85,7 +85,7 @@ def matmul_rates(dtype_name: str = "float32", reps: int = 5) -> dict[str, float]
     z, gx = torch.empty(m, v, dtype=dtype), torch.empty(m, d, dtype=dtype)
     products = {"fwd": [lambda: torch.addmm(b, x, w_t.T, out=z), lambda: torch.addmm(b, x, w, out=z)],
                 "bwd": [lambda: torch.mm(g, w_t, out=gx), lambda: torch.mm(g, w.T, out=gx)]}
-    if dtype != torch.float32:   # lower-precision lens products always use the transposed copy (training.decoder)
+    if dtype != torch.float32:   # lower-precision lens products always use the transposed copy (core.vocab)
         products = {k: fns[:1] for k, fns in products.items()}
     def rate(fn) -> float:
         t0 = time.perf_counter()

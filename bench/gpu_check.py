@@ -132,7 +132,7 @@ def _distributed_checks(model, toks, n_seq, train_cfg, metrics, dev, check) -> N
     from tl_tunedlens import TunedLens
     from tl_tunedlens.analysis import evaluate_lenses
     from tl_tunedlens.training import train_lens
-    from tl_tunedlens.training.distributed import init_distributed
+    from tl_tunedlens.core.distributed import init_distributed
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

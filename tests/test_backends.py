@@ -15,7 +15,7 @@ from conftest import hooked_available, make_tiny_model, random_tuned_lens, tiny_
 from tl_tunedlens import LensError, LensRecord, LogitLens, ModelLoadError, TunedLens, UnembedMismatchError, load_model
 from tl_tunedlens.core.backend import backend_of, capture_residuals, linear_unembed_weights, model_facts
 from tl_tunedlens.core.unembed import Unembed
-from tl_tunedlens.training.decoder import AutogradDecoder, FusedDecoder, make_decoder
+from tl_tunedlens.core.vocab import AutogradProducts, FusedProducts, vocab_products
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tl_tunedlens"
 needs_hooked = pytest.mark.skipif(not hooked_available(), reason="HookedTransformer is gone in TransformerLens 4.x")
@@ -129,7 +129,7 @@ def test_fused_training_path_reads_the_bridge_weight_in_place(tiny_tokens):
     model = make_tiny_model("RMS", backend="bridge", process=True)
     weight = model.unembed.original_component.weight  # [d_vocab d_model] storage; W_U is its transposed view
     lens = random_tuned_lens(model)
-    assert lens.unembed.fusable and isinstance(make_decoder(lens.unembed), FusedDecoder)
+    assert lens.unembed.fusable and isinstance(vocab_products(lens.unembed), FusedProducts)
     w_u, _ = linear_unembed_weights(model.unembed)
     assert w_u.data_ptr() == weight.data_ptr() and not w_u.is_contiguous()
     w_t, _ = lens.unembed.transposed_weights()
@@ -137,11 +137,11 @@ def test_fused_training_path_reads_the_bridge_weight_in_place(tiny_tokens):
     resids = capture_residuals(model, tiny_tokens, lens.hook_names).flatten(1, 2)
     h = lens.transform(resids[1], 1).detach().requires_grad_(True)
     grads = []
-    for decoder in (FusedDecoder(lens.unembed), AutogradDecoder(lens.unembed)):
+    for products in (FusedProducts(lens.unembed), AutogradProducts(lens.unembed)):
         h.grad = None
-        logits = decoder.logits(h)
+        logits = products.logits(h)
         assert torch.equal(logits, lens.unembed(h.detach()).float())
-        decoder.backward(torch.ones_like(logits) / logits.shape[-1] - logits.softmax(-1))
+        products.backward(torch.ones_like(logits) / logits.shape[-1] - logits.softmax(-1))
         grads.append(h.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     model.unembed.original_component.weight.requires_grad_(True)  # a trainable unembedding is called instead

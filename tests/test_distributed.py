@@ -22,7 +22,7 @@ from conftest import make_tiny_model
 from tl_tunedlens import TunedLens
 from tl_tunedlens.artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tl_tunedlens.training import TrainConfig, lstsq_init_, train_lens
-from tl_tunedlens.training.distributed import SINGLE, Dist, DistributedError, init_distributed
+from tl_tunedlens.core.distributed import SINGLE, Dist, DistributedError, init_distributed
 
 TOL = 1e-5
 CONFIG = dict(steps=4, tokens_per_step=8 * 16, lstsq_tokens=10 * 16, checkpoint_every=2, micro_batch=3,

@@ -51,7 +51,7 @@ def _by_hand(model, lens, seqs):
 
 @pytest.fixture(scope="module")
 def softcapped(setup):
-    """The same lens weights on a soft-capped RMSNorm model: evaluation takes the autograd decoder."""
+    """The same lens weights on a soft-capped RMSNorm model: evaluation takes the autograd products."""
     model = make_tiny_model("RMS", n_layers=2, d_model=16, d_vocab=37, output_logits_soft_cap=3.0)
     lens = TunedLens.from_model(model)
     lens.load_state_dict(setup[1].state_dict())
@@ -62,9 +62,9 @@ def softcapped(setup):
 @pytest.mark.parametrize("which", ["fused", "softcapped", "row-blocks"])
 def test_numbers_equal_hand_computation(which, setup, request, monkeypatch):
     if which == "row-blocks":  # logits processed 2 rows at a time after each product
-        import tl_tunedlens.training.loss as loss_module
+        import tl_tunedlens.core.vocab as vocab
 
-        monkeypatch.setattr(loss_module, "BLOCK_BYTES", 4 * 37 * 2)
+        monkeypatch.setattr(vocab, "BLOCK_BYTES", 4 * 37 * 2)
     model, lens, seqs = request.getfixturevalue("softcapped") if which == "softcapped" else setup
     metrics = evaluate_lenses(model, seqs, tuned=lens, bytes_per_token=2.0, chunk_tokens=5, micro_batch=2)
     hand, base = _by_hand(model, lens, seqs)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tl_tunedlens"
 # floors, bottom first: a module may import from its own floor or the ones below it
-FLOORS = [{"errors"}, {"core"}, {"artifacts"}, {"lens"}, {"models", "data"}, {"training"}, {"analysis"},
+FLOORS = [{"errors"}, {"core"}, {"artifacts"}, {"lens"}, {"models", "data"}, {"training", "analysis"},
           {"viz"}, {"app"}, {"cli", "__main__", "__init__"}]
+# chapters of one floor that never import each other: fitting and measuring share only the floors below
+# (the vocabulary engine and torchrun support live in core)
+APART = [{"training", "analysis"}]
 MAX_LINES = 400
 
 
@@ -47,7 +50,7 @@ def test_chapters_import_only_downward():
         own = _chapter(module)
         for chapter in _imported_chapters(module):
             if (PACKAGE / chapter).is_dir() or (PACKAGE / f"{chapter}.py").is_file():
-                if _floor(chapter) > _floor(own):
+                if _floor(chapter) > _floor(own) or {own, chapter} in APART:
                     upward.append(f"{module.relative_to(PACKAGE)} imports {chapter}")
     assert not upward, upward
 

@@ -272,7 +272,7 @@ def test_the_launchers_sigterm_becomes_the_one_line_error(monkeypatch):
     fails by itself, as above): the rank then raises the same one-line error with the resume hint."""
     import signal
 
-    from tl_tunedlens.training.distributed import DistributedError, fail_fast_on_sigterm
+    from tl_tunedlens.core.distributed import DistributedError, fail_fast_on_sigterm
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")

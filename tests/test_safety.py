@@ -262,7 +262,7 @@ def test_nan_in_config_json_is_refused(model, tmp_path):
 
 
 def test_non_finite_metrics_name_the_layer():
-    from tl_tunedlens.analysis.metrics import check_finite
+    from tl_tunedlens.analysis.metrics import check_finite_metrics
     from tl_tunedlens.artifacts.files import write_json_atomic
 
     row = {"kl": 1.0, "ce": 2.0, "entropy": 1.0, "top1": 0.5}
@@ -270,7 +270,7 @@ def test_non_finite_metrics_name_the_layer():
                "layers": [{"layer": 0, "logit": row, "tuned": row}, {"layer": 1, "logit": row,
                                                                      "tuned": {**row, "kl": float("nan")}}]}
     with pytest.raises(LensError, match="the tuned lens's kl at layer 1 is nan"):
-        check_finite(metrics)
+        check_finite_metrics(metrics)
     with pytest.raises(LensError, match="non-finite number"):
         write_json_atomic("never.json", metrics)
 

@@ -47,9 +47,9 @@ def _direct(lens, resids, layers, labels=None):
 @pytest.mark.parametrize("loss", ["kl", "ce"])
 def test_loss_and_gradient_equal_direct_computation(tiny_model, tiny_tokens, loss, rows, monkeypatch):
     if rows is not None:  # the softmax-side passes take 2 rows of each 7-token chunk at a time
-        import tl_tunedlens.training.loss as loss_module
+        import tl_tunedlens.core.vocab as vocab
 
-        monkeypatch.setattr(loss_module, "BLOCK_BYTES", 4 * tiny_model.cfg.d_vocab * rows)
+        monkeypatch.setattr(vocab, "BLOCK_BYTES", 4 * tiny_model.cfg.d_vocab * rows)
     lens = random_tuned_lens(tiny_model)
     resids = capture_residuals(tiny_model, tiny_tokens, lens.hook_names)
     labels = None

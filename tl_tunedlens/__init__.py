@@ -10,7 +10,7 @@ Works on a ``HookedTransformer`` (TransformerLens 3.x) and a ``TransformerBridge
 
 The package is built in floors, each importing only from the floors below it:
 
-- :mod:`~tl_tunedlens.core`: layer indexing, the model backend (either kind), the frozen decoder, cache/hook routes;
+- :mod:`~tl_tunedlens.core`: layer indexing, the model backend (either kind), the frozen unembedding, the vocabulary engine, cache/hook routes;
 - :mod:`~tl_tunedlens.artifacts`: lens files (ours and the reference's), the hub, checkpoints, atomic writes;
 - :mod:`~tl_tunedlens.lens`: what a lens is (``Lens``, ``LogitLens``, ``TunedLens``);
 - :mod:`~tl_tunedlens.models` and :mod:`~tl_tunedlens.data`: loading models and text;

@@ -12,10 +12,10 @@ plus the model's own CE and entropy (``baseline``). Each nat value also appears 
 (``nats / bytes_per_token / ln 2``). At layer ``n_layers`` both lenses are the model itself
 (``kl = 0``, ``top1 = 1``). Positions are taken in order (first sequences first): deterministic.
 
-Speed: :class:`LensEvaluator` runs the fused vocabulary products of training
-(:mod:`tl_tunedlens.training.decoder`) with the model's distribution computed once per chunk and
-shared by both lenses, and reused buffers, so evaluation runs near the FLOP bound like training
-(``make bench``). Optional lower-precision (bf16) lens products report their measured KL error.
+Speed: :class:`LensEvaluator` runs the vocabulary engine training runs too
+(:mod:`tl_tunedlens.core.vocab`: fused products, the model's distribution computed once per chunk and
+shared by both lenses, one softmax pass per row block, reused buffers), so evaluation runs near the
+FLOP bound like training (``make bench``); only the metrics are written here. Optional lower-precision (bf16) lens products report their measured KL error.
 
 Under ``torchrun`` (``dist=``) each rank scores a contiguous share of the sequences and the sums are
 added over the ranks (:meth:`LensEvaluator.all_reduce_`): every rank returns the same metrics.
@@ -31,13 +31,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..core.backend import capture_residuals, flatten_tokens
+from ..core.distributed import SINGLE, Dist
+from ..core.vocab import block_rows, distribution_, softmax_lse_, vocab_products
 from ..data.tokens import bits_per_byte
 from ..errors import LensError
 from ..lens import LogitLens
-from ..training.decoder import make_decoder
-from ..training.distributed import SINGLE, Dist
-from ..training.loss import block_rows, log_softmax_, softmax_
-from .metrics import EvalMetrics, check_finite
+from .metrics import EvalMetrics, check_finite_metrics
 
 from ..core.backend import Model
 
@@ -63,7 +62,7 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
     ``matmul_dtype``: e.g. ``torch.bfloat16`` for the lenses' vocabulary products (the model's own
     distribution stays in its precision); then the first chunk is also scored in the model's precision
     and the largest per-layer KL difference is reported under ``"precision"``. ``dist``: this rank of a
-    ``torchrun`` run (:mod:`tl_tunedlens.training.distributed`); it scores its share of the sequences.
+    ``torchrun`` run (:mod:`tl_tunedlens.core.distributed`); it scores its share of the sequences.
     Returns the metrics dict (JSON-ready, nats, plus ``bits_per_byte`` entries; see :mod:`.metrics`)."""
     from tqdm.auto import tqdm
 
@@ -82,7 +81,7 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
         resids = flatten_tokens(capture_residuals(model, batch, logit.hook_names)[:, :, :-1])
         evaluator.add(resids, batch[:, 1:].flatten())
     evaluator.all_reduce_(dist)
-    return check_finite(evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token))
+    return check_finite_metrics(evaluator.metrics(str(getattr(model.cfg, "model_name", "")), logit.hook_names, bytes_per_token))
 
 
 def n_eval_sequences(sequences: Tensor, max_tokens: int | None) -> int:
@@ -96,7 +95,7 @@ def n_eval_sequences(sequences: Tensor, max_tokens: int | None) -> int:
 class LensEvaluator:
     """Running metric sums (fp64) of each lens per layer, and of the model itself, fed residuals.
 
-    The fused path of training (:mod:`tl_tunedlens.training.decoder`): per chunk of positions the
+    The vocabulary engine (:mod:`tl_tunedlens.core.vocab`): per chunk of positions the
     model's distribution ``p`` is computed once and shared by every lens and layer; each layer's
     logits land in one reused ``[chunk, d_vocab]`` buffer and are scored in cache-sized row blocks by
     one softmax pass and one or two dot products (``_score_block``; for a linear unembedding
@@ -109,8 +108,8 @@ class LensEvaluator:
         self.lenses, self.chunk_tokens = lenses, chunk_tokens
         self.n_layers = next(iter(lenses.values())).n_layers
         self.layers = list(range(self.n_layers)) if layers is None else list(layers)  # the layers scored
-        self.decoder = make_decoder(unembed, matmul_dtype)
-        self.exact = None if self.decoder.is_exact else make_decoder(unembed)  # to measure the error
+        self.products = vocab_products(unembed, matmul_dtype)
+        self.exact = None if self.products.is_exact else vocab_products(unembed)  # to measure the error
         device = unembed.device
         self.per_layer = {name: torch.zeros(self.n_layers, len(METRICS), dtype=torch.float64, device=device)
                           for name in lenses}
@@ -131,10 +130,10 @@ class LensEvaluator:
             if self.exact is not None and self.count == 0:  # the first chunk, also in the model's precision
                 exact = {name: torch.zeros_like(t) for name, t in self.per_layer.items()}
                 self._add_chunk(chunk, lab, self.exact, exact, torch.zeros_like(self.base))
-            self._add_chunk(chunk, lab, self.decoder, self.per_layer, self.base)
+            self._add_chunk(chunk, lab, self.products, self.per_layer, self.base)
             if exact is not None:
                 error = max(float((self.per_layer[n][:, 0] - exact[n][:, 0]).abs().max()) for n in exact)
-                self.precision = {"matmul_dtype": str(self.decoder.matmul_dtype).removeprefix("torch."),
+                self.precision = {"matmul_dtype": str(self.products.matmul_dtype).removeprefix("torch."),
                                   "checked_tokens": int(lab.shape[0]), "max_kl_error": error / lab.shape[0]}
             self.count += int(lab.shape[0])
 
@@ -155,23 +154,24 @@ class LensEvaluator:
             self._out = torch.empty(len(METRICS), m, dtype=torch.float32, device=z.device)
         return self._p[:m], self._q, self._out[:, :m]
 
-    def _add_chunk(self, resids: Tensor, labels: Int[Tensor, "m 1"], decoder, per_layer: dict, base: Tensor) -> None:
-        z = decoder.target_logits(resids[-1])
-        p, q, out = self._buffers(z)
+    def _add_chunk(self, resids: Tensor, labels: Int[Tensor, "m 1"], products, per_layer: dict, base: Tensor) -> None:
+        z = products.target_logits(resids[-1])
+        p_buf, q, out = self._buffers(z)
         top = z.argmax(-1, keepdim=True)
-        logp = log_softmax_(z)
-        base[0] += -logp.gather(-1, labels).sum().double()
-        torch.exp(logp, out=p)
-        neg_entropy = torch.linalg.vecdot(p, logp).sum(dtype=torch.float64)   # sum p log p
+        target = distribution_(z, p_buf)
+        p = target.p
+        base[0] += -target.log_p.gather(-1, labels).sum().double()
+        neg_entropy = target.neg_entropy.sum(dtype=torch.float64)   # sum p log p
         base[1] += -neg_entropy
         rows = block_rows(z)
-        expectation = decoder.expectation_of_logits(p)   # sum p z without reading p again, when linear
+        del z, target
+        expectation = products.expectation_of_logits(p)   # sum p z without reading p again, when linear
         for name, lens in self.lenses.items():
             for layer in self.layers:
-                z = decoder.logits(lens.transform(resids[layer], layer))
+                z = products.logits(lens.transform(resids[layer], layer))
                 p_dot_z = None
                 if expectation is not None:
-                    p_dot_z = torch.linalg.vecdot(decoder.last_input().float(), expectation[0]) + expectation[1]
+                    p_dot_z = torch.linalg.vecdot(products.last_input().float(), expectation[0]) + expectation[1]
                 for r in range(0, z.shape[0], rows):  # row blocks that stay in cache: one read from memory
                     _score_block(z[r:r + rows], p[r:r + rows] if p_dot_z is None else p_dot_z[r:r + rows],
                                  labels[r:r + rows], top[r:r + rows], q, out[:, r:r + rows])
@@ -209,11 +209,9 @@ def _score_block(z: Float[Tensor, "r vocab"], p: Float[Tensor, "r vocab"] | Floa
 
     One softmax pass and at most two dot products: with ``lse = logsumexp(z) = max z - log max q``, every
     term is a sum over ``z`` minus ``lse`` (``sum p = sum q = 1``), so ``log q`` is never materialised."""
-    z_max = z.amax(-1, keepdim=True)
-    q = softmax_(z, q_buf[:z.shape[0]])
-    lse = (z_max - q.amax(-1, keepdim=True).log_())[:, 0]   # max q = 1 / sum exp(z - max z)
+    q, lse = softmax_lse_(z, q_buf[:z.shape[0]])
     torch.sub(torch.linalg.vecdot(p, z) if p.ndim == 2 else p, lse, out=out[0])
     torch.sub(z.gather(-1, labels)[:, 0], lse, out=out[1])
     torch.sub(torch.linalg.vecdot(q, z), lse, out=out[2])
-    torch.eq(z.gather(-1, top), z_max, out=out[3, :, None])
+    torch.eq(z.gather(-1, top), z.amax(-1, keepdim=True), out=out[3, :, None])
 

@@ -67,7 +67,7 @@ def layers_where_worse(metrics: Mapping, lens: str = "tuned", than: str = "logit
     return [e["layer"] for e in metrics["layers"][:-1] if not e[lens]["kl"] < e[than]["kl"]]
 
 
-def check_finite(metrics: EvalMetrics) -> EvalMetrics:
+def check_finite_metrics(metrics: EvalMetrics) -> EvalMetrics:
     """``metrics`` unchanged when every value is finite; else a one-line error naming the lens, the
     metric and the layer (a metrics file never holds NaN; JSON has no such number)."""
     for key in ("ce", "entropy"):

@@ -5,6 +5,7 @@
 - :mod:`.reference`: the reference ``tuned-lens`` package's ``config.json`` + ``params.pt`` (read safely);
 - :mod:`.hub`: the Hugging Face hub (download, upload, and whether the hub can be used at all);
 - :mod:`.checkpoint`: training checkpoints;
+- :mod:`.outdir`: where a command writes: checked first, locked while it runs, replaced atomically (``--overwrite``);
 - :mod:`.folder`: a lens folder in either format: :func:`~.folder.save`, :func:`~.folder.load`, :func:`~.folder.from_pretrained`.
 
 May import: :mod:`tl_tunedlens.core` and :mod:`tl_tunedlens.errors` (the lens class is passed in, never imported).

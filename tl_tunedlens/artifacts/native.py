@@ -73,7 +73,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+def check_finite_tensors(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
     """Raise a one-line error naming the first tensor of ``tensors`` that holds NaN or inf."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -143,7 +143,7 @@ def save_lens(lens: "TunedLens", path: str | os.PathLike, training: dict[str, An
     path = Path(path)
     config = lens_config(lens, training)
     tensors = {k: v.detach().cpu().contiguous() for k, v in lens.state_dict().items()}
-    check_finite(tensors, "this lens")
+    check_finite_tensors(tensors, "this lens")
     if not tensors:  # no translators: a config alone
         text = strict_json(config, "the lens config") + "\n"
         return write_folder_atomic(path, {CONFIG_NAME: lambda tmp: tmp.write_text(text, encoding="utf-8")})
@@ -245,6 +245,6 @@ def read_weights(path: str | os.PathLike, expected: dict[str, torch.Tensor],
             raise LensError(
                 f"{weights_file}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(ref.shape)}: re-save the lens"
             )
-    check_finite(tensors, weights_file)
+    check_finite_tensors(tensors, weights_file)
     check_sha256(data, sha256, weights_file)
     return tensors

@@ -36,7 +36,7 @@ from ..core.basis import rows_centred
 from ..core.unembed import Unembed
 from ..errors import LensError, UnembedMismatchError, first_line
 from .files import write_failure_as_oserror, write_folder_atomic
-from .native import check_finite, check_sha256, write_with_checksum
+from .native import check_finite_tensors, check_sha256, write_with_checksum
 
 CONFIG_NAME = "config.json"
 PARAMS_NAME = "params.pt"
@@ -123,7 +123,7 @@ def read_params(params_file: Path, n_layers: int, d_model: int, bias: bool,
         if not tensor.is_floating_point():
             raise LensError(f"{params_file}: {key} has dtype {tensor.dtype}, expected a float tensor")
         out["translators." + key] = tensor
-    check_finite(state, params_file)
+    check_finite_tensors(state, params_file)
     check_sha256(data, sha256, params_file)
     return out
 
@@ -196,7 +196,7 @@ def write_reference(folder: str | os.PathLike, params: dict[str, Tensor], *, d_m
         "lens_type": LENS_TYPE,
     }
     params = {k: v.detach().cpu().contiguous().clone() for k, v in params.items()}
-    check_finite(params, "this lens")
+    check_finite_tensors(params, "this lens")
     def write_params(tmp: Path) -> None:
         with write_failure_as_oserror(Path(folder) / PARAMS_NAME, PARAMS_NAME):
             torch.save(params, tmp)

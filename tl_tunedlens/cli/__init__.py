@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
-    from ..training.distributed import fail_fast_on_sigterm
+    from ..core.distributed import fail_fast_on_sigterm
 
     fail_fast_on_sigterm()
     try:

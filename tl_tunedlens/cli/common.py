@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..lens import TunedLens
     from ..training import TrainResult
     from ..training.budget import BudgetPlan
-    from ..training.distributed import Dist
+    from ..core.distributed import Dist
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_SEQ_LEN = 256
@@ -87,7 +87,7 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None, *, s
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     """``--dist-timeout``: how long a rank of a ``torchrun`` run waits for the others."""
-    from ..training.distributed import DEFAULT_TIMEOUT_S
+    from ..core.distributed import DEFAULT_TIMEOUT_S
 
     parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help="under torchrun: seconds a rank waits for the others before the run stops with an "
@@ -95,10 +95,10 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 
 def start_distributed(args: argparse.Namespace) -> "Dist":
-    """Join the ``torchrun`` process group when launched by it (else the one-process :class:`~tl_tunedlens.training.distributed.Dist`);
+    """Join the ``torchrun`` process group when launched by it (else the one-process :class:`~tl_tunedlens.core.distributed.Dist`);
     under torchrun ``args.device`` becomes this rank's device."""
     from ..errors import LensError
-    from ..training.distributed import init_distributed
+    from ..core.distributed import init_distributed
 
     dist = init_distributed(args.device, args.dist_timeout)
     if dist.active:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..training.config import MATMUL_DTYPES
+from ..core.vocab import MATMUL_DTYPES
 from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, check_data_arg,
                      check_lens_arg, load_data_from_args, load_model_from_args, option_type, resolve_seq_len, start_distributed)
 

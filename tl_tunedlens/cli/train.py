@@ -1,7 +1,7 @@
 """``tl-tunedlens train``: train a tuned lens on text and save it to a folder.
 
 Under ``torchrun --nproc_per_node N -m tl_tunedlens train ...`` every rank runs this command; rank 0
-alone prints, shows progress and writes the checkpoint and the lens (:mod:`tl_tunedlens.training.distributed`).
+alone prints, shows progress and writes the checkpoint and the lens (:mod:`tl_tunedlens.core.distributed`).
 """
 
 from __future__ import annotations

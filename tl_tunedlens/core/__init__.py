@@ -4,7 +4,10 @@
   blocks; or any residual hook points, e.g. every ``hook_resid_mid``), and the layer a hook name is read by;
 - :mod:`.backend`: the one place that reads a model, a ``HookedTransformer`` or a ``TransformerBridge``
   (config facts, ``ln_final``/``unembed``, running it with hooks to capture residual streams, text to tokens);
-- :mod:`.unembed`: the frozen decoder every lens shares (``ln_final`` then ``unembed``) and its identity;
+- :mod:`.unembed`: the frozen unembedding every lens shares (``ln_final`` then ``unembed``) and its identity;
+- :mod:`.vocab`: the vocabulary engine training and evaluation share (the products, the model's distribution,
+  the block softmax and its log-sum-exp);
+- :mod:`.distributed`: data-parallel runs under ``torchrun`` (ranks, shards, all-reduce, fail-fast);
 - :mod:`.basis`: whether a residual stream is Hugging Face's or its mean-centred copy;
 - :mod:`.hooks`: the TransformerLens routes of a lens (``ActivationCache`` readers, ``fwd_hooks``);
 - :mod:`.ablation`: removing a subspace of the residual stream (zero, mean, resample), inside hooks or on tensors;

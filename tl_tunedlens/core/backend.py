@@ -15,8 +15,8 @@ TransformerLens has two kinds of model and this is the one module that tells the
 
 What is read: the config facts a lens needs (:func:`model_facts`, including whether the final norm
 still has a scale), whether the unembedding is a plain frozen linear map that training may run itself
-(:func:`linear_unembed_weights`), the decoder's parameters under backend-independent names for the
-model-identity hash (:func:`decoder_state`), the token embedding (:func:`embedding_matrix`), running
+(:func:`linear_unembed_weights`), the unembedding's parameters under backend-independent names for the
+model-identity hash (:func:`unembed_state`), the token embedding (:func:`embedding_matrix`), running
 the model with hooks to capture residual streams (:func:`capture_residuals`), detaching the hooks of
 a module while a lens decodes inside a hook (:func:`hooks_silenced`; at a site wrapped by an sae-lens
 SAE the capture reads through it, :mod:`.saes`) and text to tokens
@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Any, Container, Iterator
+from typing import Any, Container, Iterator, Protocol
 
 import torch
 from einops import rearrange
@@ -46,8 +46,25 @@ from .saes import check_sae_read, find_site, missing_site
 HOOKED, BRIDGE = "hooked", "bridge"
 BACKENDS = (HOOKED, BRIDGE)
 
-# a TransformerLens model of either kind (type hints only: neither class is importable on both lines)
-Model = Any
+class Model(Protocol):
+    """A TransformerLens model of either kind, ``HookedTransformer`` (3.x) or ``TransformerBridge`` (3.9, 4.x),
+    sae-lens's subclasses included: the part of their common interface this package uses. (A protocol, not
+    a union: neither class can be imported on both TransformerLens lines.)"""
+
+    cfg: Any
+    hook_dict: dict[str, HookPoint]
+    tokenizer: Any
+    unembed: nn.Module
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to_tokens(self, *args: Any, **kwargs: Any) -> Tensor: ...
+
+    def to_str_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -175,8 +192,8 @@ def _bridge_linear(unembed: nn.Module) -> nn.Linear | None:
     return linear
 
 
-def decoder_state(ln_final: nn.Module | None, unembed: nn.Module) -> dict[str, Tensor]:
-    """The decoder's parameters under HookedTransformer's names (``ln_final.w``/``.b``, ``unembed.W_U``
+def unembed_state(ln_final: nn.Module | None, unembed: nn.Module) -> dict[str, Tensor]:
+    """The unembedding's parameters (with ln_final) under HookedTransformer's names (``ln_final.w``/``.b``, ``unembed.W_U``
     ``[d_model d_vocab]``, ``unembed.b_U``), whatever the backend: equal weights give equal hashes."""
     state = {f"ln_final.{k}": v for k, v in ln_final.state_dict().items()} if ln_final is not None else {}
     state |= {f"unembed.{k}": v for k, v in unembed.state_dict().items()}

@@ -1,4 +1,4 @@
-"""The frozen decoder every lens shares: the model's own ``ln_final`` then ``unembed``.
+"""The frozen unembedding every lens shares: the model's own ``ln_final`` then ``unembed``.
 
 It is read from the model through :func:`tl_tunedlens.core.backend.model_facts`, never
 re-implemented, so every architecture TransformerLens supports works unchanged. It holds
@@ -13,9 +13,8 @@ a lens. Two identities are kept to catch a lens used with the wrong model:
 
 Speed: when the unembedding is a plain frozen ``x @ W_U + b_U`` (:meth:`Unembed.linear_weights`),
 the product runs with a cached contiguous ``W_U.T`` (HookedTransformer copies it on every call; on a
-Bridge it is the stored ``[d_vocab, d_model]`` weight itself, no copy), and
-training may run it itself (:attr:`Unembed.fusable`) in a lower precision
-(:meth:`Unembed.transposed_weights`; :meth:`Unembed.release_training_cache` frees that copy).
+Bridge it is the stored ``[d_vocab, d_model]`` weight itself, no copy), and training and evaluation
+may run it themselves (:attr:`Unembed.fusable`, :mod:`tl_tunedlens.core.vocab`).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import UnembedMismatchError
-from .backend import Model, decoder_state, hooks_silenced, linear_unembed_weights, model_facts
+from .backend import Model, unembed_state, hooks_silenced, linear_unembed_weights, model_facts
 
 N_PROBES = 4
 N_PROBE_TOKENS = 32
@@ -61,11 +60,11 @@ class Unembed:
         self.dtype: torch.dtype = facts.unembed.W_U.dtype
         self._sha256: str | None = None
         self._fingerprint: list[float] | None = None
-        self._transposed: dict[str, tuple] = {}  # "model" / "training" -> (key, W_U.T contiguous, b_U)
+        self._transposed: tuple | None = None  # (key, W_U.T contiguous, b_U) in the model's precision
 
     @property
     def model(self) -> Model | None:
-        """The model this decoder was read from (held weakly: ``None`` once it is gone, or after pickling)."""
+        """The model this unembedding was read from (held weakly: ``None`` once it is gone, or after pickling)."""
         return self._model()
 
     def __getstate__(self) -> dict:
@@ -96,44 +95,38 @@ class Unembed:
     @property
     def fusable(self) -> bool:
         """Whether training may run the vocabulary products itself: a plain linear unembedding and
-        no output soft-cap (see :mod:`tl_tunedlens.training.decoder`)."""
+        no output soft-cap (see :mod:`tl_tunedlens.core.vocab`)."""
         return not self.softcapped and self.linear_weights() is not None
 
-    def transposed_weights(self, dtype: torch.dtype | None = None
-                           ) -> tuple[Float[Tensor, "d_vocab d_model"], Float[Tensor, " d_vocab"]]:
-        """``(W_U.T.contiguous(), b_U)`` in ``dtype`` (default: the model's), cached and refreshed when
-        ``W_U`` changes in place. A dtype other than the model's is a training-only copy (one at a time),
-        freed by :meth:`release_training_cache`. Needs :meth:`linear_weights`."""
+    def transposed_weights(self) -> tuple[Float[Tensor, "d_vocab d_model"], Float[Tensor, " d_vocab"]]:
+        """``(W_U.T.contiguous(), b_U)`` in the model's precision, cached and refreshed when ``W_U``
+        changes in place. Needs :meth:`linear_weights`."""
         weights = self.linear_weights()
         if weights is None:
             raise TypeError("transposed_weights needs a plain linear unembedding (see Unembed.linear_weights)")
         w_u, b_u = weights
-        dtype = dtype or w_u.dtype
-        slot = "model" if dtype == w_u.dtype else "training"
-        key = (w_u.data_ptr(), w_u._version, w_u.device, tuple(w_u.shape), dtype, b_u.data_ptr(), b_u._version)
-        cached = self._transposed.get(slot)
-        if cached is None or cached[0] != key:
-            self._transposed.pop(slot, None)  # free the old copy first
-            self._transposed[slot] = (key, w_u.to(dtype).T.contiguous(), b_u.to(dtype))
-        return self._transposed[slot][1], self._transposed[slot][2]
-
-    def release_training_cache(self) -> None:
-        """Drop the low-precision copy of ``W_U`` that training made (the model-precision cache stays)."""
-        self._transposed.pop("training", None)
+        key = (w_u.data_ptr(), w_u._version, w_u.device, tuple(w_u.shape), w_u.dtype, b_u.data_ptr(), b_u._version)
+        if self._transposed is None or self._transposed[0] != key:
+            self._transposed = None  # free the old copy first
+            self._transposed = (key, w_u.T.contiguous(), b_u)
+        return self._transposed[1], self._transposed[2]
 
     # --- decoding ---------------------------------------------------------------------
     def project(self, x: Float[Tensor, "*batch d_model"], matmul_dtype: torch.dtype | None = None
                 ) -> Float[Tensor, "*batch d_vocab"]:
         """``model.unembed(x)`` for a normalised ``x``: for a plain frozen unembedding, the same
         ``F.linear`` call with the cached transposed ``W_U`` (bit-identical to the module: same kernel,
-        same memory layout). ``matmul_dtype`` (e.g. ``torch.bfloat16``, for training): the product runs
-        in that dtype with converted weights and the logits come back in it. Other unembedding modules
-        are called (hooks silenced) and their output cast."""
+        same memory layout). ``matmul_dtype`` (e.g. ``torch.bfloat16``): the product runs in that dtype
+        with weights converted for the call (nothing cached: a caller that repeats it keeps its own copy,
+        see :mod:`tl_tunedlens.core.vocab`) and the logits come back in it. Other unembedding modules are
+        called (hooks silenced) and their output cast."""
         if self.linear_weights() is None:
             with hooks_silenced(self.unembed):
                 out = self.unembed(x)
             return out if matmul_dtype is None else out.to(matmul_dtype)
-        w_t, b_u = self.transposed_weights(matmul_dtype)
+        w_t, b_u = self.transposed_weights()
+        if matmul_dtype is not None and matmul_dtype != w_t.dtype:
+            w_t, b_u = w_t.to(matmul_dtype), b_u.to(matmul_dtype)
         return F.linear(x.to(w_t.dtype), w_t, b_u)
 
     def normalize(self, h: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
@@ -161,10 +154,10 @@ class Unembed:
     @property
     def sha256(self) -> str:
         """SHA-256 of the raw unembedding parameters (``ln_final`` + ``W_U`` + ``b_U``, under
-        HookedTransformer's names and layout on either backend, :func:`~.backend.decoder_state`), fp32."""
+        HookedTransformer's names and layout on either backend, :func:`~.backend.unembed_state`), fp32."""
         if self._sha256 is None:
             digest = hashlib.sha256()
-            for name, tensor in sorted(decoder_state(self.ln_final, self.unembed).items()):
+            for name, tensor in sorted(unembed_state(self.ln_final, self.unembed).items()):
                 digest.update(f"{name}:{tuple(tensor.shape)}".encode())
                 digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
             self._sha256 = digest.hexdigest()

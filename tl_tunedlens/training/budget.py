@@ -97,7 +97,7 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
     """Time one forward + least-squares sums and one or two layers of KL work on random token ids (not
     trained on). Each measurement is taken twice (the first call pays one-off costs) while the warm-up
     has used less than ``WARMUP_SHARE`` of ``cfg.time_budget``; then once, on one sequence."""
-    from .decoder import make_decoder
+    from ..core.vocab import vocab_products
     from .loss import accumulate_lens_grads
     from .lstsq import RidgeStats
 
@@ -123,13 +123,13 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
     chunk = resids[:, :min(resids.shape[1], cfg.chunk_tokens)]
     probe = [layers[0], layers[-1]]
     saved = {layer: [p.detach().clone() for p in lens.translators[layer].parameters()] for layer in probe}
-    decoder = make_decoder(lens.unembed, matmul_dtype)
+    products = vocab_products(lens.unembed, matmul_dtype)
     kl = []
     with torch.enable_grad():
         for layer in probe:
             lens.translators[layer].requires_grad_(True)
             t0 = time.perf_counter()
-            accumulate_lens_grads(lens, chunk, [layer], chunk_tokens=cfg.chunk_tokens, decoder=decoder)
+            accumulate_lens_grads(lens, chunk, [layer], chunk_tokens=cfg.chunk_tokens, products=products)
             kl.append((time.perf_counter() - t0) / chunk.shape[1])
             if not time_left():
                 break
@@ -138,7 +138,6 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
             p.grad = None
             p.data.copy_(old)
             p.requires_grad_(False)
-    lens.unembed.release_training_cache()
     return Rates(forward=min(forward), stats=stats, kl_layer=kl[-1], warmup_s=time.perf_counter() - t_start)
 
 

@@ -23,15 +23,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import torch
-
+from ..core.vocab import MATMUL_DTYPES
 from ..errors import LensError
 
 OPTIMIZERS = ("sgd", "adam", "whitened")
 DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3, "whitened": 20.0}
 LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
-MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _option(help: str, **rules: Any) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 Loss per layer ``l``: forward KL from the model's final distribution ``p`` to the lens's ``q_l``,
 ``sum_v p (log p - log q_l)`` in nats (or, with labels, cross-entropy against the next token).
 The gradient w.r.t. the lens logits is written down analytically -- ``softmax(z) - p`` for KL,
-``softmax(z) - onehot`` for CE -- and handed to a decoder (:mod:`.decoder`) that pushes it into the
-translators' ``.grad``: no autograd graph over the vocabulary-sized softmax is ever built, and at
-most one block of logits plus the target is alive at a time. The target, the softmax, the loss and
-its gradient are fp32 whatever the decoder's matmul precision.
+``softmax(z) - onehot`` for CE -- and handed to the vocabulary products (:mod:`tl_tunedlens.core.vocab`),
+which push it into the translators' ``.grad``: no autograd graph over the vocabulary-sized softmax is
+ever built, and at most one block of logits plus the target is alive at a time. The target, the
+softmax, the loss and its gradient are fp32 whatever the products' matmul precision; the softmax-side
+passes (the model's distribution, the block softmax and its log-sum-exp) are the vocabulary engine's.
 
 Divergence (:class:`~tl_tunedlens.training.loss.DivergenceWatch`): a non-finite loss or weight stops training at once; so does a
 layer whose mean loss stays above ``DIVERGENCE_FACTOR`` times its first step's loss (and at least
@@ -23,16 +24,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..core.vocab import VocabProducts, block_rows, distribution_, softmax_lse_, vocab_products
 from ..errors import TrainingDivergedError
-from .decoder import Decoder, make_decoder
 
 if TYPE_CHECKING:
     from ..lens import TunedLens
 
 
-#: bytes of a ``[rows, d_vocab]`` fp32 block of logits that the softmax-side passes take at once on a
-#: CPU (it stays in cache while it is read several times: :func:`block_rows`)
-BLOCK_BYTES = 4 * 2**20
 #: a layer's loss "rises" when above this many times its first step's loss ...
 DIVERGENCE_FACTOR = 4.0
 #: ... and at least this many nats above it ...
@@ -79,59 +77,33 @@ class DivergenceWatch:
         self.start, self.rising = state.get("start"), list(state.get("rising") or [])
 
 
-def log_softmax_(z: Tensor) -> Tensor:
-    """``log_softmax(z, -1)`` written over ``z`` on CPU (the kernel finishes each row's max and sum
-    before writing it; saves a ``[chunk, d_vocab]`` buffer); out of place elsewhere."""
-    if z.device.type == "cpu":
-        return torch._log_softmax(z, -1, False, out=z)
-    return z.log_softmax(-1)
-
-
-def softmax_(z: Tensor, out: Tensor | None = None) -> Tensor:
-    """``softmax(z, -1)`` written into ``out`` (default: over ``z`` itself, which the CPU kernel allows
-    as it finishes each row's max before writing it); out of place, then copied, elsewhere."""
-    out = z if out is None else out
-    if z.device.type == "cpu":
-        return torch._softmax(z, -1, False, out=out)
-    return out.copy_(z.softmax(-1))
-
-
-def block_rows(z: Float[Tensor, "m d_vocab"]) -> int:
-    """Rows of ``z`` that the softmax-side passes take at once: on a CPU a ``[rows, d_vocab]`` fp32 block
-    of ``BLOCK_BYTES`` that stays in cache while it is read several times; elsewhere all of them."""
-    if z.device.type != "cpu":
-        return max(1, z.shape[0])
-    return max(1, BLOCK_BYTES // (4 * z.shape[-1]))
-
-
 def loss_and_grad_(z: Float[Tensor, "m d_vocab"], *, neg_target: Float[Tensor, "m d_vocab"] | None = None,
                    neg_entropy: Float[Tensor, " m"] | None = None, labels: Int[Tensor, "m 1"] | None = None,
-                   s: float = 1.0, scale: float = 1.0) -> Float[Tensor, " m"]:
+                   target_scale: float = 1.0, scale: float = 1.0) -> Float[Tensor, " m"]:
     """Per-token loss (nats) of fp32 lens logits ``z``, and ``z`` overwritten with ``scale * d loss / d z``.
 
-    KL (``neg_target = -s p``, ``neg_entropy = sum p log p``): ``sum p log p - sum p log q``, gradient
-    ``scale (q - p)``; CE (``labels``): ``-log q[label]``, gradient ``scale (q - onehot)``. Row blocks of
-    :func:`block_rows`, each read once from memory: its max, ``sum p z`` (or ``z[label]``), then the
-    softmax in place; with ``lse = max z - log max q`` no ``log q`` is ever materialised."""
+    KL (``neg_target = -target_scale * p``, ``neg_entropy = sum p log p``; ``target_scale`` is ``scale``,
+    or 1 when ``scale`` is 0): ``sum p log p - sum p log q``, gradient ``scale (q - p)``; CE (``labels``):
+    ``-log q[label]``, gradient ``scale (q - onehot)``. Row blocks of :func:`~tl_tunedlens.core.vocab.block_rows`,
+    each read once from memory: ``sum p z`` (or ``z[label]``), then the softmax and its log-sum-exp in
+    place (:func:`~tl_tunedlens.core.vocab.softmax_lse_`), so no ``log q`` is ever materialised."""
     loss = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
     rows = block_rows(z)
     for r in range(0, z.shape[0], rows):
         block, sl = z[r:r + rows], slice(r, r + rows)
-        z_max = block.amax(-1)
         if labels is None:
-            cross = torch.linalg.vecdot(neg_target[sl], block)          # -s sum p z
+            cross = torch.linalg.vecdot(neg_target[sl], block)          # -target_scale sum p z
         else:
             picked = block.gather(-1, labels[sl])[:, 0]
-        q = softmax_(block)
-        lse = z_max - q.amax(-1).log_()                                 # max q = 1 / sum exp(z - max z)
+        q, lse = softmax_lse_(block)
         if labels is None:
-            torch.add(neg_entropy[sl], cross.div_(s).add_(lse), out=loss[sl])
+            torch.add(neg_entropy[sl], cross.div_(target_scale).add_(lse), out=loss[sl])
         else:
             torch.sub(lse, picked, out=loss[sl])
         if scale == 0:
             q.zero_()
         elif labels is None:
-            torch.add(neg_target[sl], q, alpha=s, out=q)                # s (q - p)
+            torch.add(neg_target[sl], q, alpha=target_scale, out=q)     # target_scale (q - p)
         else:
             q.mul_(scale).scatter_add_(-1, labels[sl], torch.full_like(picked[:, None], -scale))
     return loss
@@ -140,40 +112,40 @@ def loss_and_grad_(z: Float[Tensor, "m d_vocab"], *, neg_target: Float[Tensor, "
 def accumulate_lens_grads(lens: "TunedLens", resids: Float[Tensor, "layer n d_model"], layers: list[int], *,
                           labels: Int[Tensor, " n"] | None = None, scale: float = 1.0, chunk_tokens: int = 512,
                           step: int | None = None, matmul_dtype: torch.dtype | None = None,
-                          decoder: Decoder | None = None) -> Float[Tensor, " layer"]:
+                          products: VocabProducts | None = None) -> Float[Tensor, " layer"]:
     """Add ``scale * d(loss)/d(params)`` to the translators' ``.grad``; return per-layer loss sums.
 
     ``resids[i]``: residual at lens layer ``i`` for ``n`` tokens (all ``n_layers + 1`` layers).
     ``labels``: next-token ids for cross-entropy; ``None`` for KL to the final layer's output.
     ``matmul_dtype``: dtype of the lens's vocabulary matmuls, e.g. ``torch.bfloat16`` (``None``: the
-    model's); ``decoder``: reuse one (and its buffers) across calls instead.
-    Returns ``[len(layers)]`` loss *sums* over the ``n`` tokens (nats, fp64, on the CPU)."""
-    decoder = decoder or make_decoder(lens.unembed, matmul_dtype)
+    model's); ``products``: reuse one :func:`~tl_tunedlens.core.vocab.vocab_products` (and its buffers)
+    across calls instead. Returns ``[len(layers)]`` loss *sums* over the ``n`` tokens (nats, fp64, on the CPU)."""
+    products = products or vocab_products(lens.unembed, matmul_dtype)
     n, device = resids.shape[1], resids.device
-    s = scale if scale != 0 else 1.0
+    target_scale = scale if scale != 0 else 1.0
     sums = torch.zeros(len(layers), dtype=torch.float64, device=device)
     target_buf = None
     for start in range(0, n, chunk_tokens):
         sl = slice(start, start + chunk_tokens)
         neg_target = neg_entropy = lab = None
         with torch.no_grad():
-            if labels is None:  # -s * p and sum p log p, in the model's own precision
-                logp = log_softmax_(decoder.target_logits(resids[-1, sl]))
+            if labels is None:  # -target_scale * p and sum p log p, in the model's own precision
+                z = products.target_logits(resids[-1, sl])
                 if target_buf is None:
-                    target_buf = torch.empty(min(chunk_tokens, n), logp.shape[-1], dtype=torch.float32, device=device)
-                neg_target = torch.exp(logp, out=target_buf[:logp.shape[0]])
-                neg_entropy = torch.linalg.vecdot(neg_target, logp)
-                neg_target.mul_(-s)
-                del logp
+                    target_buf = torch.empty(min(chunk_tokens, n), z.shape[-1], dtype=torch.float32, device=device)
+                target = distribution_(z, target_buf)
+                neg_target, neg_entropy = target.p.mul_(-target_scale), target.neg_entropy
+                del z, target
             else:
                 lab = labels[sl].to(device)[:, None]
         for j, layer in enumerate(layers):
-            z = decoder.logits(lens.transform(resids[layer, sl], layer))
+            z = products.logits(lens.transform(resids[layer, sl], layer))
             with torch.no_grad():                                       # z becomes d loss / d z
-                loss = loss_and_grad_(z, neg_target=neg_target, neg_entropy=neg_entropy, labels=lab, s=s, scale=scale)
+                loss = loss_and_grad_(z, neg_target=neg_target, neg_entropy=neg_entropy, labels=lab,
+                                      target_scale=target_scale, scale=scale)
                 total = loss.double().sum()
                 if not torch.isfinite(total):
                     raise diverged("the loss", layer, step)
                 sums[j] += total
-            decoder.backward(z)
+            products.backward(z)
     return sums.cpu()

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..core.backend import capture_residuals, flatten_tokens
 from ..errors import LensError
-from .distributed import SINGLE, Dist
+from ..core.distributed import SINGLE, Dist
 
 from ..core.backend import Model
 

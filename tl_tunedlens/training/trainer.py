@@ -3,7 +3,7 @@
 :func:`train_lens` reads top to bottom as four named steps:
 
 1. :func:`prepare` checks the inputs and sets up a :class:`Run` (layers, optimiser, schedule,
-   the decoder of :mod:`.decoder`, the data plan of :mod:`.order`);
+   the vocabulary products of :mod:`tl_tunedlens.core.vocab`, the data plan of :mod:`.order`);
 2. :func:`start` resumes from ``out_dir/checkpoint.pt`` or applies the least-squares start (:mod:`.lstsq`);
 3. :func:`train_step` runs one optimiser step: the model runs frozen, its residual streams are
    captured with hooks on ``lens.hook_names``, and :func:`~.loss.accumulate_lens_grads` adds the
@@ -18,7 +18,7 @@ with an error naming the layer and step (the last checkpoint stays intact).
 With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
 before a step that would end past the budget.
 
-Under ``torchrun`` (``dist=``, :mod:`.distributed`) each rank runs its slice of every step's sequences
+Under ``torchrun`` (``dist=``, :mod:`tl_tunedlens.core.distributed`) each rank runs its slice of every step's sequences
 and of the least-squares sample; gradients, loss sums and the least-squares statistics are summed over
 the ranks, so every rank holds the same lens; rank 0 alone writes checkpoints and shows progress, and a
 checkpoint resumes with any number of ranks.
@@ -41,9 +41,9 @@ from ..core.backend import capture_residuals, flatten_tokens
 from ..core.layers import translator_layers
 from ..errors import LensError
 from .budget import BudgetPlan, measure_rates, plan_budget
-from .config import MATMUL_DTYPES, TrainConfig
-from .decoder import Decoder, make_decoder, resolve_matmul_dtype
-from .distributed import SINGLE, Dist
+from ..core.distributed import SINGLE, Dist
+from ..core.vocab import MATMUL_DTYPES, VocabProducts, resolve_matmul_dtype, vocab_products
+from .config import TrainConfig
 from .loss import DivergenceWatch, accumulate_lens_grads, diverged
 from .lstsq import RidgeStats, collect_stats, fit_from_stats_
 from .optim import make_optimizer, make_scheduler
@@ -80,7 +80,7 @@ class Run:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    decoder: Decoder
+    products: VocabProducts           # the vocabulary products (and their buffers), core.vocab
     per_step: int                     # sequences per step
     micro: int                        # sequences per model forward
     n_fit: int                        # sequences of the least-squares sample (read first)
@@ -118,7 +118,7 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
     sums of this run's sample (:func:`~tl_tunedlens.training.lstsq.collect_stats` over its first
     ``lstsq_sequences``, in stream order), already collected: the start only solves them (e.g. to
     compare refinements from one start; the pass's time is then not in ``result.seconds``).
-    ``dist``: this rank of a ``torchrun`` run (:func:`~tl_tunedlens.training.distributed.init_distributed`);
+    ``dist``: this rank of a ``torchrun`` run (:func:`~tl_tunedlens.core.distributed.init_distributed`);
     every rank passes the same arguments and gets the same lens."""
     from tqdm.auto import tqdm
 
@@ -185,7 +185,7 @@ def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
 def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig,
             out_dir: str | Path | None, *, resume: bool = False, plan: BudgetPlan | None = None,
             t_begin: float | None = None, dist: Dist = SINGLE) -> Run:
-    """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, decoder and data
+    """Check the inputs against ``cfg`` and the model; set up the optimiser, schedule, vocabulary products and data
     plan. With ``cfg.time_budget``: the budget's plan (given, made now, or the checkpoint's on
     ``resume``) and its deadline. On ``resume`` the checkpoint is read here and applied by :func:`start`."""
     if sequences.ndim != 2 or len(sequences) == 0:
@@ -238,7 +238,7 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
     step_tokens = per_step * (seq_len - 1 if cfg.loss == "ce" else seq_len)
     return Run(
         model=model, lens=lens, sequences=sequences, cfg=cfg, layers=layers, params=params, optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg), decoder=make_decoder(lens.unembed, matmul_dtype),
+        scheduler=make_scheduler(optimizer, cfg), products=vocab_products(lens.unembed, matmul_dtype),
         per_step=per_step, micro=cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len),
         n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
         fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
@@ -302,7 +302,7 @@ def train_step(run: Run) -> None:
             resids, labels = resids[:, :, :-1], batch[:, 1:].flatten()
         sums += accumulate_lens_grads(lens, flatten_tokens(resids), run.layers, labels=labels,
                                       scale=1.0 / run.step_tokens, chunk_tokens=cfg.chunk_tokens, step=run.step,
-                                      decoder=run.decoder)
+                                      products=run.products)
         del resids
     if run.dist.active:
         for p in run.params:
@@ -345,7 +345,6 @@ def save_run(run: Run) -> None:
 
 def finish(run: Run, data_info: dict | None = None) -> TrainResult:
     """Freeze the lens, drop training-only caches, and summarise the run."""
-    run.lens.unembed.release_training_cache()
     for p in run.params:
         p.requires_grad_(False)
         p.grad = None

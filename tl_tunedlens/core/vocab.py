@@ -1,38 +1,43 @@
-"""The vocabulary side of a training step: lens logits forward, the gradient w.r.t. them backward.
+"""The vocabulary engine: every ``[m, d_vocab]`` computation that training and evaluation share.
 
-The trainer's chunk loop (:mod:`.loss`) computes the loss and the gradient w.r.t. the logits
-(``softmax - p``) itself, so a decoder only has to offer three things, for ``m`` tokens at a time:
+Two layers of it, written once here:
 
-- ``target_logits(h)``: fp32 logits of the model's own final residual ``h`` (no gradient);
-- ``logits(h)``: fp32 logits of a translated residual ``h`` (which carries the lens's autograd graph);
-- ``backward(grad)``: push ``d loss / d logits`` (fp32 ``[m, d_vocab]``) back into the lens's ``.grad``.
+- **The products** (:class:`FusedProducts`, :class:`AutogradProducts`, :func:`vocab_products`): the
+  model's distribution ``target_logits(h)``, a lens's ``logits(h)`` and the ``backward(grad)`` of a
+  gradient with respect to those logits into the translators' ``.grad``. The fused kind, for a plain
+  frozen ``x @ W_U + b_U`` without soft-cap (:attr:`~tl_tunedlens.core.unembed.Unembed.fusable`),
+  runs autograd only up to the ``[m, d_model]`` output of ``ln_final`` and the two vocabulary products
+  (``x W_U + b_U`` and ``g W_U^T``) as explicit ``addmm``/``mm`` calls into ``[m, d_vocab]`` buffers
+  allocated once and reused (fresh 100 MB blocks per layer cost as much in page faults as the
+  arithmetic). The autograd kind calls the model's modules (soft-caps, custom unembeddings).
+  ``matmul_dtype`` (e.g. ``torch.bfloat16``) runs the lens's two products in that dtype from a copy
+  of ``W_U`` that the products object owns (it goes when the object goes); the model's own
+  distribution always uses the model's precision, and logits come back as fp32.
+- **The softmax side**, in cache-sized row blocks (:func:`block_rows`, ``BLOCK_BYTES``):
+  :func:`distribution_` turns the model's logits into ``p`` and ``sum p log p`` once per chunk, and
+  :func:`softmax_lse_` gives a block's softmax ``q`` and its log-sum-exp ``lse = max z - log max q`` in
+  one pass, so a loss or metric needs no ``log q`` (every term is a sum over ``z`` minus ``lse``).
 
-Two implementations:
-
-- :class:`FusedDecoder`, when the unembedding is a plain frozen ``x @ W_U + b_U`` without soft-cap
-  (:attr:`~tl_tunedlens.core.unembed.Unembed.fusable`): autograd runs only up to the ``[m, d_model]``
-  output of ``ln_final``; the two vocabulary products (logits ``x W_U + b_U`` and the gradient
-  ``g W_U^T``) are explicit ``addmm``/``mm`` calls into ``[m, d_vocab]`` buffers allocated once and
-  reused for every layer, chunk and micro-batch (fresh 100 MB blocks per layer cost as much in page
-  faults as the arithmetic). The model-precision product reads the model's own ``W_U`` (no copy).
-- :class:`AutogradDecoder` for anything else (soft-capped or custom unembeddings): the model's modules
-  are called with autograd and ``logits.backward(grad)``.
-
-``matmul_dtype`` (e.g. ``torch.bfloat16``) runs the lens's two vocabulary products in that dtype;
-the target always uses the model's precision, and logits come back as fp32 either way.
+Training (:mod:`tl_tunedlens.training.loss`) adds the gradient and the divergence watch on top;
+evaluation (:mod:`tl_tunedlens.analysis.evaluate`) adds the metrics.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..core.unembed import Unembed
-from .config import MATMUL_DTYPES
+from .unembed import Unembed
 
+#: the lens's vocabulary-product precisions a user may ask for (``matmul_dtype``)
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: bytes of a ``[rows, d_vocab]`` fp32 block of logits that the softmax-side passes take at once on a
+#: CPU (it stays in cache while it is read several times: :func:`block_rows`)
+BLOCK_BYTES = 4 * 2**20
 #: "auto" considers bf16 only for unembeddings at least this large (d_model x d_vocab); smaller
 #: products are too quick to time and gain nothing, so they keep the model's precision
 AUTO_MIN_WEIGHTS = 1 << 22
@@ -42,13 +47,67 @@ AUTO_MIN_SPEEDUP = 1.25
 AUTO_PROBE_VOCAB = 8192
 
 
-class FusedDecoder:
+# --- the softmax side -----------------------------------------------------------------------------
+def log_softmax_(z: Tensor) -> Tensor:
+    """``log_softmax(z, -1)`` written over ``z`` on CPU (the kernel finishes each row's max and sum
+    before writing it; saves a ``[chunk, d_vocab]`` buffer); out of place elsewhere."""
+    if z.device.type == "cpu":
+        return torch._log_softmax(z, -1, False, out=z)
+    return z.log_softmax(-1)
+
+
+def softmax_(z: Tensor, out: Tensor | None = None) -> Tensor:
+    """``softmax(z, -1)`` written into ``out`` (default: over ``z`` itself, which the CPU kernel allows
+    as it finishes each row's max before writing it); out of place, then copied, elsewhere."""
+    out = z if out is None else out
+    if z.device.type == "cpu":
+        return torch._softmax(z, -1, False, out=out)
+    return out.copy_(z.softmax(-1))
+
+
+def block_rows(z: Float[Tensor, "m d_vocab"]) -> int:
+    """Rows of ``z`` that the softmax-side passes take at once: on a CPU a ``[rows, d_vocab]`` fp32 block
+    of ``BLOCK_BYTES`` that stays in cache while it is read several times; elsewhere all of them."""
+    if z.device.type != "cpu":
+        return max(1, z.shape[0])
+    return max(1, BLOCK_BYTES // (4 * z.shape[-1]))
+
+
+def softmax_lse_(z: Float[Tensor, "r d_vocab"], out: Tensor | None = None
+                 ) -> tuple[Float[Tensor, "r d_vocab"], Float[Tensor, " r"]]:
+    """``(q, lse)``: the softmax of a block of logits (into ``out``, default over ``z``) and its
+    log-sum-exp, from one pass: ``lse = max z - log max q``, as ``max q = 1 / sum exp(z - max z)``."""
+    z_max = z.amax(-1)
+    q = softmax_(z, out)
+    return q, z_max - q.amax(-1).log_()
+
+
+@dataclass
+class Distribution:
+    """The model's next-token distribution over a chunk, fp32: ``p`` ``[m, d_vocab]`` (in the caller's
+    buffer), ``log_p`` (written over the logits it came from) and ``neg_entropy = sum_v p log p`` ``[m]`` (nats)."""
+
+    p: Float[Tensor, "m d_vocab"]
+    log_p: Float[Tensor, "m d_vocab"]
+    neg_entropy: Float[Tensor, " m"]
+
+
+def distribution_(z: Float[Tensor, "m d_vocab"], out: Float[Tensor, "n d_vocab"]) -> Distribution:
+    """The model's distribution from its fp32 logits ``z`` (overwritten with ``log p``); ``p`` goes into
+    the first ``m`` rows of ``out``. Once per chunk, shared by every lens and layer."""
+    log_p = log_softmax_(z)
+    p = torch.exp(log_p, out=out[:z.shape[0]])
+    return Distribution(p, log_p, torch.linalg.vecdot(p, log_p))
+
+
+# --- the products --------------------------------------------------------------------------------
+class FusedProducts:
     """Explicit vocabulary matmuls into reused buffers; autograd only up to ``ln_final``."""
 
     def __init__(self, unembed: Unembed, matmul_dtype: torch.dtype | None = None):
         weights = unembed.linear_weights()
         if weights is None or unembed.softcapped:
-            raise TypeError("FusedDecoder needs a plain linear unembedding without soft-cap (Unembed.fusable)")
+            raise TypeError("FusedProducts needs a plain linear unembedding without soft-cap (Unembed.fusable)")
         self.unembed = unembed
         self.w_u, self.b_u = weights                    # [d_model d_vocab], [d_vocab]: the model's own
         low = matmul_dtype if matmul_dtype not in (None, self.w_u.dtype) else None
@@ -56,9 +115,9 @@ class FusedDecoder:
         self.is_exact = low is None
         if low is None:
             self.forward_w, self.forward_b, self.backward_w = self.w_u, self.b_u, self.w_u.T
-        else:
-            w_t, b_low = unembed.transposed_weights(low)  # a training-only copy, see release_training_cache
-            self.forward_w, self.forward_b, self.backward_w = w_t.T, b_low, w_t
+        else:   # this object's own low-precision copy, [d_vocab d_model]: read transposed by both products
+            w_t = self.w_u.to(low).T.contiguous()
+            self.forward_w, self.forward_b, self.backward_w = w_t.T, self.b_u.to(low), w_t
         self._buffers: dict[str, Tensor] = {}
         self._x: Tensor | None = None
 
@@ -114,7 +173,7 @@ class FusedDecoder:
         x.backward(grad_x.to(x.dtype))
 
 
-class AutogradDecoder:
+class AutogradProducts:
     """The model's own ``ln_final`` + unembedding (+ soft-cap) under autograd."""
 
     def __init__(self, unembed: Unembed, matmul_dtype: torch.dtype | None = None):
@@ -143,14 +202,14 @@ class AutogradDecoder:
         z.backward(grad.to(z.dtype))
 
 
-Decoder = FusedDecoder | AutogradDecoder
+VocabProducts = FusedProducts | AutogradProducts
 
 
-def make_decoder(unembed: Unembed, matmul_dtype: torch.dtype | None = None) -> Decoder:
-    """The fused decoder when the unembedding allows it (:attr:`~tl_tunedlens.core.unembed.Unembed.fusable`), else the autograd one."""
+def vocab_products(unembed: Unembed, matmul_dtype: torch.dtype | None = None) -> VocabProducts:
+    """The fused products when the unembedding allows it (:attr:`~tl_tunedlens.core.unembed.Unembed.fusable`), else the autograd ones."""
     if matmul_dtype == unembed.dtype:
         matmul_dtype = None
-    return (FusedDecoder if unembed.fusable else AutogradDecoder)(unembed, matmul_dtype)
+    return (FusedProducts if unembed.fusable else AutogradProducts)(unembed, matmul_dtype)
 
 
 def _timed_product(x: Tensor, w: Tensor, reps: int = 3) -> float:
@@ -181,7 +240,7 @@ def resolve_matmul_dtype(unembed: Unembed, requested: str, rows: int = 512) -> t
     w = weights[0][:, :AUTO_PROBE_VOCAB]             # a slice of the vocabulary: the ratio is what counts
     x = torch.randn(rows, w.shape[0], device=w.device, generator=None)
     fp32 = _timed_product(x, w)
-    # bf16 in the layout training uses (a [d_vocab, d_model] copy, read transposed: see FusedDecoder); CPU
+    # bf16 in the layout training uses (a [d_vocab, d_model] copy, read transposed: see FusedProducts); CPU
     # kernels for the other layout can be orders of magnitude slower, which would only slow the probe
     low = w.T.contiguous().to(torch.bfloat16)
     bf16 = _timed_product(x.to(torch.bfloat16), low.T)
