@@ -11,7 +11,9 @@ initialised to zero, so an untrained tuned lens equals the logit lens exactly. L
 ``n_layers`` has no translator: it decodes the final residual stream like the model does.
 The TransformerLens routes (``run_with_cache`` readers, ``lens.hooks(...)`` for
 ``run_with_hooks``, including subspace ablation) come from :class:`tl_tunedlens.core.hooks.HooksMixin`;
-inversion from :mod:`tl_tunedlens.core.inversion`; saving and loading from :mod:`tl_tunedlens.artifacts`.
+inversion from :mod:`tl_tunedlens.core.inversion`; saving and loading from :mod:`tl_tunedlens.artifacts`;
+TransformerLens ``JacobianLens``'s token interventions (``lens.steering_hooks`` ...) from
+:mod:`tl_tunedlens.core.interventions`, and J-lenses themselves, both ways, from :mod:`tl_tunedlens.artifacts.jacobian`.
 A lens reads the default hook points or any residual ones (``hook_names=``, :mod:`tl_tunedlens.core.layers`);
 ``n_layers`` is its own number of translated layers, ``model_n_layers`` the model's.
 
@@ -31,10 +33,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from . import artifacts
+from .artifacts import jacobian
 from .artifacts.reference import model_unembed_hash
+from .core import interventions
 from .core.backend import Model, model_facts
 from .core.basis import residual_stream_kind
-from .core.hooks import HooksMixin
+from .core.hooks import HookList, HooksMixin, Positions
+from .core.interventions import Token, Tokens
 from .core.inversion import Inversion, invert
 from .core.layers import is_default_convention, layer_labels, lens_hook_names, normalize_layer
 from .core.unembed import Unembed, to_log_probs
@@ -154,6 +159,42 @@ class Lens(HooksMixin, nn.Module):
         decoding matches ``target_log_probs``, and the KL reached; see :func:`~tl_tunedlens.core.inversion.invert`."""
         return invert(self, target_log_probs, layer, **kwargs)
 
+    # --- token interventions: TransformerLens JacobianLens's, for any lens (see core.interventions) ----
+    # Their arguments are JacobianLens's, in its order (``model`` first; ``None``: this lens's model), with
+    # lens layers (J-lens layer l = lens layer l + 1) or hook names. TL's ablation_hooks(model, tokens,
+    # layers) is token_ablation_hooks here: ablation_hooks(layers, subspace) already removes a given subspace
+    # (lens.hooks(ablate=...), causal analysis), and one name with two grammars would mislead both.
+    def lens_vectors(self, model: Model | None, tokens: Tokens, layer: int | str) -> Float[Tensor, "n d_model"]:
+        """Lens vectors ``M_layerᵀ W_U[:, t]`` of ``tokens`` (``M``: the translator's linear part), one row per token."""
+        return interventions.lens_vectors(self, model, tokens, layer)
+
+    def steering_hooks(self, model: Model | None, token: Token, layers: int | str | Sequence[int | str], *,
+                       alpha: float = 4.0, positions: Positions = None) -> HookList:
+        """``fwd_hooks`` adding ``alpha * median||h|| * (unit lens vector of token)`` at each of ``layers``."""
+        return interventions.steering_hooks(self, model, token, layers, alpha=alpha, positions=positions)
+
+    def token_ablation_hooks(self, model: Model | None, tokens: Tokens, layers: int | str | Sequence[int | str], *,
+                             positions: Positions = None) -> HookList:
+        """``fwd_hooks`` projecting the span of ``tokens``' lens vectors out at each of ``layers`` (TL's ``ablation_hooks``)."""
+        return interventions.token_ablation_hooks(self, model, tokens, layers, positions=positions)
+
+    def swap_hooks(self, model: Model | None, source_token: Token, target_token: Token,
+                   layers: int | str | Sequence[int | str], *, alpha: float = 1.0, positions: Positions = None,
+                   clamp_to: Any = None) -> HookList:
+        """``fwd_hooks`` exchanging the two tokens' lens coordinates at each of ``layers`` (``clamp_to``: a clean cache)."""
+        return interventions.swap_hooks(self, model, source_token, target_token, layers, alpha=alpha,
+                                        positions=positions, clamp_to=clamp_to)
+
+    def to_jacobian_lens(self, path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float16,
+                         n_prompts: int | None = None, metadata: dict[str, Any] | None = None) -> Any:
+        """This lens as TransformerLens's J-lens (``J[l]`` = linear part of lens layer ``l + 1``; see
+        :func:`~tl_tunedlens.artifacts.jacobian.from_lens`: a non-zero bias or a centred stream is refused, a
+        ``bias=True`` lens whose biases are all zero exports; lens layer 0 has no J-lens counterpart):
+        with ``path``, its ``.pt`` artifact written there (``dtype``; no TransformerLens import), returning the
+        path; without, a ``transformer_lens.tools.analysis.JacobianLens`` object."""
+        data = jacobian.from_lens(self, n_prompts=n_prompts, metadata=metadata)
+        return jacobian.jacobian_lens_object(data) if path is None else jacobian.write_jacobian_lens(path, data, dtype=dtype)
+
     # --- the right model --------------------------------------------------------------
     def check_model(self, model: Model) -> None:
         """Raise ``UnembedMismatchError`` unless ``model`` has this lens's unembedding (and, for a
@@ -247,6 +288,14 @@ class TunedLens(Lens):
                    residual_stream=residual_stream_kind(model), reference_unembed_hash=model_unembed_hash(unembed),
                    hook_names=hook_names)
         return _checked_hooks(lens, model)
+
+    @classmethod
+    def from_jacobian_lens(cls, jl_or_path: Any, model: Model, *, dtype: torch.dtype | None = None) -> "TunedLens":
+        """TransformerLens's Jacobian lens (a ``JacobianLens``, or its ``.pt`` file read with ``weights_only=True``)
+        as a bias-free tuned lens of ``model``: translator ``J[l] - I`` at lens layer ``l + 1``, identity elsewhere;
+        ``training_info`` says where it came from. A mean-centred model is refused (see
+        :func:`~tl_tunedlens.artifacts.jacobian.into_lens`)."""
+        return jacobian.into_lens(cls.from_model(model, bias=False, dtype=dtype), jacobian.read_jacobian_lens(jl_or_path))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

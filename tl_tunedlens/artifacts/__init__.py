@@ -3,6 +3,7 @@
 - :mod:`.files`: atomic writes (temp file + fsync + rename; whole folders all-or-nothing), the cache folder;
 - :mod:`.native`: our lens format, ``config.json`` + ``lens.safetensors``;
 - :mod:`.reference`: the reference ``tuned-lens`` package's ``config.json`` + ``params.pt`` (read safely);
+- :mod:`.jacobian`: TransformerLens ``JacobianLens`` artifacts (``.pt``), read safely and written, as lenses of ours;
 - :mod:`.hub`: the Hugging Face hub (download, upload, and whether the hub can be used at all);
 - :mod:`.checkpoint`: training checkpoints;
 - :mod:`.outdir`: where a command writes: checked first, locked while it runs, replaced atomically (``--overwrite``);

@@ -12,6 +12,8 @@
 - :mod:`.hooks`: the TransformerLens routes of a lens (``ActivationCache`` readers, ``fwd_hooks``);
 - :mod:`.ablation`: removing a subspace of the residual stream (zero, mean, resample), inside hooks or on tensors;
 - :mod:`.inversion`: a residual whose lens decoding matches given log-probs (``lens.invert``);
+- :mod:`.interventions`: token interventions through any lens (lens vectors, steering, token ablation, swaps:
+  TransformerLens ``JacobianLens``'s, ``lens.steering_hooks`` ...);
 - :mod:`.saes`: where a lens site is found when an sae-lens SAE is attached there (names only, no sae-lens import).
 
 May import: torch, transformer_lens, jaxtyping, einops and :mod:`tl_tunedlens.errors`; nothing else of the package.

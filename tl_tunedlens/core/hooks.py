@@ -117,11 +117,34 @@ def check_positions(positions: slice | Tensor | None, n_pos: int) -> None:
                             f"use 0..{n_pos - 1} (or -{n_pos}..-1 from the end)")
 
 
-def _select_positions(resid: Tensor, positions: slice | Tensor | None) -> Tensor:
+def select_positions(resid: Tensor, positions: slice | Tensor | None) -> Tensor:
+    """``resid[:, positions]`` for ``positions`` from :func:`~tl_tunedlens.core.hooks.as_positions` (checked against the sequence length), or all of it for ``None``."""
     if positions is None:
         return resid
     check_positions(positions, resid.shape[1])
     return resid[:, positions]
+
+
+def replacing_hooks(lens: "HooksMixin", layers: int | str | list, make: Callable[[int], Callable[[Tensor], Tensor]],
+                    *, positions: Positions = None, model: Model | None = None) -> HookList:
+    """``fwd_hooks`` that replace the residual stream at each lens layer of ``layers`` by ``make(layer)(resid)``
+    (``[batch pos d_model]`` in and out; with ``positions``, applied to those positions only, the others kept).
+    Each hook checks its hook point with ``lens``'s guard (``model``: see :meth:`~tl_tunedlens.core.hooks.HooksMixin.recording_hooks`)."""
+    positions = as_positions(positions)
+    guard = lens._hook_guard(model)
+
+    def make_hook(replace: Callable[[Tensor], Tensor]) -> Callable:
+        def hook_fn(resid: Tensor, hook) -> Tensor:
+            guard(hook)
+            if positions is None:
+                return replace(resid)
+            check_positions(positions, resid.shape[1])
+            out = resid.clone()
+            out[:, positions] = replace(resid[:, positions])
+            return out
+        return hook_fn
+
+    return [(SiteFilter([lens.hook_names[i]]), make_hook(make(i))) for i in normalize_layers(layers, lens.n_layers)]
 
 
 class HooksMixin:
@@ -226,7 +249,7 @@ class HooksMixin:
             def hook_fn(resid: Tensor, hook) -> None:
                 guard(hook)
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-                    log_probs = self.log_probs(_select_positions(resid, positions), layer)
+                    log_probs = self.log_probs(select_positions(resid, positions), layer)
                     if top_k is None:
                         record.log_probs[layer] = log_probs
                     else:
@@ -248,34 +271,30 @@ class HooksMixin:
         (at ``positions`` only, if given), so the rest of the model runs on the translator's output
         (at a site wrapped by an sae-lens SAE: its ``hook_sae_output``, what flows downstream).
         ``model``: as in :meth:`~tl_tunedlens.core.hooks.HooksMixin.recording_hooks`."""
-        positions = as_positions(positions)
-        guard = self._hook_guard(model)
-
-        def make_hook(layer: int) -> Callable:
-            def hook_fn(resid: Tensor, hook) -> Tensor:
-                guard(hook)
-                if positions is None:
-                    return self.transform(resid, layer)
-                check_positions(positions, resid.shape[1])
-                out = resid.clone()
-                out[:, positions] = self.transform(resid[:, positions], layer)
-                return out
-            return hook_fn
-
-        return [(SiteFilter([self.hook_names[i]]), make_hook(i)) for i in normalize_layers(layers, self.n_layers)]
+        return replacing_hooks(self, layers, lambda layer: lambda resid: self.transform(resid, layer),
+                               positions=positions, model=model)
 
     def ablation_hooks(
         self,
         layers: int | list[int],
         subspace: Float[Tensor, "d_model k"],
-        *,
+        *jacobian_lens_form: object,
         method: str = "mean",
         mean: Float[Tensor, " d_model"] | None = None,
         seed: int = 0,
+        positions: object = None,
     ) -> HookList:
         """Hooks that remove the span of ``subspace`` (orthonormal columns) from the residual stream at
         ``layers`` by ``method`` (``"mean"``, ``"resample"`` or ``"zero"``; ``mean``: the mean residual to
-        use, default the batch's; ``seed``: the resample derangement's). See :mod:`.ablation`."""
+        use, default the batch's; ``seed``: the resample derangement's). See :mod:`.ablation`.
+
+        TransformerLens's ``JacobianLens.ablation_hooks(model, tokens, layers, positions=...)`` is
+        :meth:`~tl_tunedlens.lens.Lens.token_ablation_hooks` here; called in that form (a model first,
+        three positional arguments or ``positions``) this raises a one-line error saying so."""
+        if jacobian_lens_form or positions is not None or hasattr(layers, "cfg"):
+            raise LensError("lens.ablation_hooks(layers, subspace) removes a given subspace; to remove tokens' lens "
+                            "vectors like JacobianLens.ablation_hooks(model, tokens, layers), call "
+                            "lens.token_ablation_hooks(model, tokens, layers)")
         basis = check_subspace(subspace, self.d_model)
         check_method(method)
 
