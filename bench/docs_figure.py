@@ -1,7 +1,7 @@
 """The docs index figure: a least-squares tuned lens on 8,192 Shakespeare tokens vs the logit lens on SmolLM2-135M,
 evaluated on 2,040 held-out tokens; prints the fit time and mean KL, writes docs/_static/demo_metric_curves.png."""
 
-import time, torch
+import time
 from tl_tunedlens import TunedLens, load_model, load_tokens, evaluate_lenses
 from tl_tunedlens.training import lstsq_init_
 from tl_tunedlens.viz.plots import write_metric_curves

@@ -124,7 +124,7 @@ def test_budget_run_without_a_given_plan_measures_one(model, seqs, clock):
 def test_a_plan_of_no_steps_is_the_start_alone_and_says_so(model, seqs, tmp_path, clock):
     """A budget that leaves room for the least-squares start only: 0 KL steps planned, none run, and the
     training info does not claim the run stopped early."""
-    from tl_tunedlens.cli.common import training_summary
+    from tl_tunedlens.cli.train import training_summary
 
     cfg = TrainConfig(time_budget=3.0, tokens_per_step=64, checkpoint_every=0)
     plan = BudgetPlan(budget_s=3.0, lstsq_tokens=128, steps=0, tokens_per_step=64, predicted_fit_s=1.0,

@@ -4,6 +4,7 @@ Chromium with the network cut off: MathJax, plotly and circuitsvis draw, nothing
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def test_every_page_is_built(site):
                  "tutorials/lenses_and_saes.html", "tutorials/scaling_up.html",
                  "_autosummary/tl_tunedlens.lens.TunedLens.html"):
         assert page in pages
+    for page in sorted((site / "tutorials").glob("*.html")):   # executed cells print no warnings
+        warned = re.findall(r"\b\w*Warning: [^<]{0,80}", page.read_text())
+        assert not warned, (page.name, warned[:3])
     tutorial = (site / "tutorials" / "training_and_evaluating_lenses.html").read_text()
     assert "tuned KL" in tutorial and "lens saved to" in tutorial  # executed cells left their output
     assert "mathjax/tex-chtml.js" in (site / "index.html").read_text()

@@ -7,6 +7,8 @@ import importlib
 import inspect
 import pkgutil
 
+import pytest
+
 import tl_tunedlens
 
 
@@ -42,3 +44,34 @@ def _undocumented(module) -> list[str]:
 def test_every_public_name_has_a_docstring():
     missing = [name for module in _modules() for name in _undocumented(module)]
     assert not missing, "add a docstring to: " + ", ".join(missing)
+
+
+def _examples() -> list[tuple[str, object]]:
+    """Every docstring in the package that holds a ``>>>`` example: ``(name, doctest)``."""
+    import doctest
+
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    found = {}
+    for module in (tl_tunedlens, *_modules()):
+        for test in finder.find(module):
+            if test.examples and test.name not in found:
+                found[test.name] = test
+    return sorted(found.items())
+
+
+def test_docstring_examples_are_found():
+    """The examples below are collected from the package itself (so a new one cannot be forgotten)."""
+    names = [name for name, _ in _examples()]
+    assert {"tl_tunedlens", "tl_tunedlens.lens", "tl_tunedlens.viz"} <= set(names), names
+
+
+@pytest.mark.integration
+def test_every_docstring_example_runs():
+    """Each ``>>>`` example runs as written (each in its own namespace) and prints what it says."""
+    import doctest
+
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for name, test in _examples():
+        test.globs = {}
+        result = runner.run(test, out=lambda text: None)
+        assert result.failed == 0, f"the example in {name}'s docstring fails: run python -m doctest on it"

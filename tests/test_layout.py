@@ -62,3 +62,19 @@ def test_modules_are_small_or_say_why():
         if len(lines) > MAX_LINES and "lines because" not in "\n".join(lines[:20]):
             long.append(f"{module.relative_to(PACKAGE)}: {len(lines)} lines")
     assert not long, long
+
+
+def test_lens_py_lists_every_public_method_of_a_lens():
+    """Reading ``lens.py`` tells a newcomer the whole public surface: no public method of a lens is
+    inherited from another module of the package (the work itself lives below, in core and artifacts)."""
+
+    import torch
+
+    from tl_tunedlens.lens import LogitLens, TunedLens
+
+    for cls in (TunedLens, LogitLens):
+        for name in set(dir(cls)) - set(dir(torch.nn.Module)):
+            if name.startswith("_"):
+                continue
+            owner = next(c for c in cls.__mro__ if name in vars(c))
+            assert owner.__module__ == "tl_tunedlens.lens", f"{cls.__name__}.{name} comes from {owner.__module__}"

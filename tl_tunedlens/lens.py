@@ -1,4 +1,7 @@
-"""What a lens is: ``Lens`` (layer indexing + decoding), ``LogitLens`` and ``TunedLens``.
+"""What a lens is, and everything it does: ``Lens`` (layer indexing, decoding, the TransformerLens routes,
+interventions), ``LogitLens`` and ``TunedLens`` (translators, files, the hub, J-lenses). This file lists
+every public method of a lens (it is over 400 lines because of that); each delegates to the module below
+that holds the work.
 
 A lens maps the residual stream at lens layer ``i`` (see :mod:`tl_tunedlens.core.layers`) to
 next-token logits through the model's own frozen ``ln_final`` and ``unembed``::
@@ -10,16 +13,19 @@ next-token logits through the model's own frozen ``ln_final`` and ``unembed``::
 initialised to zero, so an untrained tuned lens equals the logit lens exactly. Layer
 ``n_layers`` has no translator: it decodes the final residual stream like the model does.
 The TransformerLens routes (``run_with_cache`` readers, ``lens.hooks(...)`` for
-``run_with_hooks``, including subspace ablation) come from :class:`tl_tunedlens.core.hooks.HooksMixin`;
-inversion from :mod:`tl_tunedlens.core.inversion`; saving and loading from :mod:`tl_tunedlens.artifacts`;
-TransformerLens ``JacobianLens``'s token interventions (``lens.steering_hooks`` ...) from
-:mod:`tl_tunedlens.core.interventions`, and J-lenses themselves, both ways, from :mod:`tl_tunedlens.artifacts.jacobian`.
+``run_with_hooks``, including subspace ablation) are in :mod:`tl_tunedlens.core.hooks`; inversion in
+:mod:`tl_tunedlens.core.inversion`; saving and loading in :mod:`tl_tunedlens.artifacts`; TransformerLens
+``JacobianLens``'s token interventions (``lens.steering_hooks`` ...) in :mod:`tl_tunedlens.core.interventions`,
+and J-lenses themselves, both ways, in :mod:`tl_tunedlens.artifacts.jacobian`.
 A lens reads the default hook points or any residual ones (``hook_names=``, :mod:`tl_tunedlens.core.layers`);
 ``n_layers`` is its own number of translated layers, ``model_n_layers`` the model's.
 
+>>> import torch
+>>> from tl_tunedlens import TunedLens, load_model
 >>> model = load_model("smollm2-135m")
 >>> lens = TunedLens.from_model(model)             # untrained: equals the logit lens
->>> lens(torch.randn(2, 576), layer=10).shape      # [2, 49152] logits
+>>> lens(torch.randn(2, 576), layer=10).shape      # logits [2, d_vocab]
+torch.Size([2, 49152])
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from .artifacts.reference import model_unembed_hash
 from .core import interventions
 from .core.backend import Model, model_facts
 from .core.basis import residual_stream_kind
-from .core.hooks import HookList, HooksMixin, Positions
+from .core import hooks as routes
+from .core.hooks import HookList, LensRecord, Positions
+from .core.saes import SiteFilter
 from .core.interventions import Token, Tokens
 from .core.inversion import Inversion, invert
 from .core.layers import is_default_convention, layer_labels, lens_hook_names, normalize_layer
@@ -51,7 +59,7 @@ def default_lens_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
-class Lens(HooksMixin, nn.Module):
+class Lens(nn.Module):
     """Base class: ``transform(h, layer)`` plus a frozen :class:`~tl_tunedlens.core.unembed.Unembed`;
     ``forward`` decodes. Subclasses override ``_transform``."""
 
@@ -158,6 +166,59 @@ class Lens(HooksMixin, nn.Module):
         """A residual ``h`` at lens layer ``layer`` (before the final norm, what the hook sees) whose lens
         decoding matches ``target_log_probs``, and the KL reached; see :func:`~tl_tunedlens.core.inversion.invert`."""
         return invert(self, target_log_probs, layer, **kwargs)
+
+    # --- the ActivationCache route (core.hooks) ---------------------------------------
+    @property
+    def names_filter(self) -> SiteFilter:
+        """Hook-name predicate for ``run_with_cache(tokens, names_filter=lens.names_filter)``: the lens sites,
+        and both ``hook_sae_output``/``hook_sae_input`` where an sae-lens SAE is attached."""
+        return routes.names_filter(self)
+
+    def residuals_from_cache(self, cache: Any, *, sae_read: str = "output") -> Float[Tensor, "layer batch pos d_model"]:
+        """The residual at every lens layer, stacked, from a TransformerLens ``ActivationCache`` (``sae_read``:
+        an attached SAE's ``"output"`` or ``"input"``); see :func:`~tl_tunedlens.core.hooks.residuals_from_cache`."""
+        return routes.residuals_from_cache(self, cache, sae_read=sae_read)
+
+    def logits_from_cache(self, cache: Any, *, sae_read: str = "output") -> Float[Tensor, "layer batch pos d_vocab"]:
+        """Lens logits of every layer ``0..n_layers`` from a cache; the last row is the model's own output."""
+        return routes.logits_from_cache(self, cache, sae_read=sae_read)
+
+    def log_probs_from_cache(self, cache: Any, *, sae_read: str = "output") -> Float[Tensor, "layer batch pos d_vocab"]:
+        """Like :meth:`logits_from_cache`, as log-probs (nats), fp32 or better."""
+        return routes.log_probs_from_cache(self, cache, sae_read=sae_read)
+
+    # --- the fwd_hooks route (core.hooks) -----------------------------------------------
+    def hooks(self, record: LensRecord | None = None, *, layers: int | list[int] | None = None,
+              positions: Positions = None, top_k: int | None = None, intervene: int | list[int] | None = None,
+              detach: bool = True, model: Model | None = None, ablate: int | list[int] | None = None,
+              subspace: Float[Tensor, "d_model k"] | None = None, method: str = "mean",
+              mean: Float[Tensor, " d_model"] | None = None, seed: int = 0, sae_read: str = "output") -> HookList:
+        """``fwd_hooks`` for ``model.run_with_hooks``: record into ``record``, ``intervene`` at layers and/or
+        ``ablate`` a ``subspace``; see :func:`~tl_tunedlens.core.hooks.hooks`."""
+        return routes.hooks(self, record, layers=layers, positions=positions, top_k=top_k, intervene=intervene,
+                            detach=detach, model=model, ablate=ablate, subspace=subspace, method=method, mean=mean,
+                            seed=seed, sae_read=sae_read)
+
+    def recording_hooks(self, record: LensRecord, *, layers: int | list[int] | None = None, positions: Positions = None,
+                        top_k: int | None = None, detach: bool = True, model: Model | None = None,
+                        sae_read: str = "output") -> HookList:
+        """Hooks writing lens predictions (log-probs, or the top ``top_k``) into ``record`` during a forward
+        pass; see :func:`~tl_tunedlens.core.hooks.recording_hooks`."""
+        return routes.recording_hooks(self, record, layers=layers, positions=positions, top_k=top_k, detach=detach,
+                                      model=model, sae_read=sae_read)
+
+    def intervention_hooks(self, layers: int | list[int], *, positions: Positions = None,
+                           model: Model | None = None) -> HookList:
+        """Hooks replacing the residual at ``layers`` by its translation, so the model runs on the translator's output."""
+        return routes.intervention_hooks(self, layers, positions=positions, model=model)
+
+    def ablation_hooks(self, layers: int | list[int], subspace: Float[Tensor, "d_model k"], *jacobian_lens_form: object,
+                       method: str = "mean", mean: Float[Tensor, " d_model"] | None = None, seed: int = 0,
+                       positions: object = None) -> HookList:
+        """Hooks removing the span of ``subspace`` at ``layers`` by ``method`` (mean, resample, zero); TL's token
+        form is :meth:`token_ablation_hooks`. See :func:`~tl_tunedlens.core.hooks.ablation_hooks`."""
+        return routes.ablation_hooks(self, layers, subspace, *jacobian_lens_form, method=method, mean=mean, seed=seed,
+                                     positions=positions)
 
     # --- token interventions: TransformerLens JacobianLens's, for any lens (see core.interventions) ----
     # Their arguments are JacobianLens's, in its order (``model`` first; ``None``: this lens's model), with

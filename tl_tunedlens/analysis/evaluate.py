@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..core.backend import capture_residuals, flatten_tokens
 from ..core.distributed import SINGLE, Dist
-from ..core.vocab import block_rows, distribution_, softmax_lse_, vocab_products
+from ..core.vocab import CHUNK_TOKENS, block_rows, distribution_, softmax_lse_, vocab_products
 from ..data.tokens import bits_per_byte
 from ..errors import LensError
 from ..lens import LogitLens
@@ -54,7 +54,7 @@ def _bpb(values: dict[str, float], bytes_per_token: float) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
                     tuned: "TunedLens | None" = None, bytes_per_token: float = math.nan,
-                    max_tokens: int | None = None, chunk_tokens: int = 512, micro_batch: int | None = None,
+                    max_tokens: int | None = None, chunk_tokens: int = CHUNK_TOKENS, micro_batch: int | None = None,
                     matmul_dtype: torch.dtype | None = None, progress: bool = False, dist: Dist = SINGLE) -> EvalMetrics:
     """Metrics of the logit lens (and ``tuned``, if given) on ``sequences``; see the module docstring.
 
@@ -64,7 +64,7 @@ def evaluate_lenses(model: Model, sequences: Int[Tensor, "n_seq seq_len"], *,
     and the largest per-layer KL difference is reported under ``"precision"``. ``dist``: this rank of a
     ``torchrun`` run (:mod:`tl_tunedlens.core.distributed`); it scores its share of the sequences.
     Returns the metrics dict (JSON-ready, nats, plus ``bits_per_byte`` entries; see :mod:`.metrics`)."""
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar as tqdm
 
     if tuned is not None:
         tuned.check_model(model)
@@ -103,7 +103,7 @@ class LensEvaluator:
     ``p`` and the block's ``q`` live in reused buffers. Everything is exact over the full vocabulary.
     ``layers``: score only these lens layers (``0..n_layers-1``; default all)."""
 
-    def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = 512,
+    def __init__(self, lenses: dict[str, "Lens"], unembed: "Unembed", *, chunk_tokens: int = CHUNK_TOKENS,
                  matmul_dtype: torch.dtype | None = None, layers: list[int] | None = None):
         self.lenses, self.chunk_tokens = lenses, chunk_tokens
         self.n_layers = next(iter(lenses.values())).n_layers

@@ -19,7 +19,7 @@ layer ``l``; ``delta(name)`` row ``l`` is the change from layer ``l`` to ``l + 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
@@ -27,12 +27,13 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-from ..core.backend import as_token_batch, to_tokens
+from ..core.backend import as_token_batch
 from ..core.layers import layer_labels as default_layer_labels
 from ..core.unembed import to_log_probs
 from ..errors import LensError
 from . import stats
 from .readouts import TrajectoryReadouts, watch_ids
+from .stream import run_once
 
 from ..core.backend import Model
 
@@ -82,37 +83,36 @@ class _Builder:
             raise LensError(f"targets have shape {tuple(self.targets.shape)}, expected [{batch}, {n_pos}]")
         self.final, self.k, self.keep = final, max(1, min(int(top_k), vocab)), keep_log_probs
         self.watch = watch_ids(watch, vocab)
-        names = ("tkl", "tki", "tlp", "rank", "ent", "kl", "step", "full", "watch")
+        # one list per field of PredictionTrajectory, a tensor per row
+        names = ("top_k_log_probs", "top_k_indices", "target_log_probs", "target_ranks", "entropies", "kl_to_final",
+                 "kl_steps", "log_probs", "watched_log_probs")
         self.acc: dict[str, list[Tensor]] = {n: [] for n in names}
         self.previous: Tensor | None = None
 
     def add(self, lp: Tensor) -> None:
         if lp.shape != self.final.shape:
-            raise LensError(f"row {len(self.acc['ent'])} of log-probs has shape {tuple(lp.shape)}, "
+            raise LensError(f"row {len(self.acc['entropies'])} of log-probs has shape {tuple(lp.shape)}, "
                             f"the final row {tuple(self.final.shape)}")
         acc, targets = self.acc, self.targets.to(lp.device)
         values, indices = lp.topk(self.k, dim=-1)
-        acc["tkl"].append(values.cpu())
-        acc["tki"].append(indices.cpu())
-        acc["tlp"].append(stats.target_log_prob(lp, targets).cpu())
-        acc["rank"].append(stats.target_rank(lp, targets).cpu())
-        acc["ent"].append(stats.entropy(lp).cpu())
-        acc["kl"].append(stats.kl_divergence(self.final, lp).cpu())
+        acc["top_k_log_probs"].append(values.cpu())
+        acc["top_k_indices"].append(indices.cpu())
+        acc["target_log_probs"].append(stats.target_log_prob(lp, targets).cpu())
+        acc["target_ranks"].append(stats.target_rank(lp, targets).cpu())
+        acc["entropies"].append(stats.entropy(lp).cpu())
+        acc["kl_to_final"].append(stats.kl_divergence(self.final, lp).cpu())
         if self.previous is not None:
-            acc["step"].append(stats.kl_divergence(lp, self.previous).cpu())
+            acc["kl_steps"].append(stats.kl_divergence(lp, self.previous).cpu())
         if self.keep:
-            acc["full"].append(lp.cpu())
+            acc["log_probs"].append(lp.cpu())
         if self.watch:
-            acc["watch"].append(lp[..., self.watch].cpu())
+            acc["watched_log_probs"].append(lp[..., self.watch].cpu())
         self.previous = lp
 
     def finish(self, cls, **kwargs: Any) -> "PredictionTrajectory":
         self.add(self.final)
         acc = {k: torch.stack(v) if v else None for k, v in self.acc.items()}
-        return cls(tokens=self.tokens.cpu(), targets=self.targets.cpu(), top_k_log_probs=acc["tkl"],
-                   top_k_indices=acc["tki"], target_log_probs=acc["tlp"], target_ranks=acc["rank"],
-                   entropies=acc["ent"], kl_to_final=acc["kl"], kl_steps=acc["step"],
-                   log_probs=acc["full"], watched=self.watch, watched_log_probs=acc["watch"], **kwargs)
+        return cls(tokens=self.tokens.cpu(), targets=self.targets.cpu(), watched=self.watch, **acc, **kwargs)
 
 
 @jaxtyped(typechecker=beartype)
@@ -217,12 +217,13 @@ class PredictionTrajectory(TrajectoryReadouts):
     def from_model(cls, lens: "Lens", model: Model, tokens: Tensor | str,
                    **kwargs: Any) -> "PredictionTrajectory":
         """Run ``model`` on ``tokens`` (ids ``[pos]``/``[batch pos]``, or a string) once, caching only the
-        lens's residual-stream hooks, and build the trajectory (see :meth:`from_log_probs`)."""
-        lens.check_model(model)
-        tokens = to_tokens(model, tokens)
-        logits, cache = model.run_with_cache(tokens, names_filter=lens.names_filter)
+        lens's residual-stream hooks (:func:`~tl_tunedlens.analysis.stream.run_once`), and build the trajectory
+        (see :meth:`from_log_probs`)."""
+        run = run_once(model, [lens], tokens)
         kwargs.setdefault("tokenizer", getattr(model, "tokenizer", None))
-        return cls.from_cache(lens, cache, logits, tokens, **kwargs)
+        kwargs.setdefault("lens_name", _lens_name(lens))
+        kwargs.setdefault("layer_labels", lens.layer_labels)
+        return cls.from_log_probs(run.rows(lens), run.tokens, n_rows=run.n_layers + 1, **kwargs)
 
     # --- shape ------------------------------------------------------------------------
     @property
@@ -367,21 +368,12 @@ def trajectory_pair(lens_a: "Lens", lens_b: "Lens", model: Model, tokens: Tensor
                     watch: Sequence[int] = ()) -> tuple[PredictionTrajectory, PredictionTrajectory, TrajectoryComparison]:
     """Trajectories of two lenses (e.g. logit and tuned) and their comparison (KL(a || b), JS, TV),
     from one forward pass, streaming layer by layer (two layers' log-probs in memory at a time)."""
-    lens_a.check_model(model)
-    lens_b.check_model(model)
-    if lens_a.hook_names != lens_b.hook_names:
-        raise LensError("the lenses read different hook points: use lenses of one model on the same hooks "
-                        "(e.g. LogitLens.from_model(model, hook_names=tuned.hook_names))")
-    tokens = to_tokens(model, tokens)
-    logits, cache = model.run_with_cache(tokens, names_filter=lens_a.names_filter)
-    resids = lens_a.residuals_from_cache(cache)
-    n = lens_a.n_layers
-    final = to_log_probs(logits)
-    builders = [_Builder(final, tokens, targets, top_k, keep_log_probs, watch) for _ in range(2)]
+    run = run_once(model, [lens_a, lens_b], tokens)
+    n = run.n_layers
+    builders = [_Builder(run.final, run.tokens, targets, top_k, keep_log_probs, watch) for _ in range(2)]
     rows = []
     for i in range(n + 1):
-        a = lens_a.log_probs(resids[i], i) if i < n else final
-        b = lens_b.log_probs(resids[i], i) if i < n else final
+        a, b = run.log_probs(lens_a, i), run.log_probs(lens_b, i)
         rows.append(_divergences(a, b))
         if i < n:
             builders[0].add(a)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..core.backend import Model, capture_residuals, flatten_tokens
 from ..core.layers import normalize_layers
+from ..core.vocab import CHUNK_TOKENS
 from ..errors import LensError
 from .evaluate import LensEvaluator, n_eval_sequences
 
@@ -28,13 +29,13 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def transfer_matrix(model: Model, lens: "Lens", sequences: Int[Tensor, "n_seq seq_len"], *,
-                    layers: Sequence[int] | None = None, max_tokens: int | None = None, chunk_tokens: int = 512,
+                    layers: Sequence[int] | None = None, max_tokens: int | None = None, chunk_tokens: int = CHUNK_TOKENS,
                     micro_batch: int | None = None, progress: bool = False) -> dict[str, Any]:
     """The layer-transfer matrix of ``lens`` on ``sequences`` (see the module docstring), as a JSON-ready
     dict: ``layers`` (lens layers, default all ``0..n_layers-1``), ``hooks`` (their hook names),
     ``kl`` (rows: the residual's layer ``i``; columns: the translator's layer ``j``; nats) and ``tokens``
     (positions scored). ``max_tokens`` / ``chunk_tokens`` / ``micro_batch``: as in ``evaluate_lenses``."""
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar as tqdm
 
     lens.check_model(model)
     chosen = [i for i in normalize_layers(layers, lens.n_layers) if i < lens.n_layers]

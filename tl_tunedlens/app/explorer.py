@@ -28,7 +28,7 @@ from torch import Tensor
 from ..analysis import stats
 from ..analysis.trajectory import PredictionTrajectory
 from ..core.backend import to_tokens
-from ..core.unembed import to_log_probs
+from ..analysis.stream import run_once
 from ..errors import LensError
 from ..lens import LogitLens, TunedLens
 from ..viz.plots import compare_heatmaps
@@ -158,8 +158,8 @@ class Analysis:
         return self.watched.index(token_id)
 
 
-class _CachedDecoder:
-    """A tokenizer's ``decode`` of single tokens, cached (figures decode each top-k token once per cell)."""
+class _TokenText:
+    """The text of single tokens (a tokenizer's ``decode``), cached (figures decode each top-k token once per cell)."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer, self.cache = tokenizer, {}
@@ -194,7 +194,7 @@ class Explorer:
         self.model, self.limits = model, limits or Limits()
         self.lenses: dict[str, "Lens"] = {LOGIT_LENS: LogitLens.from_model(model, hook_names=next(iter(hooks), None)),
                                               **lenses}
-        self.decoder = _CachedDecoder(model.tokenizer)
+        self.token_text = _TokenText(model.tokenizer)
         self.cache: OrderedDict[tuple, Analysis] = OrderedDict()
         self.cache_size = cache_size
         self.lock = threading.Lock()
@@ -227,7 +227,7 @@ class Explorer:
         """The id of a typed token, kept exactly as typed (a leading space matters); one token only."""
         ids = self.model.tokenizer.encode(typed, add_special_tokens=False)
         if len(ids) != 1:
-            pieces = " + ".join(repr(self.decoder.decode([i])) for i in ids) or "nothing"
+            pieces = " + ".join(repr(self.token_text.decode([i])) for i in ids) or "nothing"
             raise LensError(f"{what} {typed!r} is {len(ids)} tokens ({pieces}): type a single token, "
                             "with its leading space if it has one (e.g. ' Paris')")
         return int(ids[0])
@@ -246,24 +246,21 @@ class Explorer:
             self.cache[key].uses += 1
             return self.cache[key]
         start = time.perf_counter()
-        first = next(iter(self.lenses.values()))
-        logits, cache = self.model.run_with_cache(tokens, names_filter=first.names_filter)
-        resids = first.residuals_from_cache(cache)  # [layer batch pos d_model], the same hooks for every lens
-        final = to_log_probs(logits)
-        watch_ids = torch.tensor(watched, dtype=torch.long, device=final.device)
-        n, labels = first.n_layers, first.layer_labels
+        run = run_once(self.model, list(self.lenses.values()), tokens)   # one forward pass for every lens
+        watch_ids = torch.tensor(watched, dtype=torch.long, device=run.final.device)
+        n, labels = run.n_layers, next(iter(self.lenses.values())).layer_labels
         trajs, lps, ranks = [], [], []
         for name, lens in self.lenses.items():
             rows: dict[int, tuple[Tensor, Tensor | None]] = {}
 
             def row(i: int, lens: "Lens" = lens, rows: dict = rows) -> Tensor:
-                lp = final if i == n else lens.log_probs(resids[i], i)
+                lp = run.log_probs(lens, i)
                 rank = None if ranked is None else stats.target_rank(lp[0], torch.full_like(tokens[0], ranked)).cpu()
                 rows[i] = (lp[0][:, watch_ids].cpu(), rank)
                 return lp
 
             trajs.append(PredictionTrajectory.from_log_probs(row, tokens, n_rows=n + 1, top_k=k, lens_name=name,
-                                                             tokenizer=self.decoder, layer_labels=list(labels)))
+                                                             tokenizer=self.token_text, layer_labels=list(labels)))
             lps.append(torch.stack([rows[i][0] for i in range(n + 1)]))
             ranks.append(None if ranked is None else torch.stack([rows[i][1] for i in range(n + 1)]))
         analysis = Analysis(tokens.cpu(), trajs, watched, lps, ranks, ranked, time.perf_counter() - start,
@@ -286,7 +283,7 @@ class Explorer:
                              target_ranks=rk.unsqueeze(1), target_label="chosen token")
                      for t, lp, rk in zip(trajs, analysis.watched_log_probs, analysis.watched_ranks)]
             stat = stat.removeprefix("token_")
-            label = f"{'probability' if stat == 'prob' else 'rank (1 = top)'} of {visible_token(self.decoder.decode([token]))!r}"
+            label = f"{'probability' if stat == 'prob' else 'rank (1 = top)'} of {visible_token(self.token_text.decode([token]))!r}"
             title = f"{label}: " + " vs ".join(analysis.names)
         fig = compare_heatmaps(trajs, stat, top_k=top_k, title=title)
         fig.update_layout(margin={"t": 70, "l": 60, "r": 20, "b": 90})
@@ -298,7 +295,7 @@ class Explorer:
         diffs = {name: (lp[:, position, ja] - lp[:, position, jb]).tolist()
                  for name, lp in zip(analysis.names, analysis.watched_log_probs)}
         traj = analysis.trajectories[0]
-        return logit_difference_figure(diffs, traj.layer_labels, self.decoder.decode([a]), self.decoder.decode([b]),
+        return logit_difference_figure(diffs, traj.layer_labels, self.token_text.decode([a]), self.token_text.decode([b]),
                                        position, traj.input_strings()[position])
 
     def position_table(self, analysis: Analysis, position: int, top_k: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from ..core.basis import CENTRED, HOW_TO_LOAD_RAW
 from ..core.interventions import affine_parts
 from ..errors import LensError, first_line
 from .files import atomic_path
-from .native import check_finite
+from .native import check_finite_tensors
 
 if TYPE_CHECKING:
     from ..lens import Lens, TunedLens
@@ -128,7 +128,7 @@ def _parse(payload: Any, source: str) -> JacobianLensData:
             raise LensError(f"{source}: J[{layer!r}] must be a float [{d_model}, {d_model}] matrix at a layer >= 0, "
                             f"got {shape}: re-save the J-lens")
         matrices[layer] = matrix.detach().float().cpu()
-    check_finite({f"J[{layer}]": m for layer, m in matrices.items()}, source)
+    check_finite_tensors({f"J[{layer}]": m for layer, m in matrices.items()}, source)
     listed = payload.get("source_layers")
     if listed is not None and sorted(listed) != sorted(matrices):
         raise LensError(f"{source}: source_layers {list(listed)} do not match the layers of J {sorted(matrices)}: "
@@ -159,7 +159,7 @@ def write_jacobian_lens(path: str | os.PathLike, data: JacobianLensData, *, dtyp
                                "d_model": int(data.d_model)}
     if data.metadata:
         payload["metadata"] = data.metadata
-    check_finite({f"J[{layer}]": m for layer, m in payload["J"].items()}, f"{path} (in {dtype})")
+    check_finite_tensors({f"J[{layer}]": m for layer, m in payload["J"].items()}, f"{path} (in {dtype})")
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)

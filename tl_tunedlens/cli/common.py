@@ -1,55 +1,21 @@
-"""Options, constants and helpers shared by the subcommands.
+"""Flags and checks shared by the subcommands: the model, torchrun, outputs, a lens folder, layers.
 
-The training flags are generated from :class:`~tl_tunedlens.training.config.TrainConfig`'s fields
-(names, types, choices, help and defaults), so the CLI and the library can never disagree.
+The settings flags (training, data) are generated from their dataclasses in :mod:`.options`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..core.backend import BACKENDS, Model
-from ..models import DTYPES
-from ..training.config import PRESETS, TrainConfig, field_kind, option_problem
+from ..models import DEFAULT_MODEL, DTYPES
+from .options import option_type
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from ..data import TokenData
-    from ..lens import TunedLens
-    from ..training import TrainResult
-    from ..training.budget import BudgetPlan
     from ..core.distributed import Dist
 
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_SEQ_LEN = 256
 DEFAULT_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
-
-
-# --- numeric options ---------------------------------------------------------------------------
-def option_type(kind: type, **rules: Any):
-    """An argparse ``type`` that parses ``kind`` (``int``/``float``) and checks ``rules`` (``min``, ``max``,
-    ``positive``, ``below``, ``unit``; see :func:`~tl_tunedlens.training.config.option_problem`), so a bad
-    value is a one-line usage error before anything loads."""
-    if kind not in (int, float):
-        return kind
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a {'whole' if kind is int else 'finite'} number") from None
-        problem = option_problem(value, rules, kind)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(f"{text}: {problem}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -135,36 +101,6 @@ def add_progress_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-# --- the data -----------------------------------------------------------------------------
-def add_data_args(parser: argparse.ArgumentParser, default_split: str) -> None:
-    """Options choosing the text and its train / held-out split (shared by train and eval)."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", default="shakespeare",
-                       help="'shakespeare' (embedded), a .txt file, a folder of .txt files, a .jsonl file, "
-                            "or a Hugging Face dataset name[:config] (needs the hub) (default: %(default)s)")
-    group.add_argument("--text-field", default="text", help="field holding the text in .jsonl / datasets (default: %(default)s)")
-    group.add_argument("--hf-split", default="train", help="split of a Hugging Face dataset (default: %(default)s)")
-    group.add_argument("--split", default=default_split, choices=["train", "heldout", "all"],
-                       help="part of the documents to use; train and heldout never share a document (default: %(default)s)")
-    group.add_argument("--held-out", type=option_type(float, min=0.0, below=1.0), default=0.1,
-                       help="fraction of documents held out from training (default: %(default)s)")
-    group.add_argument("--split-seed", type=option_type(int), default=0, help="seed of the document split (default: %(default)s)")
-    group.add_argument("--seq-len", type=option_type(int, min=2, unit="tokens"), default=None,
-                       help=f"tokens per sequence, <= the model's n_ctx (default: {DEFAULT_SEQ_LEN}, or a token "
-                            "store's own; the paper used 2048)")
-
-
-def check_data_arg(args: argparse.Namespace) -> None:
-    """The model-free checks of ``--data`` (a missing file or folder, a damaged token store), before any model loads."""
-    from ..data.documents import check_source
-    from ..data.store import check_store, is_store
-
-    if is_store(args.data):
-        check_store(args.data, split=args.split)
-    else:
-        check_source(args.data)
-
-
 def check_layers_arg(model_name: str, hooks: "str | list[str] | None", layers: "list[int] | None") -> None:
     """``--layers`` against the model's layer count when it can be read without loading the model
     (:func:`~tl_tunedlens.models.peek_n_layers`); otherwise the trainer checks it after the load."""
@@ -174,97 +110,3 @@ def check_layers_arg(model_name: str, hooks: "str | list[str] | None", layers: "
     n_layers = peek_n_layers(model_name) if layers is not None else None
     if n_layers is not None:
         translator_layers(layers, len(lens_hook_names(n_layers, hooks)) - 1)
-
-
-def resolve_seq_len(args: argparse.Namespace) -> int:
-    """``args.seq_len`` made definite: a token store's own (``--seq-len`` must agree), else the default."""
-    from ..data.store import is_store, read_manifest
-
-    if is_store(args.data):
-        stored = read_manifest(args.data)["seq_len"]
-        if args.seq_len not in (None, stored):
-            from ..errors import LensError
-
-            raise LensError(f"{args.data} holds sequences of {stored} tokens, not --seq-len {args.seq_len}: "
-                            "drop --seq-len or tokenize again")
-        args.seq_len = stored
-    elif args.seq_len is None:
-        args.seq_len = DEFAULT_SEQ_LEN
-    return args.seq_len
-
-
-def load_data_from_args(args: argparse.Namespace, model: Model, max_tokens: int | None,
-                        split: str | None = None) -> "TokenData":
-    """Tokens of ``--data`` (its ``--split``, or ``split``), at most ``max_tokens`` of them. A token store
-    (``tl-tunedlens tokenize``) is memory-mapped, not read (``max_tokens``: only its first sequences)."""
-    from ..data import load_tokens
-    from ..data.store import is_store, open_store
-
-    if is_store(args.data):
-        return open_store(args.data, model.tokenizer, seq_len=args.seq_len, split=split or args.split,
-                          max_tokens=max_tokens)
-    return load_tokens(args.data, model.tokenizer, args.seq_len, split=split or args.split, held_out=args.held_out,
-                       seed=args.split_seed, text_field=args.text_field, hf_split=args.hf_split,
-                       max_tokens=max_tokens, n_ctx=model.cfg.n_ctx)
-
-
-# --- training settings, from TrainConfig ------------------------------------------------------
-def add_train_config_args(parser: argparse.ArgumentParser) -> None:
-    """``--preset`` plus one flag per :class:`~tl_tunedlens.training.config.TrainConfig` field (default: the preset's value)."""
-    group = parser.add_argument_group("training (defaults: the laptop preset)")
-    group.add_argument("--preset", default="laptop", choices=sorted(PRESETS),
-                       help="laptop: least-squares start + a few Adam KL steps, minutes on a CPU; paper: "
-                            "Belrose et al. 2023 (identity start, 250 SGD steps x 2^18 tokens); flags below "
-                            "override it (default: %(default)s)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        kind, is_list, _ = field_kind(hints[f.name])
-        help_text = f.metadata["help"]
-        if "(default:" not in help_text:
-            paper = PRESETS["paper"].get(f.name, f.default)
-            also = f"; paper: {paper}" if paper != f.default else ""
-            help_text += f" (default: {'all' if f.default is None else f.default}{also})"
-        rules = {k: v for k, v in f.metadata.items() if k != "choices"}  # argparse checks choices itself
-        group.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name,
-                           type=option_type(kind, **rules), nargs="+" if is_list else None,
-                           choices=f.metadata.get("choices"), default=None, help=help_text)
-
-
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset with every flag the user gave applied (validated by TrainConfig)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if getattr(args, f.name, None) is not None}
-    return TrainConfig.preset(args.preset, **given)
-
-
-def budget_plan(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int,
-                resume_from: "Path | None" = None) -> "BudgetPlan | None":
-    """With ``--time-budget``: the plan (the checkpoint's when resuming, else a measured warm-up, printed)."""
-    from ..training.budget import saved_plan
-    from ..training.trainer import plan_run
-
-    if config.time_budget is None:
-        return None
-    if resume_from is not None and (plan := saved_plan(resume_from)) is not None:
-        return plan
-    plan = plan_run(model, lens, config, seq_len)
-    print(f"plan for {config.time_budget:g} s of fitting (from a {plan.rates.warmup_s:.1f} s warm-up; loading and "
-          f"saving come on top): least-squares start on {plan.lstsq_tokens} tokens (~{plan.predicted_fit_s:.0f} s), "
-          f"then {plan.steps} KL steps x {plan.tokens_per_step} tokens (~{plan.predicted_step_s:.0f} s each)")
-    return plan
-
-
-def training_summary(result: "TrainResult") -> str:
-    """One line: what the fit did and how long it took (and, with a budget, whether it stopped early)."""
-    info = result.info
-    parts = []
-    if info.get("lstsq_tokens"):
-        parts.append(f"least-squares start on {info['lstsq_tokens']} tokens ({info.get('lstsq_seconds', 0):.0f} s)")
-    if result.losses:
-        parts.append(f"{len(result.losses)} KL steps x {info['tokens_per_step']} tokens ({info['optimizer']}), "
-                     f"final loss {result.losses[-1]:.4f} nats (sum over layers)")
-    if "budget" in info:
-        parts.append(f"time budget {info['budget']['budget_s']:g} s" +
-                     (f", stopped after {len(result.losses)} of {info['budget']['steps']} planned steps"
-                      if info.get("stopped_early") else ""))
-    return f"fit in {result.seconds:.1f} s: " + "; ".join(parts)

@@ -16,8 +16,10 @@ import os
 import time
 from pathlib import Path
 
-from .common import (DEFAULT_TEXT, add_backend_args, add_overwrite_arg, add_progress_arg, add_train_config_args,
-                     load_model_from_args, option_type, train_config_from_args)
+from ..data.config import SEQ_LEN
+from ..models import DEFAULT_MODEL
+from .common import DEFAULT_TEXT, add_backend_args, add_overwrite_arg, add_progress_arg, load_model_from_args
+from .options import add_train_config_args, option_type, train_config_from_args
 from .eval import eval_tokens_needed
 
 
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     add_overwrite_arg(parser)
-    parser.add_argument("--seq-len", type=option_type(int, min=2, unit="tokens"), default=256, help="tokens per sequence (default: %(default)s)")
+    parser.add_argument("--seq-len", type=option_type(int, min=2, unit="tokens"), default=SEQ_LEN, help="tokens per sequence (default: %(default)s)")
     parser.add_argument("--eval-tokens", type=option_type(int, min=1, unit="tokens"), default=1024, help="held-out positions scored (default: %(default)s)")
     add_backend_args(parser)
     add_train_config_args(parser)
@@ -56,16 +58,15 @@ def run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
     from ..analysis import evaluate_lenses
     from ..analysis.metrics import layers_where_worse, mean_kl
-    from ..data import load_tokens
+    from ..data import DataConfig
     from ..lens import TunedLens
     from ..training import train_lens
 
-    model = load_model_from_args(args, "smollm2-135m")
-    shakespeare = dict(held_out=0.1, seed=0, n_ctx=model.cfg.n_ctx)
-    train = load_tokens("shakespeare", model.tokenizer, args.seq_len, split="train",
-                        max_tokens=config.token_budget(args.seq_len), **shakespeare)
-    held = load_tokens("shakespeare", model.tokenizer, args.seq_len, split="heldout",
-                       max_tokens=eval_tokens_needed(args.eval_tokens, args.seq_len), **shakespeare)
+    model = load_model_from_args(args, DEFAULT_MODEL)
+    data = DataConfig(seq_len=args.seq_len)   # the embedded corpus, its default document split
+    train = data.load(model.tokenizer, max_tokens=config.token_budget(args.seq_len), n_ctx=model.cfg.n_ctx)
+    held = data.load(model.tokenizer, max_tokens=eval_tokens_needed(args.eval_tokens, args.seq_len),
+                     n_ctx=model.cfg.n_ctx, split="heldout")
     n_eval = min(len(held), -(-args.eval_tokens // (args.seq_len - 1)))
     print(f"model: {model.cfg.model_name}, {model.cfg.n_layers} layers; training: {len(train)} sequences x "
           f"{args.seq_len} tokens drawn across {len(train.documents)} plays; held-out: {n_eval} sequences drawn "

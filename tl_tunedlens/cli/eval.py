@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.vocab import MATMUL_DTYPES
-from .common import (add_data_args, add_distributed_args, add_model_args, add_progress_arg, check_data_arg,
-                     check_lens_arg, load_data_from_args, load_model_from_args, option_type, resolve_seq_len, start_distributed)
+from ..core.vocab import CHUNK_TOKENS, MATMUL_DTYPES
+from .common import (add_distributed_args, add_model_args, add_progress_arg, check_lens_arg, load_model_from_args,
+                     start_distributed)
+from .options import add_data_args, data_config_from_args, option_type
 
 
 def register(subparsers) -> None:
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     add_data_args(parser, default_split="heldout")
     parser.add_argument("--tokens", type=option_type(int, min=1, unit="tokens"), default=4096,
                         help="positions to score, from the first sequences in order, rounded up to whole sequences (default: %(default)s)")
-    parser.add_argument("--chunk-tokens", type=option_type(int, min=1, unit="tokens"), default=512, help="tokens per logits block (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=option_type(int, min=1, unit="tokens"), default=CHUNK_TOKENS, help="tokens per logits block (default: %(default)s)")
     parser.add_argument("--matmul-dtype", default="float32", choices=tuple(MATMUL_DTYPES),
                         help="precision of the lenses' vocabulary products; with bfloat16 the first block is also "
                              "scored in float32 and the largest KL difference printed (default: %(default)s)")
@@ -61,13 +62,14 @@ def run(args: argparse.Namespace) -> int:
     check_lens_arg(args.lens)
     if (args.transfer or args.transfer_layers) and not args.lens:
         raise LensError("--transfer measures a tuned lens's translators: pass --lens DIR")
-    resolve_seq_len(args)
-    check_data_arg(args)
+    data_config = data_config_from_args(args)
+    data_config.check()
     dist = start_distributed(args)
     try:
         model = load_model_from_args(args)
         tuned = TunedLens.load(args.lens, model) if args.lens else None
-        data = load_data_from_args(args, model, eval_tokens_needed(args.tokens, args.seq_len))
+        data = data_config.load(model.tokenizer, max_tokens=eval_tokens_needed(args.tokens, data_config.seq_len),
+                                n_ctx=model.cfg.n_ctx)
         metrics = evaluate_lenses(model, data.sequences, tuned=tuned, bytes_per_token=data.bytes_per_token,
                                   max_tokens=args.tokens, chunk_tokens=args.chunk_tokens,
                                   matmul_dtype=MATMUL_DTYPES[args.matmul_dtype], progress=not args.no_progress,

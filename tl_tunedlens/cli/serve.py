@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_args, check_lens_arg, load_model_from_args, option_type
+from .common import add_model_args, check_lens_arg, load_model_from_args
+from .options import option_type
 
 
 def register(subparsers) -> None:

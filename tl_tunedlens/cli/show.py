@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_TEXT, add_model_args, add_truncate_arg, check_lens_arg, load_model_from_args, option_type
+from .common import DEFAULT_TEXT, add_model_args, add_truncate_arg, check_lens_arg, load_model_from_args
+from .options import option_type
 
 #: the longest text ``show`` takes by default, in tokens: the page grows linearly with it (see README, Safety)
 DEFAULT_MAX_TOKENS = 128

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import DEFAULT_MODEL, DEFAULT_SEQ_LEN, add_data_args, option_type
+from ..models import DEFAULT_MODEL
+from .options import add_data_args, data_config_from_args, option_type
 
 
 def register(subparsers) -> None:
@@ -38,14 +39,16 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).expanduser().exists():   # before any tokenizer or text is loaded
         raise LensError(f"{args.out} already exists: pass a new --out folder for the token store (or delete it)")
     check_file_output(args.out)   # its parent can be created and written
-    seq_len = args.seq_len or DEFAULT_SEQ_LEN
+    data = data_config_from_args(args)
+    if data.is_store:
+        raise LensError(f"--data {data.data} is a token store already: pass the text it was made from")
+    data.check()
     tokenizer = load_tokenizer(args.model)
-    docs = split_documents(load_documents(args.data, text_field=args.text_field, hf_split=args.hf_split), args.split,
-                           held_out=args.held_out, seed=args.split_seed)
-    split = {"data": str(args.data), "split": args.split, "held_out": args.held_out, "split_seed": args.split_seed,
-             "sample": "all" if args.max_tokens is None else "first"}
-    manifest = write_store(docs, tokenizer, seq_len, args.out, max_tokens=args.max_tokens, split=split,
-                           source=f"{args.data} [{args.split}]")
-    print(f"{manifest['count']} sequences x {seq_len} tokens ({manifest['dtype']}) from {len(manifest['documents'])} "
+    docs = split_documents(load_documents(data.data, text_field=data.text_field, hf_split=data.hf_split), data.split,
+                           held_out=data.held_out, seed=data.split_seed)
+    split = {**data.split_info(), "sample": "all" if args.max_tokens is None else "first"}
+    manifest = write_store(docs, tokenizer, data.seq_len, args.out, max_tokens=args.max_tokens, split=split,
+                           source=f"{data.data} [{data.split}]")
+    print(f"{manifest['count']} sequences x {data.seq_len} tokens ({manifest['dtype']}) from {len(manifest['documents'])} "
           f"documents written to {args.out} (tokenizer {manifest['tokenizer']['name']}, hash {manifest['tokenizer']['hash']})")
     return 0

@@ -7,12 +7,20 @@ alone prints, shows progress and writes the checkpoint and the lens (:mod:`tl_tu
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .common import (add_data_args, add_distributed_args, add_model_args, add_overwrite_arg, add_progress_arg,
-                     add_train_config_args, budget_plan, check_data_arg, check_layers_arg, load_data_from_args,
-                     load_model_from_args, option_type, resolve_seq_len, start_distributed, train_config_from_args,
-                     training_summary)
+from typing import TYPE_CHECKING
+
+from .common import (add_distributed_args, add_model_args, add_overwrite_arg, add_progress_arg, check_layers_arg,
+                     load_model_from_args, start_distributed)
+from .options import add_data_args, add_train_config_args, data_config_from_args, option_type, train_config_from_args
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..core.backend import Model
+    from ..lens import TunedLens
+    from ..training import TrainConfig, TrainResult
+    from ..training.budget import BudgetPlan
 
 
 def register(subparsers) -> None:
@@ -48,22 +56,22 @@ def run(args: argparse.Namespace) -> int:
     from ..artifacts.outdir import OutputFolder
 
     config = train_config_from_args(args)
-    config.check(resolve_seq_len(args))
-    check_data_arg(args)
+    data = data_config_from_args(args)
+    config.check(data.seq_len)
+    data.check()
     check_layers_arg(args.model, parse_hooks(args.hooks), config.layers)
     folder = OutputFolder(args.out, resume=args.resume, overwrite=args.overwrite)
     folder.check()   # on every rank, before any joins the group: a bad --out fails them all alike
     dist = start_distributed(args)
     try:
         with folder if dist.is_main else nullcontext(folder):  # rank 0 owns (locks) it until the lens is saved
-            return _train(args, config, folder, dist)
+            return _train(args, config, data, folder, dist)
     except BaseException:
         dist.abort()   # the other ranks fail at their next collective instead of waiting for the timeout
         raise
 
 
-def _train(args: argparse.Namespace, config, folder, dist) -> int:
-    from ..data.store import is_store
+def _train(args: argparse.Namespace, config, data_config, folder, dist) -> int:
     from ..lens import TunedLens
     from ..training import train_lens
 
@@ -71,10 +79,10 @@ def _train(args: argparse.Namespace, config, folder, dist) -> int:
     say = print if dist.is_main else (lambda *_: None)
     model = load_model_from_args(args)
     lens = TunedLens.from_model(model, hook_names=parse_hooks(args.hooks))
-    plan = budget_plan(model, lens, config, args.seq_len, out if args.resume else None)
+    plan = budget_plan(model, lens, config, data_config.seq_len, out if args.resume else None)
     planned = plan.apply(config) if plan is not None else config
-    wanted = args.max_tokens if is_store(args.data) else args.max_tokens or planned.token_budget(args.seq_len)
-    data = load_data_from_args(args, model, wanted)
+    wanted = args.max_tokens if data_config.is_store else args.max_tokens or planned.token_budget(data_config.seq_len)
+    data = data_config.load(model.tokenizer, max_tokens=wanted, n_ctx=model.cfg.n_ctx)
     say(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
         f"{len(data)} x {data.seq_len} tokens from {len(data.documents)} documents"
         + (f"; {dist.world} ranks ({dist.backend})" if dist.active else ""))
@@ -99,3 +107,36 @@ def parse_hooks(text: str | None) -> str | list[str] | None:
         return None
     names = [name.strip() for name in text.split(",") if name.strip()]
     return names[0] if len(names) == 1 and "." not in names[0] else names
+
+
+def budget_plan(model: "Model", lens: "TunedLens", config: "TrainConfig", seq_len: int,
+                resume_from: "Path | None" = None) -> "BudgetPlan | None":
+    """With ``--time-budget``: the plan (the checkpoint's when resuming, else a measured warm-up, printed)."""
+    from ..training.budget import saved_plan
+    from ..training.trainer import plan_run
+
+    if config.time_budget is None:
+        return None
+    if resume_from is not None and (plan := saved_plan(resume_from)) is not None:
+        return plan
+    plan = plan_run(model, lens, config, seq_len)
+    print(f"plan for {config.time_budget:g} s of fitting (from a {plan.rates.warmup_s:.1f} s warm-up; loading and "
+          f"saving come on top): least-squares start on {plan.lstsq_tokens} tokens (~{plan.predicted_fit_s:.0f} s), "
+          f"then {plan.steps} KL steps x {plan.tokens_per_step} tokens (~{plan.predicted_step_s:.0f} s each)")
+    return plan
+
+
+def training_summary(result: "TrainResult") -> str:
+    """One line: what the fit did and how long it took (and, with a budget, whether it stopped early)."""
+    info = result.info
+    parts = []
+    if info.get("lstsq_tokens"):
+        parts.append(f"least-squares start on {info['lstsq_tokens']} tokens ({info.get('lstsq_seconds', 0):.0f} s)")
+    if result.losses:
+        parts.append(f"{len(result.losses)} KL steps x {info['tokens_per_step']} tokens ({info['optimizer']}), "
+                     f"final loss {result.losses[-1]:.4f} nats (sum over layers)")
+    if "budget" in info:
+        parts.append(f"time budget {info['budget']['budget_s']:g} s" +
+                     (f", stopped after {len(result.losses)} of {info['budget']['steps']} planned steps"
+                      if info.get("stopped_early") else ""))
+    return f"fit in {result.seconds:.1f} s: " + "; ".join(parts)

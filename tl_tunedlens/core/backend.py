@@ -56,15 +56,20 @@ class Model(Protocol):
     tokenizer: Any
     unembed: nn.Module
 
-    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any:
+        """A forward pass with ``fwd_hooks`` (TransformerLens's)."""
 
-    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any:
+        """A forward pass returning ``(logits, ActivationCache)`` (TransformerLens's)."""
 
-    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+    def hooks(self, *args: Any, **kwargs: Any) -> Any:
+        """A context manager holding hooks (TransformerLens's)."""
 
-    def to_tokens(self, *args: Any, **kwargs: Any) -> Tensor: ...
+    def to_tokens(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Text to token ids ``[batch pos]`` (TransformerLens's)."""
 
-    def to_str_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
+    def to_str_tokens(self, *args: Any, **kwargs: Any) -> Any:
+        """Text or ids to token strings (TransformerLens's)."""
 
 
 @dataclass(frozen=True)

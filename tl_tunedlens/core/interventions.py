@@ -26,7 +26,7 @@ imported into ours gives TL's vectors. Every hook works in fp32 on the residual 
 Layers are *lens* layers (a J-lens's layer ``l``, ``blocks.{l}.hook_out``, is lens layer ``l + 1``) or
 the hook names they read (``"blocks.4.hook_out"`` is lens layer 5); lens layer 0 (the embeddings) and
 ``n_layers`` (the final residual, ``M = I``) work too, which TL's J-lens cannot do. ``lens`` is any lens of
-ours (:class:`~tl_tunedlens.lens.Lens`: its :class:`~tl_tunedlens.core.hooks.HooksMixin` part and ``transform``
+ours (:class:`~tl_tunedlens.lens.Lens`: its hook routes and ``transform``
 are used); the methods ``lens.steering_hooks(...)`` etc. call these functions.
 """
 
@@ -36,7 +36,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from numbers import Integral
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float
@@ -44,9 +44,12 @@ from torch import Tensor
 
 from ..errors import LensError, first_line
 from .backend import Model
-from .hooks import HookList, HooksMixin, Positions, as_positions, replacing_hooks, select_positions
+from .hooks import HookList, Positions, as_positions, replacing_hooks, select_positions
 from .layers import normalize_layers
 from .saes import find_site
+
+if TYPE_CHECKING:
+    from ..lens import Lens
 
 Token = str | int
 Tokens = Token | Sequence[Token] | Tensor
@@ -54,7 +57,7 @@ SWAP_WARN_COSINE, SWAP_ERROR_COSINE = 0.99, 0.999   # TL's near-parallel policy 
 
 
 @torch.no_grad()
-def affine_parts(lens: HooksMixin, layer: int | str) -> tuple[Float[Tensor, "d_model d_model"], Float[Tensor, " d_model"]]:
+def affine_parts(lens: "Lens", layer: int | str) -> tuple[Float[Tensor, "d_model d_model"], Float[Tensor, " d_model"]]:
     """``(M, b)`` with ``lens.transform(h, layer) == M h + b`` (fp64, on the lens's device), read from
     probes: ``b`` is the transform of zero and column ``j`` of ``M`` that of ``e_j`` minus ``b``, each
     computed by the lens's own arithmetic (so ``M = I + A`` of a tuned lens up to its float rounding)."""
@@ -96,12 +99,12 @@ def _token_id(token: Any, model: Model | None) -> int:
     return int(token)
 
 
-def _model_of(lens: HooksMixin, model: Model | None) -> Model | None:
+def _model_of(lens: "Lens", model: Model | None) -> Model | None:
     return model if model is not None else lens.unembed.model
 
 
 @torch.no_grad()
-def lens_vectors(lens: HooksMixin, model: Model | None, tokens: Tokens, layer: int | str) -> Float[Tensor, "n d_model"]:
+def lens_vectors(lens: "Lens", model: Model | None, tokens: Tokens, layer: int | str) -> Float[Tensor, "n d_model"]:
     """Lens vectors ``M_layerᵀ W_U[:, t]`` of ``tokens`` at lens ``layer`` (module docstring), one row per
     token, fp32 on the lens's device. ``model``: resolves string tokens (``None``: the lens's own model)."""
     ids = token_ids(tokens, _model_of(lens, model), lens.d_vocab)
@@ -127,13 +130,13 @@ def span_basis(vectors: Float[Tensor, "n d_model"], layer: int) -> Float[Tensor,
     return left[:, :rank].float()
 
 
-def _layers(lens: HooksMixin, layers: int | str | Sequence[int | str]) -> list[int]:
+def _layers(lens: "Lens", layers: int | str | Sequence[int | str]) -> list[int]:
     if layers is None:
         raise LensError("pass the lens layers to intervene at, e.g. layers=[5] (or hook names)")
     return normalize_layers(layers, lens.n_layers)
 
 
-def steering_hooks(lens: HooksMixin, model: Model | None, token: Token, layers: int | str | Sequence[int | str], *,
+def steering_hooks(lens: "Lens", model: Model | None, token: Token, layers: int | str | Sequence[int | str], *,
                    alpha: float = 4.0, positions: Positions = None) -> HookList:
     """``fwd_hooks`` adding ``alpha * median||h|| * v̂`` (``v̂``: the unit lens vector of ``token``) to the
     residual at each lens layer of ``layers`` (module docstring); ``alpha=0`` changes nothing. ``model``:
@@ -153,7 +156,7 @@ def steering_hooks(lens: HooksMixin, model: Model | None, token: Token, layers: 
     return replacing_hooks(lens, list(units), steer, positions=positions, model=model)
 
 
-def token_ablation_hooks(lens: HooksMixin, model: Model | None, tokens: Tokens,
+def token_ablation_hooks(lens: "Lens", model: Model | None, tokens: Tokens,
                          layers: int | str | Sequence[int | str], *, positions: Positions = None) -> HookList:
     """``fwd_hooks`` projecting the span of ``tokens``' lens vectors out of the residual at each lens layer
     of ``layers``: ``h - Q Qᵀ h`` (module docstring), leaving zero projection on every one of them."""
@@ -168,7 +171,7 @@ def token_ablation_hooks(lens: HooksMixin, model: Model | None, tokens: Tokens,
     return replacing_hooks(lens, list(bases), ablate, positions=positions, model=model)
 
 
-def swap_hooks(lens: HooksMixin, model: Model | None, source_token: Token, target_token: Token,
+def swap_hooks(lens: "Lens", model: Model | None, source_token: Token, target_token: Token,
                layers: int | str | Sequence[int | str], *, alpha: float = 1.0, positions: Positions = None,
                clamp_to: Mapping[str, Tensor] | None = None) -> HookList:
     """``fwd_hooks`` exchanging the lens coordinates of two tokens at each lens layer of ``layers``:
@@ -213,7 +216,7 @@ def _check_pair(units: Tensor, layer: int) -> None:
                       "the swap may be amplified", stacklevel=3)
 
 
-def _clean_coordinates(lens: HooksMixin, clamp_to: Mapping[str, Tensor], layer: int, positions: Positions,
+def _clean_coordinates(lens: "Lens", clamp_to: Mapping[str, Tensor], layer: int, positions: Positions,
                        pinv: Tensor) -> Float[Tensor, "batch pos 2"]:
     site = lens.hook_names[layer]
     name = find_site(site, clamp_to)

@@ -35,6 +35,8 @@ from .unembed import Unembed
 
 #: the lens's vocabulary-product precisions a user may ask for (``matmul_dtype``)
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: positions whose ``[chunk, d_vocab]`` logits are computed at once (bounds memory); training's and evaluation's default
+CHUNK_TOKENS = 512
 #: bytes of a ``[rows, d_vocab]`` fp32 block of logits that the softmax-side passes take at once on a
 #: CPU (it stays in cache while it is read several times: :func:`block_rows`)
 BLOCK_BYTES = 4 * 2**20

@@ -23,9 +23,8 @@ from typing import Sequence
 import torch
 
 from ..errors import LensError, first_line
+from .config import DEFAULT_CORPUS, HELD_OUT, SPLIT_SEED, SPLITS
 
-DEFAULT_CORPUS = "shakespeare"
-SPLITS = ("train", "heldout", "all")
 
 
 @dataclass(frozen=True)
@@ -142,8 +141,8 @@ def _read_hf_dataset(name: str, text_field: str, split: str, max_documents: int 
 
 
 # --- splitting ---------------------------------------------------------------------------
-def split_documents(docs: Sequence[Document], split: str = "train", *, held_out: float = 0.1,
-                    seed: int = 0) -> list[Document]:
+def split_documents(docs: Sequence[Document], split: str = "train", *, held_out: float = HELD_OUT,
+                    seed: int = SPLIT_SEED) -> list[Document]:
     """The ``"train"``, ``"heldout"`` or ``"all"`` part of ``docs``, split by document.
 
     ``held_out``: fraction of documents held out (at least one when there are two or more and the

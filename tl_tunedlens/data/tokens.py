@@ -27,6 +27,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..errors import LensError
+from .config import HELD_OUT, SPLIT_SEED
 from .documents import Document, load_documents, split_documents
 
 
@@ -206,7 +207,7 @@ SAMPLES = ("spread", "first")
 
 
 def load_tokens(source: str | os.PathLike, tokenizer, seq_len: int, *, split: str = "train",
-                held_out: float = 0.1, seed: int = 0, text_field: str = "text", hf_split: str = "train",
+                held_out: float = HELD_OUT, seed: int = SPLIT_SEED, text_field: str = "text", hf_split: str = "train",
                 max_tokens: int | None = None, n_ctx: int | None = None, sample: str = "spread",
                 sample_seed: int = 0) -> TokenData:
     """``load_documents`` -> ``split_documents`` -> tokens in one call (see those for the arguments).

@@ -35,11 +35,11 @@ from ..artifacts.hub import hub_offline
 from ..core.backend import BACKENDS, BRIDGE, HOOKED, Model, hooked_transformer_class
 from ..errors import ModelLoadError, first_line
 from .bridge import is_hf_folder, load_bridge
-from .embedded import SMOLLM2_ALIASES, load_smollm2
+from .embedded import DEFAULT_MODEL, SMOLLM2_ALIASES, load_smollm2
 from .remote import not_cached, require_hub_model
 from .sae import as_sae_transformer, load_sae, sae_lens_analysis
 
-__all__ = ["load_model", "load_tokenizer", "peek_n_layers", "as_sae_transformer", "load_sae"]
+__all__ = ["DEFAULT_MODEL", "load_model", "load_tokenizer", "peek_n_layers", "as_sae_transformer", "load_sae"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -74,7 +74,7 @@ def resolve_backend(backend: str, source: Any) -> str:
 
 
 def load_model(
-    name: Any = "smollm2-135m",
+    name: Any = DEFAULT_MODEL,
     *,
     backend: str = "auto",
     dtype: torch.dtype | str = torch.float32,
@@ -128,7 +128,7 @@ def load_model(
     return model
 
 
-def load_tokenizer(name: str = "smollm2-135m") -> Any:
+def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
     """The tokenizer of the model ``name`` (as :func:`load_model` takes it) without loading the weights:
     the embedded model's from its cache, a Hugging Face folder's, or the hub repo's of an official
     TransformerLens name or a hub name (needs the hub, or ``HF_HUB_OFFLINE=1`` and a cached copy)."""

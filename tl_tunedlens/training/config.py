@@ -1,7 +1,7 @@
 """Training settings: one dataclass, its presets, its validation and the token budget it needs.
 
 :class:`TrainConfig` is the single source of the trainer's settings: the ``tl-tunedlens train``
-flags, their defaults and help are generated from its fields (see :mod:`tl_tunedlens.cli.common`),
+flags, their defaults and help are generated from its fields (see :mod:`tl_tunedlens.cli.options`),
 and it validates itself on construction. Two presets:
 
 - ``"laptop"`` (the defaults): the closed-form least-squares start alone, on 20,480 tokens (about
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from ..core.vocab import MATMUL_DTYPES
+from ..core.options import check_option, field_kind, option, option_problem
+from ..core.vocab import CHUNK_TOKENS, MATMUL_DTYPES
+from .lstsq import DEFAULT_RIDGE
+from .precondition import DAMPING
 from ..errors import LensError
 
 OPTIMIZERS = ("sgd", "adam", "whitened")
@@ -32,55 +34,48 @@ LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
 
 
-def _option(help: str, **rules: Any) -> dict[str, Any]:
-    """Field metadata: ``help`` for the CLI, and the rules :func:`~tl_tunedlens.training.config.option_problem` checks (beyond the
-    field's type): ``choices``, ``min``/``max`` (with ``unit`` for the message), ``positive``, ``below``;
-    ``flag`` (CLI name), ``label`` (for messages)."""
-    return {"help": help, **rules}
-
-
 @dataclass
 class TrainConfig:
     """Trainer settings (defaults: the ``"laptop"`` preset; :meth:`~tl_tunedlens.training.config.TrainConfig.preset` ``"paper"`` for the paper's)."""
 
-    steps: int = field(default=0, metadata=_option(
+    steps: int = field(default=0, metadata=option(
         "optimiser steps of the KL (or CE) objective after the start (0: the least-squares start alone)", min=0, unit="step"))
-    tokens_per_step: int = field(default=512, metadata=_option(
+    tokens_per_step: int = field(default=512, metadata=option(
         "tokens per optimiser step, rounded down to whole sequences", min=1, unit="token"))
-    optimizer: str = field(default="adam", metadata=_option(
+    optimizer: str = field(default="adam", metadata=option(
         "optimiser; whitened: SGD on each translator's gradient times the inverse input second moment of the "
         "least-squares sample (needs --init lstsq; see tl_tunedlens.training.precondition)", choices=OPTIMIZERS))
-    lr: float | None = field(default=None, metadata=_option(
+    lr: float | None = field(default=None, metadata=option(
         "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam, "
         "20 whitened)",
         positive=True))
-    momentum: float = field(default=0.9, metadata=_option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
-    weight_decay: float = field(default=1e-3, metadata=_option("weight decay (pulls translators to identity)", min=0.0))
-    clip: float | None = field(default=1.0, metadata=_option(
+    momentum: float = field(default=0.9, metadata=option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
+    weight_decay: float = field(default=1e-3, metadata=option("weight decay (pulls translators to identity)", min=0.0))
+    clip: float | None = field(default=1.0, metadata=option(
         "max global gradient norm over the lens parameters; 0 disables", min=0.0))
-    warmup_steps: int = field(default=0, metadata=_option("linear warmup steps", min=0, unit="step", flag="--warmup"))
-    loss: str = field(default="kl", metadata=_option(
+    warmup_steps: int = field(default=0, metadata=option("linear warmup steps", min=0, unit="step", flag="--warmup"))
+    loss: str = field(default="kl", metadata=option(
         "kl: KL from the model's output to the lens; ce: cross-entropy against the next token", choices=LOSSES))
-    seed: int = field(default=0, metadata=_option("seed of the data order"))
-    micro_batch: int | None = field(default=None, metadata=_option(
+    seed: int = field(default=0, metadata=option("seed of the data order"))
+    micro_batch: int | None = field(default=None, metadata=option(
         "sequences per model forward (default: about --chunk-tokens tokens)", min=1, unit="sequence"))
-    chunk_tokens: int = field(default=512, metadata=_option(
+    chunk_tokens: int = field(default=CHUNK_TOKENS, metadata=option(
         "tokens per [chunk, d_vocab] logits block; bounds memory", min=1, unit="token"))
-    checkpoint_every: int = field(default=10, metadata=_option("steps between checkpoints, 0 for none", min=0, unit="step"))
-    init: str = field(default="lstsq", metadata=_option(
+    checkpoint_every: int = field(default=10, metadata=option("steps between checkpoints, 0 for none", min=0, unit="step"))
+    init: str = field(default="lstsq", metadata=option(
         "identity (= the logit lens) or the closed-form ridge-regression start", choices=INITS))
-    lstsq_tokens: int = field(default=20480, metadata=_option(
+    lstsq_tokens: int = field(default=20480, metadata=option(
         "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
-    ridge: float = field(default=1e-4, metadata=_option("relative ridge strength of the least-squares start", min=0.0))
-    damping: float = field(default=1e-3, metadata=_option(
+    ridge: float = field(default=DEFAULT_RIDGE, metadata=option("relative ridge strength of the least-squares start", min=0.0))
+    damping: float = field(default=DAMPING, metadata=option(
         "relative damping of the input second moment of --optimizer whitened", positive=True))
-    layers: list[int] | None = field(default=None, metadata=_option("train only these translators (default: all)"))
-    time_budget: float | None = field(default=None, metadata=_option(
+    layers: list[int] | None = field(default=None, metadata=option("train only these translators (default: all)"))
+    time_budget: float | None = field(default=None, metadata=option(
         "seconds of fitting (the warm-up, the least-squares start and the KL steps; loading the model and data "
         "and saving come on top): plans the least-squares sample and the KL steps from a short measured "
         "warm-up (at most a tenth of the budget; they replace --lstsq-tokens and --steps), stops cleanly "
         "before the budget runs out (with a checkpoint), and records the plan with the lens", positive=True, unit="s"))
-    matmul_dtype: str = field(default="auto", metadata=_option(
+    matmul_dtype: str = field(default="auto", metadata=option(
         "precision of the lens's vocabulary matmuls (the softmax, loss and translators stay fp32); auto: bfloat16 "
         "where a measured product runs at least 1.25x faster than float32 (hardware with bf16 instructions), "
         "else the model's precision", choices=("auto", *MATMUL_DTYPES), label="matmul dtype"))
@@ -147,55 +142,3 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"steps": 250, "tokens_per_step": 2**18, "optimizer": "sgd", "lr": 1.0, "momentum": 0.9,
               "weight_decay": 1e-3, "clip": 1.0, "warmup_steps": 0, "loss": "kl", "init": "identity"},
 }
-
-
-def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = None) -> str | None:
-    """Why ``value`` breaks ``rules`` (see the field metadata of :class:`~tl_tunedlens.training.config.TrainConfig`), or ``None`` when it is fine: the one check
-    behind :class:`~tl_tunedlens.training.config.TrainConfig`'s fields and every numeric command-line option (:func:`~tl_tunedlens.cli.common.option_type`).
-
-    ``kind`` (``int``, ``float``, ``str``): the type the value must have; an ``int`` is never a
-    ``bool``, a ``float`` may be an ``int`` and must be finite."""
-    if "choices" in rules:
-        return None if value in rules["choices"] else f"use one of {', '.join(map(str, rules['choices']))}"
-    numeric = kind in (int, float) or any(k in rules for k in ("min", "max", "positive", "below"))
-    if kind is str and not isinstance(value, str):
-        return "pass a string"
-    if not numeric:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "pass a whole number" if kind is int else "pass a finite number"
-    if kind is int and not isinstance(value, int):
-        return "pass a whole number"
-    if not math.isfinite(value):
-        return "pass a finite number"
-    unit = f" {rules['unit']}" if "unit" in rules else ""
-    if "min" in rules and value < rules["min"]:
-        return f"use at least {rules['min']}{unit}"
-    if "max" in rules and value > rules["max"]:
-        return f"use at most {rules['max']}{unit}"
-    if rules.get("positive") and not value > 0:
-        return "must be positive"
-    if "below" in rules and not value < rules["below"]:
-        return f"must be below {rules['below']}"
-    return None
-
-
-def check_option(name: str, value: Any, rules: Mapping[str, Any], kind: type | None = None) -> None:
-    """Raise a one-line :class:`~tl_tunedlens.errors.LensError` (``name=value: why``) unless ``value``
-    satisfies ``rules`` (see :func:`~tl_tunedlens.training.config.option_problem`)."""
-    problem = option_problem(value, rules, kind)
-    if problem is not None:
-        label = rules.get("label", name.replace("_", " "))
-        if "choices" in rules:
-            raise LensError(f"unknown {label} {value!r}: {problem}")
-        raise LensError(f"{name}={value!r}: {problem}")
-
-
-def field_kind(hint: Any) -> tuple[type, bool, bool]:
-    """``(element type, is a list, may be None)`` of a :class:`~tl_tunedlens.training.config.TrainConfig` field's type hint."""
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    optional = type(None) in args
-    kind = next(a for a in args if a is not type(None))
-    if typing.get_origin(kind) is list:
-        return typing.get_args(kind)[0], True, optional
-    return kind, False, optional

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..core.vocab import VocabProducts, block_rows, distribution_, softmax_lse_, vocab_products
+from ..core.vocab import CHUNK_TOKENS, VocabProducts, block_rows, distribution_, softmax_lse_, vocab_products
 from ..errors import TrainingDivergedError
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def loss_and_grad_(z: Float[Tensor, "m d_vocab"], *, neg_target: Float[Tensor, "
 
 
 def accumulate_lens_grads(lens: "TunedLens", resids: Float[Tensor, "layer n d_model"], layers: list[int], *,
-                          labels: Int[Tensor, " n"] | None = None, scale: float = 1.0, chunk_tokens: int = 512,
+                          labels: Int[Tensor, " n"] | None = None, scale: float = 1.0, chunk_tokens: int = CHUNK_TOKENS,
                           step: int | None = None, matmul_dtype: torch.dtype | None = None,
                           products: VocabProducts | None = None) -> Float[Tensor, " layer"]:
     """Add ``scale * d(loss)/d(params)`` to the translators' ``.grad``; return per-layer loss sums.

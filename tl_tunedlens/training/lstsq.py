@@ -149,7 +149,7 @@ def collect_stats(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq
     """One frozen forward pass over ``sequences`` accumulating :class:`RidgeStats`; with ``deadline``
     (a ``time.perf_counter()`` value) it stops before a micro-batch that would end past it (after one at least).
     ``dist``: under ``torchrun``, ``sequences`` is this rank's share and the sums returned are every rank's."""
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar as tqdm
 
     layers = list(range(lens.n_layers)) if layers is None else list(layers)
     stats = RidgeStats(layers, lens.d_model, centre=centre)

@@ -120,7 +120,7 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
     compare refinements from one start; the pass's time is then not in ``result.seconds``).
     ``dist``: this rank of a ``torchrun`` run (:func:`~tl_tunedlens.core.distributed.init_distributed`);
     every rank passes the same arguments and gets the same lens."""
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar as tqdm
 
     t_begin = time.perf_counter()
     progress = progress and dist.is_main

@@ -10,11 +10,16 @@
 May import: :mod:`tl_tunedlens.analysis`, :mod:`tl_tunedlens.lens`, :mod:`tl_tunedlens.core`,
 :mod:`tl_tunedlens.artifacts` (atomic files) and :mod:`tl_tunedlens.errors`.
 
+>>> from tl_tunedlens import TunedLens, load_model
 >>> from tl_tunedlens.analysis import PredictionTrajectory
->>> from tl_tunedlens.viz import trajectory_heatmap, lens_view, write_report
->>> traj = PredictionTrajectory.from_model(lens, model, tokens)
->>> trajectory_heatmap(traj, "kl")     # plotly figure, top-1 token per cell, top-k on hover
->>> lens_view(traj)                     # circuitsvis, inline in Jupyter; .save("view.html")
+>>> from tl_tunedlens.viz import lens_view, trajectory_heatmap
+>>> model = load_model("smollm2-135m")
+>>> lens = TunedLens.from_model(model)
+>>> traj = PredictionTrajectory.from_model(lens, model, "To be, or not to be")
+>>> fig = trajectory_heatmap(traj, "kl")     # plotly figure, top-1 token per cell, top-k on hover
+>>> view = lens_view(traj)                   # circuitsvis, inline in Jupyter; view.save("view.html")
+>>> type(fig).__name__, type(view).__name__
+('Figure', 'CircuitsView')
 """
 
 from .circuits import CircuitsView, colored_tokens_view, lens_view, save_html, top_k_view
