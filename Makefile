@@ -59,7 +59,7 @@ demo: setup
 
 # two test processes of one thread each (tests/conftest.py): both cores busy, and no OpenMP spin-waiting
 # when the machine is loaded; the longest tests start first
-XDIST  ?= -n 2
+XDIST  ?= -n 2 --dist worksteal
 test: setup browser
 	$(BIN)/python -m pytest $(XDIST)
 	$(MAKE) --no-print-directory test-tl4
