@@ -1,6 +1,6 @@
 """Flags and checks shared by the subcommands: the model, torchrun, outputs, a lens folder, layers.
 
-The settings flags (training, data) are generated from their dataclasses in :mod:`.options`.
+The settings flags (training, data) are generated from their dataclasses in :mod:`tl_tunedlens.cli.options`.
 """
 
 from __future__ import annotations

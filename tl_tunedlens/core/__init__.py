@@ -14,7 +14,7 @@
 - :mod:`.inversion`: a residual whose lens decoding matches given log-probs (``lens.invert``);
 - :mod:`.interventions`: token interventions through any lens (lens vectors, steering, token ablation, swaps:
   TransformerLens ``JacobianLens``'s, ``lens.steering_hooks`` ...);
-- :mod:`.options`: the rules of settings fields and flags; :mod:`.progress`: progress bars;
+- :mod:`tl_tunedlens.core.options`: the rules of settings fields and flags; :mod:`tl_tunedlens.core.progress`: progress bars;
 - :mod:`.saes`: where a lens site is found when an sae-lens SAE is attached there (names only, no sae-lens import).
 
 May import: torch, transformer_lens, jaxtyping, einops and :mod:`tl_tunedlens.errors`; nothing else of the package.

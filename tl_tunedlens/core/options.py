@@ -25,7 +25,7 @@ def option(help: str, **rules: Any) -> dict[str, Any]:
 
 def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = None) -> str | None:
     """Why ``value`` breaks ``rules`` (see the field metadata of :class:`~tl_tunedlens.training.config.TrainConfig`), or ``None`` when it is fine: the one check
-    behind the settings dataclasses' fields (:class:`~tl_tunedlens.training.config.TrainConfig`, :class:`~tl_tunedlens.data.config.DataConfig`) and every numeric command-line option (:func:`~tl_tunedlens.cli.common.option_type`).
+    behind the settings dataclasses' fields (:class:`~tl_tunedlens.training.config.TrainConfig`, :class:`~tl_tunedlens.data.config.DataConfig`) and every numeric command-line option (:func:`~tl_tunedlens.cli.options.option_type`).
 
     ``kind`` (``int``, ``float``, ``str``): the type the value must have; an ``int`` is never a
     ``bool``, a ``float`` may be an ``int`` and must be finite."""
@@ -56,7 +56,7 @@ def option_problem(value: Any, rules: Mapping[str, Any], kind: type | None = Non
 
 def check_option(name: str, value: Any, rules: Mapping[str, Any], kind: type | None = None) -> None:
     """Raise a one-line :class:`~tl_tunedlens.errors.LensError` (``name=value: why``) unless ``value``
-    satisfies ``rules`` (see :func:`~tl_tunedlens.training.config.option_problem`)."""
+    satisfies ``rules`` (see :func:`option_problem`)."""
     problem = option_problem(value, rules, kind)
     if problem is not None:
         label = rules.get("label", name.replace("_", " "))
