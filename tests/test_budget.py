@@ -12,7 +12,8 @@ from conftest import make_tiny_model
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tl_tunedlens.training import TrainConfig, train_lens
-from tl_tunedlens.training.budget import FIT_SHARE, MAX_FIT_TOKENS, BudgetPlan, Rates, plan_budget, saved_plan
+from tl_tunedlens.training.budget import (FIT_SHARE, MAX_FIT_TOKENS, RESERVE_SHARE, VALIDATION_COST, WARMUP_SHARE,
+                                          BudgetPlan, Rates, plan_budget, saved_plan, steps_that_fit)
 from tl_tunedlens.training.trainer import plan_run
 
 RATES = Rates(forward=1e-3, stats=1e-4, kl_layer=1e-3, warmup_s=2.0)  # seconds per token
@@ -29,14 +30,17 @@ def seqs():
 
 
 def test_plan_splits_the_budget_between_the_start_and_whole_steps():
-    cfg = TrainConfig(time_budget=102.0, tokens_per_step=256)
+    cfg = TrainConfig(time_budget=102.0, tokens_per_step=256, validation_tokens=128)
     plan = plan_budget(cfg, RATES, seq_len=64, n_layers=10)
-    left = (102.0 - 2.0) * 0.97
+    left = 102.0 - 2.0 - RESERVE_SHARE * 102.0
+    assert left >= 0.9 * 102.0 - 2.0   # what the plan may spend on fitting: all but the warm-up and a small reserve
     assert plan.lstsq_tokens == int(FIT_SHARE * left / 1.1e-3) // 64 * 64
-    step_s = 256 * (1e-3 + 10.5 * 1e-3)
+    step_s = 256 * (1e-3 + 10.5 * 1e-3) + 128 * VALIDATION_COST * 10.5 * 1e-3   # with scoring the validation slice
+    val_s = 128 * (1e-3 + VALIDATION_COST * 10.5 * 1e-3)
     assert plan.predicted_step_s == pytest.approx(step_s)
-    assert plan.steps == int((left - plan.predicted_fit_s) // step_s) and plan.steps >= 1
-    assert plan.predicted_fit_s + plan.steps * step_s <= left
+    assert plan.steps == int((left - plan.predicted_fit_s - val_s) // step_s) and plan.steps >= 1
+    assert plan.predicted_fit_s + val_s + plan.steps * step_s <= left
+    assert left - (plan.predicted_fit_s + val_s + plan.steps * step_s) < step_s   # no whole step left unplanned
     assert plan.apply(cfg).lstsq_tokens == plan.lstsq_tokens and plan.apply(cfg).steps == plan.steps
     assert BudgetPlan.from_info(plan.info()) == plan
 
@@ -45,7 +49,7 @@ def test_plan_caps_the_start_and_gives_it_all_when_no_step_fits():
     huge = plan_budget(TrainConfig(time_budget=1e6), RATES, seq_len=64, n_layers=10)
     assert huge.lstsq_tokens == MAX_FIT_TOKENS and huge.steps > 1000
     short = plan_budget(TrainConfig(time_budget=5.0, tokens_per_step=4096), RATES, seq_len=64, n_layers=10)
-    assert short.steps == 0 and short.lstsq_tokens == int(3.0 * 0.97 / 1.1e-3) // 64 * 64
+    assert short.steps == 0 and short.lstsq_tokens == int((3.0 - RESERVE_SHARE * 5.0) / 1.1e-3) // 64 * 64
     identity = plan_budget(TrainConfig(time_budget=60.0, init="identity", optimizer="adam"), RATES, seq_len=64, n_layers=10)
     assert identity.lstsq_tokens == 0 and identity.predicted_fit_s == 0
 
@@ -96,12 +100,13 @@ def test_a_budget_stops_before_the_deadline_with_a_checkpoint_and_resume_keeps_t
     assert clock.now - t0 <= 8.0 + 5 * clock.tick and sum(result.step_seconds) < 8.0
     assert clock.now - t0 > 8.0 - 0.5 - 5 * clock.tick     # and it stopped only when one more step would not fit
     info = result.info
-    assert info["stopped_early"] and 1 <= result.steps < 1000 and info["steps"] == result.steps
+    assert 1 <= result.steps < 1000 and info["steps"] == result.steps   # re-planned from the time left
+    assert info["stopped_early"] == (result.steps < info["budget_used"]["steps_planned"])
     assert info["budget"]["steps"] == 1000 and info["budget"]["lstsq_tokens"] == 128
     assert info["lstsq_tokens"] == 128
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)      # written at the stop, whatever checkpoint_every says
     assert state["step"] == result.steps and saved_plan(tmp_path) == plan
-    assert 0 <= state["budget_left_s"] < plan.predicted_step_s
+    assert -1e-6 <= state["budget_left_s"] < plan.predicted_step_s
     again = train_lens(model, TunedLens.from_model(model), seqs, cfg, out_dir=tmp_path, resume=True, progress=False)
     assert again.info["budget"] == info["budget"]            # the checkpoint's plan, not a new one
     assert again.steps == result.steps                        # the budget was already spent
@@ -114,10 +119,11 @@ def test_budget_run_without_a_given_plan_measures_one(model, seqs, clock):
     result = train_lens(model, TunedLens.from_model(model), seqs, TrainConfig(time_budget=6.0, tokens_per_step=64,
                                                                              checkpoint_every=0), progress=False)
     plan = result.info["budget"]
-    assert plan["budget_s"] == 6.0 and 0 < plan["rates"]["warmup_s"] <= 0.1 * 6.0 + 5 * clock.tick
+    assert plan["budget_s"] == 6.0 and 0 < plan["rates"]["warmup_s"] <= WARMUP_SHARE * 6.0 + 5 * clock.tick
     assert plan["rates"]["forward"] > 0 and plan["rates"]["kl_layer"] > 0
-    assert clock.now - t0 <= 6.0 + 5 * clock.tick and result.steps <= plan["steps"]
-    assert result.info["stopped_early"] == (result.steps < plan["steps"])
+    used = result.info["budget_used"]
+    assert clock.now - t0 <= 6.0 + 5 * clock.tick and used["steps_run"] == result.steps == result.info["steps"]
+    assert result.info["stopped_early"] == (result.steps < used["steps_planned"])
     assert "fit (warm-up" in plan["covers"]
 
 
@@ -140,3 +146,25 @@ def test_a_budget_too_short_for_one_step_from_the_identity_is_refused():
     cfg = TrainConfig(time_budget=3.0, init="identity", tokens_per_step=4096)
     with pytest.raises(LensError, match="less than one KL step .* raise --time-budget"):
         plan_budget(cfg, RATES, seq_len=64, n_layers=10)
+
+
+def test_steps_are_replanned_from_the_time_left():
+    assert steps_that_fit(10.0, 2.0, step=3, max_steps=100) == 8
+    assert steps_that_fit(-1.0, 2.0, step=3, max_steps=100) == 3      # never fewer than those done
+    assert steps_that_fit(1e6, 2.0, step=3, max_steps=40) == 40       # nor more than the data holds
+
+
+def test_a_budget_is_filled_whatever_the_warm_up_predicted(model, seqs, clock):
+    """The warm-up's step time is 10x too high here: the run re-plans from the time left and the measured
+    steps, fits for at least 90% of the budget, ends its schedule with its last step, and says so."""
+    clock.tick = 0.05
+    cfg = TrainConfig(time_budget=20.0, tokens_per_step=32, validation_tokens=32, lstsq_tokens=64, checkpoint_every=0)
+    plan = BudgetPlan(budget_s=20.0, lstsq_tokens=64, steps=2, tokens_per_step=32, predicted_fit_s=0.5,
+                      predicted_step_s=8.0, rates=Rates(1e-4, 1e-5, 1e-3, warmup_s=0.0))
+    long = torch.randint(0, 37, (400, 16), generator=torch.Generator().manual_seed(1))
+    result = train_lens(model, TunedLens.from_model(model), long, cfg, progress=False, plan=plan)
+    used = result.info["budget_used"]
+    assert used["steps_first_planned"] == 2 and result.steps > 2
+    assert used["fit_seconds"] >= 0.9 * 20.0 and used["fit_seconds"] <= 20.0
+    assert result.info["stopped_early"] is (result.steps < used["steps_planned"])
+    assert used["steps_run"] == result.steps == result.info["steps"]

@@ -173,3 +173,73 @@ def test_load_tokens_sample_modes(folder):
     assert first.split["sample"] == "first" and spread.split["sample"] == "spread"
     with pytest.raises(LensError, match="unknown sample"):
         load_tokens(folder, tok, 16, max_tokens=64, sample="random")
+
+
+# --- mixtures of sources -------------------------------------------------------------------
+def _corpus(tmp_path, name, letter, n_docs=10):
+    d = tmp_path / name
+    d.mkdir()
+    for i in range(n_docs):
+        (d / f"{name}{i:02d}.txt").write_text((letter * 7 + "\n") * 40, encoding="utf-8")
+    return d
+
+
+def test_mixture_parsing_weights_and_one_line_errors():
+    from tl_tunedlens.data.mixture import parse_mixture
+
+    assert parse_mixture("shakespeare") is None
+    assert parse_mixture("shakespeare+fortunes") == [("shakespeare", 0.5), ("fortunes", 0.5)]
+    parts = parse_mixture("shakespeare:3+fortunes:1")
+    assert [n for n, _ in parts] == ["shakespeare", "fortunes"] and [w for _, w in parts] == pytest.approx([0.75, 0.25])
+    for bad, pattern in [("shakespeare:0+fortunes", "positive number"), ("shakespeare+", "empty part"),
+                         ("a:nan+b", "positive number"), ("a+a", "twice")]:
+        with pytest.raises(LensError, match=pattern) as err:
+            parse_mixture(bad)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.8, 0.2), (0.1, 0.9)])
+def test_mixture_sample_has_the_asked_proportions_and_splits_each_part(tmp_path, weights):
+    a, b = _corpus(tmp_path, "aaa", "a"), _corpus(tmp_path, "bbb", "b")
+    source = f"{a}:{weights[0]}+{b}:{weights[1]}"
+    tok = CharTokenizer()
+    data = load_tokens(source, tok, 16, split="train", max_tokens=16 * 50)
+    a_id = tok("a")["input_ids"][0]
+    from_a = sum(int((row == a_id).sum() > 8) for row in data.sequences)
+    assert len(data) == 50 and from_a == round(weights[0] * 50)
+    assert data.split["mixture_sequences"] == {str(a): from_a, str(b): 50 - from_a}
+    assert sorted(set(data.origins)) == sorted(set(data.origins))   # every origin names its part
+    assert all(o.startswith((str(a) + "/", str(b) + "/")) for o in data.origins)
+    # the sequences are interleaved, not one part after the other
+    firsts = [int((row == a_id).sum() > 8) for row in data.sequences[:20]]
+    assert 0 < sum(firsts) < 20
+    # each part is split on its own: the held-out documents of the mixture are each part's held-out documents
+    held = load_tokens(source, tok, 16, split="heldout", max_tokens=16 * 10)
+    for part in (a, b):
+        own = {d.name for d in split_documents(load_documents(part), "heldout")}
+        assert {n.split("/")[-1] for n in held.documents if n.startswith(str(part) + "/")} <= own
+    train_docs = {n for n in data.documents}
+    assert not train_docs & set(held.documents)
+
+
+def test_mixture_counts_round_to_the_total():
+    from tl_tunedlens.data.mixture import mixture_counts
+
+    assert mixture_counts([0.5, 0.5], 7) in ([4, 3], [3, 4])
+    assert sum(mixture_counts([0.2, 0.3, 0.5], 101)) == 101
+    assert mixture_counts([0.999, 0.001], 10) == [9, 1]   # a tiny share still gives one sequence
+
+
+def test_embedded_corpora_fortunes_without_the_offensive_files_and_pydoc():
+    from tl_tunedlens.data.corpora import CORPORA, FORTUNES_PER_DOCUMENT, fortunes_dir
+
+    assert set(CORPORA) == {"shakespeare", "fortunes", "pydoc"}
+    assert not any(p.name.endswith("-o") for p in fortunes_dir().iterdir())
+    docs = load_documents("fortunes")
+    assert {d.name.split("[")[0] for d in docs} == {"fortunes", "startrek", "murphy", "zippy", "limerick",
+                                                   "gerrold.limerick"}
+    assert all("\n%\n" not in d.text and "$FreeBSD" not in d.text for d in docs) and len(docs) > 12000 // FORTUNES_PER_DOCUMENT
+    topics = load_documents("pydoc")
+    assert len(topics) > 50 and any("assert" in d.text for d in topics)
+    mixed = load_documents("shakespeare+fortunes")
+    assert len(mixed) == len(docs) + len(load_documents("shakespeare"))

@@ -19,7 +19,7 @@ from .files import atomic_path, write_failure_as_oserror
 CHECKPOINT_NAME = "checkpoint.pt"
 #: what every checkpoint holds (and the type of each), checked on load before anything is resumed
 CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "step": int, "lens": dict, "optimizer": dict, "scheduler": dict, "losses": list, "info": dict, "fingerprint": dict,
+    "step": int, "lens": dict, "optimizer": dict, "losses": list, "info": dict, "fingerprint": dict,
 }
 
 

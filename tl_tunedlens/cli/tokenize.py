@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..artifacts.outdir import check_file_output
-    from ..data import load_documents, split_documents
+    from ..data.documents import split_source
     from ..data.store import write_store
     from ..errors import LensError
     from ..models import load_tokenizer
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise LensError(f"--data {data.data} is a token store already: pass the text it was made from")
     data.check()
     tokenizer = load_tokenizer(args.model)
-    docs = split_documents(load_documents(data.data, text_field=data.text_field, hf_split=data.hf_split), data.split,
-                           held_out=data.held_out, seed=data.split_seed)
+    docs = split_source(data.data, data.split, held_out=data.held_out, seed=data.split_seed,
+                        text_field=data.text_field, hf_split=data.hf_split)
     split = {**data.split_info(), "sample": "all" if args.max_tokens is None else "first"}
     manifest = write_store(docs, tokenizer, data.seq_len, args.out, max_tokens=args.max_tokens, split=split,
                            source=f"{data.data} [{data.split}]")

@@ -7,6 +7,7 @@ alone prints, shows progress and writes the checkpoint and the lens (:mod:`tl_tu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,8 @@ def _train(args: argparse.Namespace, config, data_config, folder, dist) -> int:
     lens = TunedLens.from_model(model, hook_names=parse_hooks(args.hooks))
     plan = budget_plan(model, lens, config, data_config.seq_len, out if args.resume else None)
     planned = plan.apply(config) if plan is not None else config
+    if plan is not None and plan.steps:   # room for the steps re-planned from the time left (budget.steps_that_fit)
+        planned = dataclasses.replace(planned, steps=plan.steps + plan.steps // 2 + 2)
     wanted = args.max_tokens if data_config.is_store else args.max_tokens or planned.token_budget(data_config.seq_len)
     data = data_config.load(model.tokenizer, max_tokens=wanted, n_ctx=model.cfg.n_ctx)
     say(f"model: {model.cfg.model_name} ({model.cfg.n_layers} layers); data: {data.source}, "
@@ -135,8 +138,18 @@ def training_summary(result: "TrainResult") -> str:
     if result.losses:
         parts.append(f"{len(result.losses)} KL steps x {info['tokens_per_step']} tokens ({info['optimizer']}), "
                      f"final loss {result.losses[-1]:.4f} nats (sum over layers)")
+    if info.get("validation"):
+        val = info["validation"]
+        parts.append(f"validation KL {val['start_kl']:.4f} -> {val['best_kl']:.4f} nats (mean over layers, "
+                     f"{val['tokens']} tokens; {sum(val['rejected_steps'])} layer steps rejected)")
     if "budget" in info:
-        parts.append(f"time budget {info['budget']['budget_s']:g} s" +
-                     (f", stopped after {len(result.losses)} of {info['budget']['steps']} planned steps"
-                      if info.get("stopped_early") else ""))
+        used = info.get("budget_used", {})
+        parts.append(f"time budget {info['budget']['budget_s']:g} s, {used.get('fit_seconds', result.seconds):.0f} s "
+                     "of it fitting" +
+                     (f", stopped after {used.get('steps_run')} of {used.get('steps_planned')} planned steps"
+                      if info.get("stopped_early") and used.get("steps_planned") else "") +
+                     (f", the least-squares sample cut to {used.get('lstsq_tokens')} of "
+                      f"{used.get('lstsq_tokens_planned')} tokens"
+                      if info.get("stopped_early") and used.get("lstsq_tokens", 0) < used.get("lstsq_tokens_planned", 0)
+                      else ""))
     return f"fit in {result.seconds:.1f} s: " + "; ".join(parts)

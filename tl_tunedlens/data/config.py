@@ -36,7 +36,8 @@ class DataConfig:
     """Which text to read and how to cut it (defaults: the embedded Shakespeare, training documents, 256 tokens)."""
 
     data: str = field(default=DEFAULT_CORPUS, metadata=option(
-        "'shakespeare' (embedded), a .txt file, a folder of .txt files, a .jsonl file, a token store "
+        "an embedded corpus ('shakespeare', 'fortunes', or 'pydoc', kept for evaluation), a mixture "
+        "('shakespeare+fortunes', weights as 'shakespeare:0.7+fortunes:0.3'), a .txt file, a folder of .txt files, a .jsonl file, a token store "
         "(tl-tunedlens tokenize) or a Hugging Face dataset name[:config] (needs the hub)"))
     text_field: str = field(default="text", metadata=option("field holding the text in .jsonl / datasets"))
     hf_split: str = field(default="train", metadata=option("split of a Hugging Face dataset"))

@@ -2,14 +2,17 @@
 
 Sources (:func:`load_documents`):
 
-- ``"shakespeare"``: the embedded default corpus (one document per play or poem, :mod:`.corpora`);
+- an embedded corpus (:mod:`.corpora`): ``"shakespeare"`` (one document per play or poem),
+  ``"fortunes"`` (the BSD fortune files), ``"pydoc"`` (Python's help topics, never trained on by default);
+- a mixture of sources, ``shakespeare+fortunes`` or ``shakespeare:0.7+fortunes:0.3`` (:mod:`.mixture`);
 - a ``.txt`` file (one document) or a folder of ``.txt`` files (one document per file, sorted);
 - a ``.jsonl`` file, one JSON object per line, text read from ``text_field`` (default ``"text"``);
 - anything else is taken as a Hugging Face dataset name (``name`` or ``name:config``), which
   needs the ``datasets`` package and a reachable hub.
 
 :func:`split_documents` makes a deterministic, seedable train / held-out split *by document*
-(held-out documents are never used for training).
+(held-out documents are never used for training); :func:`split_source` loads and splits in one
+call, each part of a mixture on its own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Sequence
 import torch
 
 from ..errors import LensError, first_line
-from .config import DEFAULT_CORPUS, HELD_OUT, SPLIT_SEED, SPLITS
+from .config import HELD_OUT, SPLIT_SEED, SPLITS
+from .mixture import parse_mixture
 
 
 
@@ -39,8 +43,16 @@ class Document:
 def check_source(source: str | os.PathLike) -> None:
     """The checks of a data ``source`` that need neither a model nor reading it: a path that looks local
     must exist, and a folder must hold ``.txt`` files (one-line errors); what :func:`load_documents` checks first."""
+    from .corpora import CORPORA
+
     source_str = str(source)
-    if source_str == DEFAULT_CORPUS:
+    if source_str in CORPORA:
+        return
+    parts = parse_mixture(source_str)
+    if parts is not None:
+        for name, _ in parts:
+            if parse_mixture(name) is None:
+                check_source(name)
         return
     path = Path(source_str).expanduser()
     if path.is_dir():
@@ -54,12 +66,16 @@ def check_source(source: str | os.PathLike) -> None:
 def load_documents(source: str | os.PathLike, *, text_field: str = "text", hf_split: str = "train",
                    max_documents: int | None = None) -> list[Document]:
     """Documents of ``source`` (see the module docstring), in a fixed order; empty texts dropped."""
+    from .corpora import CORPORA, corpus_texts
+
     source_str = str(source)
     check_source(source)
-    if source_str == DEFAULT_CORPUS:
-        from .corpora import shakespeare_files
-
-        docs = [_read_txt(p) for p in shakespeare_files()]
+    parts = parse_mixture(source_str)
+    if parts is not None:   # every part's documents, named with their part
+        docs = [Document(f"{name}/{d.name}", d.text) for name, _ in parts
+                for d in load_documents(name, text_field=text_field, hf_split=hf_split, max_documents=max_documents)]
+    elif source_str in CORPORA:
+        docs = [Document(name, text) for name, text in corpus_texts(source_str)]
     else:
         path = Path(source_str).expanduser()
         if path.is_dir():
@@ -123,7 +139,7 @@ def _read_hf_dataset(name: str, text_field: str, split: str, max_documents: int 
     if not hub_offline() and not hub_reachable():
         raise LensError(
             f"{name!r} is not a file or folder, and the Hugging Face hub is unreachable to load it as a "
-            "dataset: pass a .txt/.jsonl file or folder, or 'shakespeare' for the embedded corpus"
+            "dataset: pass a .txt/.jsonl file or folder, or an embedded corpus ('shakespeare', 'fortunes', 'pydoc')"
         )
     dataset_name, _, config = name.partition(":")
     try:
@@ -170,3 +186,15 @@ def split_documents(docs: Sequence[Document], split: str = "train", *, held_out:
     order = torch.randperm(len(docs), generator=gen).tolist()
     held = set(order[:n_held])
     return [d for i, d in enumerate(docs) if (i in held) == (split == "heldout")]
+
+
+def split_source(source: str | os.PathLike, split: str = "train", *, held_out: float = HELD_OUT,
+                 seed: int = SPLIT_SEED, text_field: str = "text", hf_split: str = "train") -> list[Document]:
+    """:func:`load_documents` then :func:`split_documents`; a mixture's parts are split one by one (so its
+    held-out documents are each part's held-out documents), named ``part/document``."""
+    parts = parse_mixture(source)
+    if parts is None:
+        return split_documents(load_documents(source, text_field=text_field, hf_split=hf_split), split,
+                               held_out=held_out, seed=seed)
+    return [Document(f"{name}/{d.name}", d.text) for name, _ in parts
+            for d in split_source(name, split, held_out=held_out, seed=seed, text_field=text_field, hf_split=hf_split)]

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from ..errors import LensError
 from .config import HELD_OUT, SPLIT_SEED
-from .documents import Document, load_documents, split_documents
+from .documents import Document, split_source
+from .mixture import mixture_counts, parse_mixture
 
 
 @dataclass
@@ -217,8 +218,12 @@ def load_tokens(source: str | os.PathLike, tokenizer, seq_len: int, *, split: st
     without it, every document is tokenised in order."""
     if sample not in SAMPLES:
         raise LensError(f"unknown sample {sample!r}: use one of {', '.join(SAMPLES)}")
-    docs = split_documents(load_documents(source, text_field=text_field, hf_split=hf_split), split,
-                           held_out=held_out, seed=seed)
+    parts = parse_mixture(source)
+    if parts is not None and max_tokens is not None:
+        return _load_mixture(str(source), parts, tokenizer, seq_len, split=split, held_out=held_out, seed=seed,
+                             text_field=text_field, hf_split=hf_split, max_tokens=max_tokens, n_ctx=n_ctx,
+                             sample=sample, sample_seed=sample_seed)
+    docs = split_source(source, split, held_out=held_out, seed=seed, text_field=text_field, hf_split=hf_split)
     where = f"{source} [{split}]"
     if max_tokens is not None and sample == "spread":
         data = sample_tokens(docs, tokenizer, seq_len, max_tokens, seed=sample_seed, n_ctx=n_ctx, source=where)
@@ -227,6 +232,26 @@ def load_tokens(source: str | os.PathLike, tokenizer, seq_len: int, *, split: st
     data.split = {"data": str(source), "split": split, "held_out": held_out, "split_seed": seed,
                   "sample": sample if max_tokens is not None else "all", "sample_seed": sample_seed}
     return data
+
+
+def _load_mixture(source: str, parts: list[tuple[str, float]], tokenizer, seq_len: int, *, max_tokens: int,
+                  sample_seed: int, **kwargs) -> TokenData:
+    """Each part's share (:func:`~tl_tunedlens.data.mixture.mixture_counts`) of ``max_tokens // seq_len``
+    sequences, loaded as its own source, then interleaved in an order seeded by ``sample_seed``."""
+    n_seq = max(len(parts), int(max_tokens) // seq_len)
+    loaded = [load_tokens(name, tokenizer, seq_len, max_tokens=count * seq_len, sample_seed=sample_seed, **kwargs)
+              for (name, _), count in zip(parts, mixture_counts([w for _, w in parts], n_seq))]
+    rows = torch.cat([data.sequences for data in loaded])
+    origins = [f"{name}/{o}" for (name, _), data in zip(parts, loaded)
+               for o in (data.origins or [data.documents[0]] * len(data))]
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(int(sample_seed))).tolist()
+    n_tokens = [data.n_tokens for data in loaded]
+    bytes_per_token = sum(d.bytes_per_token * n for d, n in zip(loaded, n_tokens)) / sum(n_tokens)
+    documents = [f"{name}/{doc}" for (name, _), data in zip(parts, loaded) for doc in data.documents]
+    split = {**loaded[0].split, "data": source, "mixture": {name: round(w, 6) for name, w in parts},
+             "mixture_sequences": {name: len(data) for (name, _), data in zip(parts, loaded)}}
+    return TokenData(rows[order], bytes_per_token, documents, f"{source} [{kwargs['split']}]", split,
+                     [origins[i] for i in order])
 
 
 def bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:

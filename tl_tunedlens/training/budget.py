@@ -7,10 +7,13 @@ least-squares sums, and the KL work of one layer per token (its vocabulary produ
 backward); it stops repeating a measurement once it has used ``WARMUP_SHARE`` of the budget, so a
 loaded machine or a short budget cannot spend the budget on the warm-up. :func:`plan_budget` then spends the rest of the budget: a share
 ``FIT_SHARE`` on the least-squares sample (at most ``MAX_FIT_TOKENS`` tokens), the remainder
-on whole KL steps (none when not even one fits: then the sample takes it all). The plan replaces
+on whole KL steps (none when not even one fits: then the sample takes it all), each scored on the
+validation slice (:mod:`.validation`, whose cost the step time includes). The plan replaces
 ``lstsq_tokens`` and ``steps`` (:meth:`BudgetPlan.apply`); the trainer stops collecting the sample at
-its share and skips any step that would end past the deadline, re-estimating a step's time from the
-steps already run. The plan and what happened are recorded in the lens's training info.
+its share, then re-plans the number of steps from the time actually left, after the start and after
+every step (:func:`steps_that_fit`, with the mean measured step time once there is one), so that the
+steps fill the budget whether the warm-up's estimate was high or low, and the learning-rate schedule
+ends with the last step. The plan and what happened are recorded in the lens's training info.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ FIT_SHARE = 0.5
 #: the least-squares start stops gaining beyond this many tokens; the rest of the budget goes to KL steps
 MAX_FIT_TOKENS = 65536
 #: kept free at the end of the budget, for solving the start and writing the last checkpoint
-RESERVE_SHARE = 0.03
+RESERVE_SHARE = 0.02
 #: the warm-up's share of the budget: past it, no measurement is repeated
-WARMUP_SHARE = 0.1
+WARMUP_SHARE = 0.05
+#: work of scoring one token on the validation slice, relative to one token of a KL step (forward only)
+VALIDATION_COST = 0.5
 #: what the budget covers, recorded with the plan
 COVERS = "the fit (warm-up, least-squares start, KL steps); not loading the model or data, nor saving"
 
@@ -58,9 +63,15 @@ class Rates:
         """Seconds the least-squares start needs for ``tokens`` tokens."""
         return tokens * (self.forward + self.stats)
 
-    def step_seconds(self, tokens: int, n_layers: int) -> float:
-        """Seconds one KL step of ``tokens`` tokens over ``n_layers`` lens layers needs."""
-        return tokens * (self.forward + (n_layers + 0.5) * self.kl_layer)   # + the target, about half a layer
+    def step_seconds(self, tokens: int, n_layers: int, validation_tokens: int = 0) -> float:
+        """Seconds one KL step of ``tokens`` tokens over ``n_layers`` lens layers needs, with the scoring of
+        ``validation_tokens`` on the validation slice."""
+        per_token = (n_layers + 0.5) * self.kl_layer                        # + the target, about half a layer
+        return tokens * (self.forward + per_token) + validation_tokens * VALIDATION_COST * per_token
+
+    def validation_seconds(self, tokens: int, n_layers: int) -> float:
+        """Seconds to set up the validation slice: its forward and the start's score."""
+        return tokens * (self.forward + VALIDATION_COST * (n_layers + 0.5) * self.kl_layer)
 
 
 @dataclass
@@ -144,15 +155,17 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
 def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> BudgetPlan:
     """Split ``cfg.time_budget`` (less the warm-up) between the least-squares sample and KL steps."""
     budget = float(cfg.time_budget)
-    left = max(0.0, budget - rates.warmup_s) * (1.0 - RESERVE_SHARE)
+    left = max(0.0, budget - rates.warmup_s - RESERVE_SHARE * budget)
     per_step = cfg.sequences_per_step(seq_len) * seq_len
-    step_s = rates.step_seconds(per_step, n_layers)
+    val_tokens = -(-cfg.validation_tokens // seq_len) * seq_len
+    step_s = rates.step_seconds(per_step, n_layers, val_tokens)
     fit_s = FIT_SHARE * left if cfg.init == "lstsq" else 0.0
     fit_tokens = int(min(MAX_FIT_TOKENS, fit_s / (rates.forward + rates.stats))) // seq_len * seq_len
-    steps = int((left - rates.fit_seconds(fit_tokens)) // step_s)
+    val_s = rates.validation_seconds(val_tokens, n_layers)
+    steps = int((left - rates.fit_seconds(fit_tokens) - val_s) // step_s)
     if steps < 1 and cfg.init == "lstsq":   # not one step fits: the start takes the whole budget
         fit_tokens = int(min(MAX_FIT_TOKENS, left / (rates.forward + rates.stats))) // seq_len * seq_len
-        steps = int((left - rates.fit_seconds(fit_tokens)) // step_s)
+        steps = int((left - rates.fit_seconds(fit_tokens) - val_s) // step_s)
     if steps < 1 and cfg.init != "lstsq":
         raise LensError(f"a time budget of {budget:g} s leaves {left:.1f} s after the {rates.warmup_s:.1f} s warm-up, "
                         f"less than one KL step (~{step_s:.1f} s) from the identity start: raise --time-budget, lower "
@@ -160,6 +173,12 @@ def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> 
     return BudgetPlan(budget_s=budget, lstsq_tokens=max(fit_tokens, seq_len if cfg.init == "lstsq" else 0),
                       steps=max(steps, 0), tokens_per_step=per_step,
                       predicted_fit_s=rates.fit_seconds(fit_tokens), predicted_step_s=step_s, rates=rates)
+
+
+def steps_that_fit(time_left: float, step_s: float, step: int, max_steps: int) -> int:
+    """The number of steps of a budget run, re-planned at ``step``: those done, and as many more whole
+    steps of ``step_s`` seconds as ``time_left`` holds, at most ``max_steps`` in all (the data's)."""
+    return max(step, min(max_steps, step + int(max(0.0, time_left) // max(step_s, 1e-9))))
 
 
 def saved_plan(out_dir: str | Path) -> BudgetPlan | None:

@@ -28,8 +28,10 @@ from .lstsq import DEFAULT_RIDGE
 from .precondition import DAMPING
 from ..errors import LensError
 
-OPTIMIZERS = ("sgd", "adam", "whitened")
-DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3, "whitened": 20.0}
+OPTIMIZERS = ("sgd", "adam", "whitened", "muon")
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3, "whitened": 20.0, "muon": 0.02}
+#: learning rate of AdamW on the biases under ``optimizer="muon"`` (Muon takes only 2-D weights)
+MUON_BIAS_LR = 1e-3
 LOSSES = ("kl", "ce")
 INITS = ("identity", "lstsq")
 
@@ -66,6 +68,10 @@ class TrainConfig:
         "identity (= the logit lens) or the closed-form ridge-regression start", choices=INITS))
     lstsq_tokens: int = field(default=20480, metadata=option(
         "tokens for the least-squares start (drawn apart from the steps' tokens)", min=1, unit="token"))
+    validation_tokens: int = field(default=512, metadata=option(
+        "training tokens set aside (never trained on) to score every KL step: a layer whose step raises its "
+        "validation KL is put back and continues with half its learning rate, so the lens kept is the best "
+        "seen, the start included (used only with KL steps)", min=1, unit="token"))
     ridge: float = field(default=DEFAULT_RIDGE, metadata=option("relative ridge strength of the least-squares start", min=0.0))
     damping: float = field(default=DAMPING, metadata=option(
         "relative damping of the input second moment of --optimizer whitened", positive=True))
@@ -131,9 +137,15 @@ class TrainConfig:
         """Sequences of the least-squares sample (0 for the identity start)."""
         return math.ceil(self.lstsq_tokens / seq_len) if self.init == "lstsq" else 0
 
+    def validation_sequences(self, seq_len: int) -> int:
+        """Sequences of the validation slice (0 without KL steps)."""
+        return math.ceil(self.validation_tokens / seq_len) if self.steps else 0
+
     def token_budget(self, seq_len: int) -> int:
-        """Tokens a run reads without reusing a sequence: the least-squares sample, then every step's."""
-        return (self.lstsq_sequences(seq_len) + self.steps * self.sequences_per_step(seq_len)) * seq_len
+        """Tokens a run reads without reusing a sequence: the least-squares sample, the validation slice,
+        then every step's."""
+        return (self.lstsq_sequences(seq_len) + self.validation_sequences(seq_len)
+                + self.steps * self.sequences_per_step(seq_len)) * seq_len
 
 
 

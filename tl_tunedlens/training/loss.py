@@ -112,8 +112,9 @@ def loss_and_grad_(z: Float[Tensor, "m d_vocab"], *, neg_target: Float[Tensor, "
 def accumulate_lens_grads(lens: "TunedLens", resids: Float[Tensor, "layer n d_model"], layers: list[int], *,
                           labels: Int[Tensor, " n"] | None = None, scale: float = 1.0, chunk_tokens: int = CHUNK_TOKENS,
                           step: int | None = None, matmul_dtype: torch.dtype | None = None,
-                          products: VocabProducts | None = None) -> Float[Tensor, " layer"]:
+                          products: VocabProducts | None = None, backward: bool = True) -> Float[Tensor, " layer"]:
     """Add ``scale * d(loss)/d(params)`` to the translators' ``.grad``; return per-layer loss sums.
+    ``backward=False``: the loss sums alone (no gradient, half the work; e.g. a validation loss).
 
     ``resids[i]``: residual at lens layer ``i`` for ``n`` tokens (all ``n_layers + 1`` layers).
     ``labels``: next-token ids for cross-entropy; ``None`` for KL to the final layer's output.
@@ -139,13 +140,15 @@ def accumulate_lens_grads(lens: "TunedLens", resids: Float[Tensor, "layer n d_mo
             else:
                 lab = labels[sl].to(device)[:, None]
         for j, layer in enumerate(layers):
-            z = products.logits(lens.transform(resids[layer, sl], layer))
+            with torch.set_grad_enabled(backward and torch.is_grad_enabled()):
+                z = products.logits(lens.transform(resids[layer, sl], layer))
             with torch.no_grad():                                       # z becomes d loss / d z
                 loss = loss_and_grad_(z, neg_target=neg_target, neg_entropy=neg_entropy, labels=lab,
-                                      target_scale=target_scale, scale=scale)
+                                      target_scale=target_scale, scale=scale if backward else 0.0)
                 total = loss.double().sum()
                 if not torch.isfinite(total):
                     raise diverged("the loss", layer, step)
                 sums[j] += total
-            products.backward(z)
+            if backward:
+                products.backward(z)
     return sums.cpu()

@@ -1,26 +1,96 @@
-"""Optimiser and learning-rate schedule of the tuned-lens trainer (from a validated :class:`~tl_tunedlens.training.config.TrainConfig`)."""
+"""Optimisers and the learning-rate schedule of the tuned-lens trainer (from a validated :class:`~tl_tunedlens.training.config.TrainConfig`).
+
+Parameters come in one group per translator (:func:`layer_groups`, key ``"layer"``), so that a layer
+whose step made its validation loss worse can be put back and given a smaller step on its own
+(:func:`reject_step_`). Each group keeps its base learning rate (``"initial_lr"``) and its own factor
+(``"scale"``); :func:`set_lrs` applies the schedule (:func:`lr_factor`) before every step.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
 
-from .config import DEFAULT_LR, TrainConfig
+from .config import DEFAULT_LR, MUON_BIAS_LR, TrainConfig
+
+if TYPE_CHECKING:
+    from ..lens import TunedLens
+
+#: a layer whose step is rejected continues with this factor on its learning rate
+BACKTRACK = 0.5
 
 
-def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def layer_groups(lens: "TunedLens", layers: list[int]) -> list[dict[str, Any]]:
+    """One parameter group per trained translator: ``{"params": [weight, bias], "layer": layer}``."""
+    return [{"params": list(lens.translators[i].parameters()), "layer": i} for i in layers]
+
+
+class Optimizers:
+    """Several torch optimisers stepped as one (Muon for the 2-D weights, AdamW for the biases):
+    ``param_groups`` of them all, ``step``, ``zero_grad`` and the state dicts."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for part in self.parts for g in part.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for part in self.parts for p, s in part.state.items()}
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part, saved in zip(self.parts, state["parts"]):
+            part.load_state_dict(saved)
+
+    def forget(self, param: nn.Parameter) -> None:
+        for part in self.parts:
+            part.state.pop(param, None)
+
+
+def make_optimizer(params: Iterable[nn.Parameter] | list[dict[str, Any]], config: TrainConfig):
     """SGD with Nesterov momentum (``lr`` in the paper's convention: torch lr = ``lr * (1 - momentum)``),
-    Adam with AMSGrad, or plain SGD for ``"whitened"`` (its gradients are whitened by the trainer,
-    :mod:`.precondition`); ``lr`` defaults to 1.0 (SGD), 1e-3 (Adam) or 20 (whitened)."""
+    Adam with AMSGrad, plain SGD for ``"whitened"`` (its gradients are whitened by the trainer,
+    :mod:`.precondition`), or ``"muon"``: torch's Muon on the 2-D weights and AdamW (lr ``MUON_BIAS_LR``)
+    on the biases, as Muon's authors advise. ``params``: parameters, or groups of :func:`layer_groups`.
+    ``lr`` defaults to :data:`~tl_tunedlens.training.config.DEFAULT_LR` of the optimiser."""
+    groups = list(params)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
     lr = DEFAULT_LR[config.optimizer] if config.lr is None else float(config.lr)
-    if config.optimizer == "whitened":
-        return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr * (1.0 - config.momentum), momentum=config.momentum, nesterov=True,
-                               weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=lr, amsgrad=True, weight_decay=config.weight_decay)
+    wd = config.weight_decay
+    if config.optimizer == "muon":
+        weights = [{**g, "params": [p for p in g["params"] if p.ndim == 2]} for g in groups]
+        biases = [{**g, "params": [p for p in g["params"] if p.ndim != 2]} for g in groups]
+        parts = [torch.optim.Muon([g for g in weights if g["params"]], lr=lr, weight_decay=wd)]
+        if any(g["params"] for g in biases):
+            parts.append(torch.optim.AdamW([g for g in biases if g["params"]], lr=MUON_BIAS_LR, weight_decay=wd))
+        optimizer = Optimizers(parts)
+    elif config.optimizer == "whitened":
+        optimizer = torch.optim.SGD(groups, lr=lr, weight_decay=wd)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr * (1.0 - config.momentum), momentum=config.momentum, nesterov=True,
+                                    weight_decay=wd)
+    else:
+        optimizer = torch.optim.Adam(groups, lr=lr, amsgrad=True, weight_decay=wd)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group.setdefault("scale", 1.0)
+    return optimizer
 
 
 def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
@@ -33,6 +103,21 @@ def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
     return (steps - step) / (steps - warmup) if steps > warmup else 1.0  # no step at all: never used
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup (``config.warmup_steps``) then linear decay to zero over ``config.steps``."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.steps, config.warmup_steps))
+def set_lrs(optimizer, config: TrainConfig, step: int) -> None:
+    """Every group's learning rate for (0-based) ``step``: base x its own factor x :func:`lr_factor`."""
+    factor = lr_factor(step, config.steps, config.warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * group["scale"] * factor
+
+
+def reject_step_(optimizer, layer: int) -> None:
+    """A step of ``layer`` was rejected (its parameters are put back by the caller): its groups continue with
+    ``BACKTRACK`` times their learning rate, and their optimiser state (momentum, moments) is dropped."""
+    for group in optimizer.param_groups:
+        if group.get("layer") == layer:
+            group["scale"] *= BACKTRACK
+            for p in group["params"]:
+                if isinstance(optimizer, Optimizers):
+                    optimizer.forget(p)
+                else:
+                    optimizer.state.pop(p, None)

@@ -8,15 +8,17 @@
 3. :func:`train_step` runs one optimiser step: the model runs frozen, its residual streams are
    captured with hooks on ``lens.hook_names``, and :func:`~.loss.accumulate_lens_grads` adds the
    loss gradient micro-batch by micro-batch; then clipping, the whitening of ``optimizer="whitened"``
-   (:mod:`.precondition`), the update, and a weight check;
+   (:mod:`.precondition`), the update, a weight check, and the validation slice's verdict
+   (:mod:`.validation`: a layer whose step raised its validation KL is put back, with a smaller step);
 4. :func:`finish` freezes the lens again and returns a :class:`TrainResult`.
 
 Checkpoints are written atomically every ``config.checkpoint_every`` steps and at the end;
 ``resume=True`` reproduces an uninterrupted run bit for bit on CPU. A non-finite loss or weight, or
 a layer's loss staying well above its first step's (:class:`~tl_tunedlens.training.loss.DivergenceWatch`), stops training
 with an error naming the layer and step (the last checkpoint stays intact).
-With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`) and stops
-before a step that would end past the budget.
+With ``config.time_budget`` the run is planned from a measured warm-up (:mod:`.budget`), its number of
+steps is re-planned from the time left after the start and after every step, and it stops before a step
+that would end past the budget.
 
 Under ``torchrun`` (``dist=``, :mod:`tl_tunedlens.core.distributed`) each rank runs its slice of every step's sequences
 and of the least-squares sample; gradients, loss sums and the least-squares statistics are summed over
@@ -40,15 +42,16 @@ from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkp
 from ..core.backend import capture_residuals, flatten_tokens
 from ..core.layers import translator_layers
 from ..errors import LensError
-from .budget import BudgetPlan, measure_rates, plan_budget
+from .budget import BudgetPlan, measure_rates, plan_budget, steps_that_fit
 from ..core.distributed import SINGLE, Dist
 from ..core.vocab import MATMUL_DTYPES, VocabProducts, resolve_matmul_dtype, vocab_products
 from .config import TrainConfig
 from .loss import DivergenceWatch, accumulate_lens_grads, diverged
 from .lstsq import RidgeStats, collect_stats, fit_from_stats_
-from .optim import make_optimizer, make_scheduler
+from .optim import layer_groups, make_optimizer, reject_step_, set_lrs
 from .order import data_digest, step_sequences, stream_positions
 from .precondition import Whitener
+from .validation import Validation
 
 from ..core.backend import Model
 
@@ -78,12 +81,12 @@ class Run:
     cfg: TrainConfig
     layers: list[int]                 # translators being trained
     params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    optimizer: Any                    # a torch optimiser, or optim.Optimizers (Muon + AdamW)
     products: VocabProducts           # the vocabulary products (and their buffers), core.vocab
     per_step: int                     # sequences per step
     micro: int                        # sequences per model forward
     n_fit: int                        # sequences of the least-squares sample (read first)
+    n_val: int                        # sequences of the validation slice (read next; 0 without KL steps)
     step_tokens: int                  # scored positions per step
     fingerprint: dict[str, Any]       # what a resume must match
     ckpt_path: Path | None
@@ -92,6 +95,7 @@ class Run:
     plan: BudgetPlan | None = None    # with a time budget: the plan, and the deadline (perf_counter)
     deadline: float | None = None
     whitener: Whitener | None = None  # optimizer="whitened": the least-squares sample's input moments
+    validation: Validation | None = None  # the validation slice, with KL steps
     step: int = 0
     losses: list[float] = field(default_factory=list)
     layer_losses: list[float] = field(default_factory=list)
@@ -128,20 +132,26 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
         run = prepare(model, lens, sequences, config or TrainConfig(), out_dir, resume=resume, plan=plan,
                       t_begin=t_begin, dist=dist)
         start(run, progress=progress, stats=stats)
+        replan(run)
         _call(on_step, run)
         bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", disable=not progress or not run.cfg.steps,
                    dynamic_ncols=True)
+        if run.validation is not None:
+            bar.set_postfix(val=f"{run.validation.mean:.4g}")
         while run.step < run.cfg.steps and not out_of_time(run):
             train_step(run)
+            replan(run)
+            bar.total = run.cfg.steps
             if run.ckpt_path is not None and run.cfg.checkpoint_every and (
                     run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
                 save_run(run)
             _call(on_step, run)
             bar.update(1)
-            bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}")
+            bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}",
+                            **({"val": f"{run.validation.mean:.4g}"} if run.validation is not None else {}))
         bar.close()
-        if run.step < run.cfg.steps and run.ckpt_path is not None:   # stopped by the budget: keep where it got
-            save_run(run)
+        if run.ckpt_path is not None and (run.step < run.cfg.steps or run.deadline is not None):
+            save_run(run)   # stopped by the budget (or its re-planned steps done): keep where it got
         dist.barrier("the end of training")   # rank 0's last checkpoint is written before any rank returns
     except BaseException:
         dist.abort()   # the other ranks fail at their next collective instead of waiting for the timeout
@@ -169,13 +179,32 @@ def plan_run(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int)
     return plan_budget(config, rates, seq_len, len(layers))
 
 
+def step_estimate(run: Run) -> float:
+    """Seconds the next step should take: the plan's prediction until a step has run, then the slower of
+    the mean and the last of this run's steps."""
+    done = run.step_seconds
+    return max(sum(done) / len(done), done[-1]) if done else run.plan.predicted_step_s
+
+
 def out_of_time(run: Run) -> bool:
-    """Whether the next step would end past the deadline (its time: the slower of the plan's
-    prediction and the mean of the steps run so far)."""
+    """Whether the next step would end past the deadline (its time: :func:`step_estimate`)."""
     if run.deadline is None:
         return False
-    measured = sum(run.step_seconds) / len(run.step_seconds) if run.step_seconds else 0.0
-    return time.perf_counter() + max(run.plan.predicted_step_s, measured) > run.deadline
+    return time.perf_counter() + step_estimate(run) > run.deadline
+
+
+def replan(run: Run) -> None:
+    """A budget run with KL steps: the number of steps re-planned from the time left (:func:`~.budget.steps_that_fit`;
+    at most what the loaded data holds without reusing a sequence, or the first plan's number if more), so
+    the steps fill the budget and the learning-rate schedule ends with the last of them."""
+    if run.deadline is None or not run.n_val:
+        return
+    room = max(run.plan.steps, (len(run.sequences) - run.n_fit - run.n_val) // run.per_step)
+    steps = steps_that_fit(run.deadline - time.perf_counter(), step_estimate(run), run.step, room)
+    if steps != run.cfg.steps:
+        run.cfg = dataclasses.replace(run.cfg, steps=steps)
+        run.fingerprint["config"]["steps"] = steps
+        run.info["steps_replanned"] = steps
 
 
 def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
@@ -219,6 +248,8 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
         else:  # planned before the data was loaded: its warm-up counts, the loading does not
             deadline = t_begin + cfg.time_budget - plan.rates.warmup_s
         cfg = plan.apply(cfg)
+        if state is not None:   # the number of steps as last re-planned
+            cfg = dataclasses.replace(cfg, steps=int(state["fingerprint"]["config"]["steps"]))
     if "matmul_dtype" in saved_info:
         matmul_dtype, dtype_choice = MATMUL_DTYPES[saved_info["matmul_dtype"]], saved_info.get("matmul_dtype_choice")
     elif dist.active and cfg.matmul_dtype == "auto":   # rank 0 measures; every rank takes its choice
@@ -233,14 +264,15 @@ def prepare(model: Model, lens: "TunedLens", sequences: Tensor, cfg: TrainConfig
     lens.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = make_optimizer(params, cfg)
+    optimizer = make_optimizer(layer_groups(lens, layers), cfg)
     per_step = cfg.sequences_per_step(seq_len)
     step_tokens = per_step * (seq_len - 1 if cfg.loss == "ce" else seq_len)
     return Run(
         model=model, lens=lens, sequences=sequences, cfg=cfg, layers=layers, params=params, optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg), products=vocab_products(lens.unembed, matmul_dtype),
+        products=vocab_products(lens.unembed, matmul_dtype),
         per_step=per_step, micro=cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len),
-        n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), step_tokens=step_tokens,
+        n_fit=min(len(sequences), cfg.lstsq_sequences(seq_len)), n_val=cfg.validation_sequences(seq_len),
+        step_tokens=step_tokens,
         fingerprint={"config": dataclasses.asdict(cfg), "seq_len": seq_len, "n_seq": len(sequences),
                      "data_digest": data_digest(sequences), "hook_names": lens.hook_names},
         ckpt_path=ckpt_path, dist=dist, resume_state=state,
@@ -262,7 +294,6 @@ def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
         _check_resumable(state, run.fingerprint, run.ckpt_path)
         run.lens.load_state_dict(state["lens"])
         run.optimizer.load_state_dict(state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
         run.elapsed = float(state.get("seconds", 0.0))
         run.step_seconds = list(state.get("step_seconds", []))
@@ -284,6 +315,17 @@ def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
             run.whitener = Whitener.from_stats(stats, run.lens.bias, run.cfg.damping)
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
+    if run.n_val and run.step < run.cfg.steps:
+        t0 = time.perf_counter()
+        val = run.sequences[stream_positions(len(run.sequences), run.n_fit, run.n_val, run.cfg.seed)]
+        run.validation = Validation(run.model, run.lens, val, micro_batch=run.micro, chunk_tokens=run.cfg.chunk_tokens,
+                                    products=run.products, ce=run.cfg.loss == "ce")
+        if state is not None and state.get("validation"):
+            run.validation.load_state_dict(state["validation"])
+        else:   # the start's own score: the bar every step must clear
+            run.validation.judge(run.validation.layer_kl(run.lens, run.layers))
+            run.info["validation_start_kl"] = round(run.validation.mean, 6)
+        run.elapsed += time.perf_counter() - t0
 
 
 def train_step(run: Run) -> None:
@@ -292,7 +334,8 @@ def train_step(run: Run) -> None:
     t0 = time.perf_counter()
     cfg, lens = run.cfg, run.lens
     run.optimizer.zero_grad(set_to_none=False)
-    idx = run.dist.shard(step_sequences(len(run.sequences), run.per_step, run.step, cfg.seed, offset=run.n_fit))
+    idx = run.dist.shard(step_sequences(len(run.sequences), run.per_step, run.step, cfg.seed,
+                                        offset=run.n_fit + run.n_val))
     sums = torch.zeros(len(run.layers), dtype=torch.float64)
     for m in range(0, len(idx), run.micro):
         batch = run.sequences[idx[m:m + run.micro]]
@@ -313,11 +356,21 @@ def train_step(run: Run) -> None:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
     if run.whitener is not None:
         run.whitener.apply_(lens)
+    before = [[p.detach().clone() for p in lens.translators[i].parameters()] for i in run.layers] \
+        if run.validation is not None else None
+    set_lrs(run.optimizer, cfg, run.step)
     run.optimizer.step()
-    run.scheduler.step()
     for layer in run.layers:
         if not all(torch.isfinite(p).all() for p in lens.translators[layer].parameters()):
             raise diverged("the translator", layer, run.step)
+    if run.validation is not None:   # a layer whose step raised its validation KL goes back, with a smaller step
+        keep = run.validation.judge(run.validation.layer_kl(lens, run.layers))
+        with torch.no_grad():
+            for j, layer in enumerate(run.layers):
+                if not keep[j]:
+                    for p, old in zip(lens.translators[layer].parameters(), before[j]):
+                        p.copy_(old)
+                    reject_step_(run.optimizer, layer)
     run.layer_losses = (sums / run.step_tokens).tolist()
     run.watch.update(run.layer_losses, run.layers, run.step)
     run.losses.append(float(sum(run.layer_losses)))
@@ -333,7 +386,8 @@ def save_run(run: Run) -> None:
         return
     save_checkpoint(run.ckpt_path, {
         "step": run.step, "lens": run.lens.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "losses": run.losses, "info": run.info,
+        "losses": run.losses, "info": run.info,
+        **({"validation": run.validation.state_dict()} if run.validation is not None else {}),
         "fingerprint": run.fingerprint, "seconds": run.elapsed, "step_seconds": run.step_seconds,
         "divergence": run.watch.state_dict(),
         **({"whitener": run.whitener.state_dict()} if run.whitener is not None else {}),
@@ -359,8 +413,17 @@ def finish(run: Run, data_info: dict | None = None) -> TrainResult:
     run.info.pop("ranks", None)   # a resumed run records its own number of ranks
     if run.dist.active:
         run.info["ranks"] = run.dist.world
+    if run.validation is not None:
+        run.info["validation"] = {"tokens": run.validation.tokens, "start_kl": run.info.pop("validation_start_kl", None),
+                                  "best_kl": round(run.validation.mean, 6),
+                                  "rejected_steps": run.validation.rejected}
     if run.plan is not None:
-        run.info["stopped_early"] = run.step < cfg.steps
+        fit_short = run.info.get("lstsq_tokens", 0) < run.n_fit * seq_len   # the sample cut by the deadline
+        run.info["stopped_early"] = run.step < cfg.steps or fit_short
+        run.info["budget_used"] = {"fit_seconds": round(run.elapsed, 2), "steps_run": run.step,
+                                   "steps_planned": cfg.steps, "steps_first_planned": run.plan.steps,
+                                   "lstsq_tokens": run.info.get("lstsq_tokens", 0),
+                                   "lstsq_tokens_planned": run.plan.lstsq_tokens}
     return TrainResult(run.step, run.step * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
                        run.info, run.step_seconds)
 

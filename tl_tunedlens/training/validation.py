@@ -1,0 +1,87 @@
+"""The validation slice: training sequences never trained on, scored after every KL step, so that no step
+makes a layer worse.
+
+A run with KL steps sets aside ``TrainConfig.validation_tokens`` of its training sequences (the stream
+positions right after the least-squares sample, :mod:`.order`; never the held-out split). Their residual
+streams are captured once; :meth:`Validation.layer_kl` scores every trained layer on them (mean
+KL(model || lens), nats, or with ``loss="ce"`` the cross-entropy against the next token; exact, forward
+only: about half a KL step's work per token). The trainer
+scores the start, then every step: a layer whose step raised its validation KL is put back where it
+was and continues with a smaller learning rate (:func:`~tl_tunedlens.training.optim.reject_step_`), so
+the lens returned is, layer by layer, the best one seen on the validation slice, the start included.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..core.backend import capture_residuals, flatten_tokens
+from ..core.vocab import VocabProducts
+from .loss import accumulate_lens_grads
+
+from ..core.backend import Model
+
+if TYPE_CHECKING:
+    from ..lens import TunedLens
+
+
+class Validation:
+    """The residual streams of the validation sequences, and the best validation KL of each trained layer."""
+
+    def __init__(self, model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
+                 micro_batch: int, chunk_tokens: int, products: VocabProducts, ce: bool = False):
+        with torch.no_grad():
+            resids = [capture_residuals(model, sequences[i:i + micro_batch], lens.hook_names)
+                      for i in range(0, len(sequences), micro_batch)]
+            self.resids: Float[Tensor, "layer n d_model"] = torch.cat(
+                [flatten_tokens(r[:, :, :-1] if ce else r) for r in resids], 1)
+        self.labels: Int[Tensor, " n"] | None = sequences[:, 1:].flatten() if ce else None
+        self.chunk_tokens = chunk_tokens
+        self.products = products
+        self.best: list[float] | None = None    # per trained layer
+        self.rejected: list[int] | None = None  # rejected steps per trained layer
+
+    @property
+    def tokens(self) -> int:
+        """Positions scored."""
+        return int(self.resids.shape[1])
+
+    @torch.no_grad()
+    def layer_kl(self, lens: "TunedLens", layers: list[int]) -> Float[Tensor, " layer"]:
+        """Mean KL(model || lens) (or cross-entropy) on the validation positions for each of ``layers`` (nats, fp64)."""
+        sums = accumulate_lens_grads(lens, self.resids, layers, labels=self.labels, chunk_tokens=self.chunk_tokens,
+                                     products=self.products, backward=False)
+        return sums / self.tokens
+
+    def judge(self, kl: Float[Tensor, " layer"]) -> list[bool]:
+        """Record a step's validation KL per trained layer; ``True`` where it is no worse than the best so
+        far (the first call, on the start, accepts every layer)."""
+        values = kl.tolist()
+        if self.best is None:
+            self.best, self.rejected = values, [0] * len(values)
+            return [True] * len(values)
+        keep = [v <= b for v, b in zip(values, self.best)]
+        for j, ok in enumerate(keep):
+            if ok:
+                self.best[j] = values[j]
+            else:
+                self.rejected[j] += 1
+        return keep
+
+    @property
+    def mean(self) -> float:
+        """Mean over the trained layers of their best validation KL."""
+        return sum(self.best) / len(self.best)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (the residuals are captured again on resume)."""
+        return {"best": self.best, "rejected": self.rejected}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Continue from :meth:`state_dict`."""
+        state = state or {}
+        self.best, self.rejected = state.get("best"), state.get("rejected")
