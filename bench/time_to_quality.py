@@ -1,34 +1,37 @@
-"""Time to a good lens: held-out mean KL against fit wall time, every recipe side by side in one run.
+"""Time to a good lens: held-out mean KL, in domain and on never-seen text, against fit wall time, every
+recipe side by side in one run.
 
-SmolLM2-135M, all 30 layers, sequences of 256 tokens drawn across the Shakespeare training plays
-(spread sampling; the least-squares sample and the KL steps read disjoint sequences); quality = mean
-KL(model || lens) in nats over layers 1..29 on sequences drawn across the four held-out plays,
-computed exactly (fp32, full vocabulary). Fit time is the wall time of the fit alone (evaluations
-between snapshots are not counted). Recipes:
+SmolLM2-135M, all 30 layers, sequences of 256 tokens drawn across the training documents of ``--data``
+(default: the embedded default, ``DataConfig().data``; spread sampling; the least-squares sample, the
+validation slice and the KL steps read disjoint sequences). Quality = mean KL(model || lens) in nats over
+layers 1..29, exact (fp32, full vocabulary), on three sets (``bench/eval_sets.py``): the held-out
+documents of each embedded training corpus (Shakespeare's plays, the fortune files) and Python's help
+topics, never trained on. Fit time is the wall time of the fit alone (evaluations between snapshots
+are not counted). Recipes (``--only``):
 
-- ``logit lens``: no fit;
-- ``lstsq N``: the least-squares start alone, one pass with a snapshot at each sample size N;
-- ``before``: the previous demo recipe, a 32,768-token start + 8 Adam steps x 512 tokens (``--only before``);
-- ``adam``: the ``--start-tokens`` start + ``--steps`` Adam steps x 512 tokens (by default the laptop
-  preset, ``TrainConfig()``; a row that equals it is marked);
-- ``whitened lr=X``: the same start + ``--steps`` whitened steps (:mod:`tl_tunedlens.training.precondition`)
-  for each ``--whitened-lrs``;
+- ``logit``: the logit lens;
+- ``lstsq``: the least-squares start alone, one pass with a snapshot at each ``--lstsq-sizes``;
+- ``budgets``: the default recipe (``TrainConfig()``) with ``--time-budget`` T for each ``--budgets`` T,
+  each its own run, planned by its own warm-up as the ``train`` command plans it: the curve of what
+  more compute buys;
+- ``optimizers``: ``--steps`` KL steps x 512 tokens of each ``--optimizers`` (default learning rates,
+  validation slice on) from the ``--start-tokens`` least-squares start and from the identity, snapshots at
+  ``--snapshots``: the optimisers at equal tokens;
 - ``paper``: identity start, SGD-Nesterov (the paper preset) with 512-token steps for ``--paper-s``
-  seconds (``time_budget``), then the reference ``tuned-lens==0.2.0`` loop (``bench/reference_loop.py``,
-  its lens class, fp32) on the Hugging Face model, the same sequences in the same order, for the same
-  wall time; their per-step losses of the first steps are printed side by side (they must agree within 1%).
+  seconds, then the reference ``tuned-lens==0.2.0`` loop (``bench/reference_loop.py``) on the Hugging
+  Face model, the same sequences in the same order, for the same wall time.
 
-Snapshots along each run (after the start and at ``--snapshots`` steps) give the curves. Prints the
-table and ``uptime``'s load average (timings on a shared machine are inflated; compare rows of one
-run), and writes a plotly figure (``--out``, offline HTML). Not a test: ``.venv/bin/python
-bench/time_to_quality.py`` (about 10 min on 2 quiet CPU cores; ``--quick`` for a smoke run, ``--only``
-for a subset, bigger samples with ``--lstsq-sizes``/``--max-fit-tokens``, longer paper runs with ``--paper-s``).
+Prints the table and ``uptime``'s load average (timings on a shared machine are inflated; compare rows
+of one run, and at equal tokens), and writes a plotly figure (``--out``, offline HTML; ``--png`` a PNG
+for the docs). Not a test: ``.venv/bin/python bench/time_to_quality.py`` (about 40 min on 2 quiet
+cores: the budgets alone are 30 + 60 + 120 + 300 + 600 s; ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,50 +48,34 @@ SEQ_LEN = 256
 class Point:
     recipe: str
     seconds: float
-    kl: float
+    kl: dict[str, float]          # eval set -> mean KL over layers 1..29
     tokens: str
-    per_layer: list[float] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
 
 
 class Bench:
-    """The model, the data, cached held-out residuals and the evaluator shared by every recipe."""
+    """The model, the training sequences, the evaluation sets (residuals cached) shared by every recipe."""
 
     def __init__(self, args):
-        from tl_tunedlens import LogitLens, load_model
-        from tl_tunedlens.core.backend import capture_residuals, flatten_tokens
+        from eval_sets import EvalSets
+
+        from tl_tunedlens import load_model
         from tl_tunedlens.data import load_tokens
 
         self.args = args
         self.model = load_model("smollm2-135m")
-        tok = self.model.tokenizer
-        need = (args.max_fit_tokens + 64 * 512) // SEQ_LEN * SEQ_LEN
-        self.train = load_tokens("shakespeare", tok, SEQ_LEN, split="train", max_tokens=need)
-        self.held = load_tokens("shakespeare", tok, SEQ_LEN, split="heldout", max_tokens=args.eval_seqs * SEQ_LEN)
-        logit = LogitLens.from_model(self.model)
-        self.hook_names = logit.hook_names
-        batches = [flatten_tokens(capture_residuals(self.model, self.held.sequences[i:i + 2], logit.hook_names)[:, :, :-1])
-                   for i in range(0, len(self.held.sequences), 2)]
-        self.resids = torch.cat(batches, 1)
-        self.labels = self.held.sequences[:, 1:].flatten()
+        self.train = load_tokens(args.data, self.model.tokenizer, SEQ_LEN, split="train", max_tokens=args.train_tokens)
+        self.sets = EvalSets(self.model, args.eval_seqs)
         self.points: list[Point] = []
         self.starts: dict[int, tuple] = {}   # least-squares sample size -> (its sums, seconds of its pass)
-        print(f"training sample: {len(self.train)} sequences x {SEQ_LEN} from {len(self.train.documents)} plays; "
-              f"held-out: {self.resids.shape[1]} positions from {', '.join(self.held.documents)}", flush=True)
+        print(f"training sample: {len(self.train)} sequences x {SEQ_LEN} of {args.data} from "
+              f"{len(self.train.documents)} documents; held-out {self.sets.describe()}", flush=True)
 
-    def kl(self, lens) -> list[float]:
-        """Per-layer held-out KL (nats) of ``lens``, layers 0..n-1."""
-        from tl_tunedlens.analysis import LensEvaluator
-
-        evaluator = LensEvaluator({"lens": lens}, lens.unembed)
-        evaluator.add(self.resids, self.labels)
-        metrics = evaluator.metrics("", self.hook_names, float("nan"))
-        return [e["lens"]["kl"] for e in metrics["layers"][:-1]]
-
-    def record(self, recipe: str, seconds: float, lens, tokens: str) -> Point:
-        per_layer = self.kl(lens)
-        point = Point(recipe, seconds, sum(per_layer[1:]) / len(per_layer[1:]), tokens, per_layer)
+    def record(self, recipe: str, seconds: float, lens, tokens: str, info: dict | None = None) -> Point:
+        point = Point(recipe, seconds, self.sets.kl(lens), tokens, info or {})
         self.points.append(point)
-        print(f"  {recipe:44} {seconds:7.1f} s  mean KL {point.kl:.3f}  ({tokens})", flush=True)
+        kls = "  ".join(f"{k} {v:.3f}" for k, v in point.kl.items())
+        print(f"  {recipe:40} {seconds:7.1f} s  {kls}  ({tokens})  [{load_average()}]", flush=True)
         return point
 
 
@@ -106,9 +93,8 @@ def run_lstsq(b: Bench) -> None:
     from tl_tunedlens.training.order import stream_positions
 
     lens = TunedLens.from_model(b.model)
-    sizes = sorted(s for s in b.args.lstsq_sizes if s <= b.args.max_fit_tokens)
-    n_seq = sizes[-1] // SEQ_LEN
-    order = stream_positions(len(b.train.sequences), 0, n_seq, 0)
+    sizes = sorted(b.args.lstsq_sizes)
+    order = stream_positions(len(b.train.sequences), 0, sizes[-1] // SEQ_LEN, 0)
     stats = RidgeStats(list(range(lens.n_layers)), lens.d_model)
     elapsed, done = 0.0, 0
     for size in sizes:
@@ -136,13 +122,42 @@ def run_train(b: Bench, recipe: str, config, snapshot_steps=()) -> object:
     stats, pass_s = b.starts.get(config.lstsq_tokens, (None, 0.0)) if config.init == "lstsq" else (None, 0.0)
 
     def on_step(run):
-        if run.step in snapshot_steps or (run.step == 0 and fit_tokens(run) and stats is None):
+        if run.step in snapshot_steps or (run.step == 0 and fit_tokens(run) and stats is None and snapshot_steps):
             b.record(f"{recipe} @{run.step}", pass_s + run.elapsed, lens,
                      f"{fit_tokens(run)} fit + {run.step * run.step_tokens} KL")
 
     result = train_lens(b.model, lens, b.train.sequences, config, progress=False, on_step=on_step, stats=stats)
-    b.record(recipe, pass_s + result.seconds, lens, f"{fit_tokens(result)} fit + {result.tokens_seen} KL")
+    val = result.info.get("validation") or {}
+    b.record(recipe, pass_s + result.seconds, lens, f"{fit_tokens(result)} fit + {result.tokens_seen} KL"
+             + (f"; validation {val['start_kl']:.3f} -> {val['best_kl']:.3f}, {sum(val['rejected_steps'])} "
+                "layer steps rejected" if val else ""), result.info)
     return result
+
+
+def run_budgets(b: Bench) -> None:
+    """The default recipe under each ``--time-budget``, each planned by its own warm-up (as ``train`` does)."""
+    from tl_tunedlens.training import TrainConfig
+
+    for budget in b.args.budgets:
+        result = run_train(b, f"default, --time-budget {budget:g}", TrainConfig(time_budget=budget, checkpoint_every=0))
+        used = result.info.get("budget_used", {})
+        print(f"    budget {budget:g} s: fit {result.seconds:.1f} s ({result.seconds / budget:.0%}); planned "
+              f"{result.info['budget']['lstsq_tokens']} lstsq tokens + {result.info['budget']['steps']} steps, "
+              f"ran {result.info.get('lstsq_tokens')} + {used.get('steps_run')}", flush=True)
+
+
+def run_optimizers(b: Bench) -> None:
+    """Each optimiser at equal tokens, from the least-squares start and from the identity."""
+    from tl_tunedlens.training import TrainConfig
+
+    snaps = tuple(b.args.snapshots)
+    common = dict(steps=b.args.steps, tokens_per_step=512, checkpoint_every=0)
+    for name in b.args.optimizers:
+        run_train(b, f"lstsq {b.args.start_tokens // 1024}k + {name}", TrainConfig(
+            optimizer=name, lstsq_tokens=b.args.start_tokens, **common), snaps)
+    for name in b.args.optimizers:
+        if name != "whitened":   # whitened steps need the start's statistics
+            run_train(b, f"identity + {name}", TrainConfig(optimizer=name, init="identity", **common), snaps)
 
 
 def run_paper_and_reference(b: Bench) -> None:
@@ -159,10 +174,12 @@ def run_paper_and_reference(b: Bench) -> None:
     ours = run_train(b, "paper recipe (ours)", cfg)
     per_step = 512 // SEQ_LEN
     n_seq = len(b.train.sequences)
-    batches = [b.train.sequences[step_sequences(n_seq, per_step, s, cfg.seed)] for s in range(max(ours.steps, 5) + 50)]
+    offset = cfg.validation_sequences(SEQ_LEN) if ours.steps else 0
+    batches = [b.train.sequences[step_sequences(n_seq, per_step, s, cfg.seed, offset=offset)]
+               for s in range(max(ours.steps, 5) + 50)]
     hf, _ = load_hf_smollm2(torch.float32)
     t0 = time.perf_counter()
-    ref = reference_train(hf, batches, num_steps=ours.info["budget"]["steps"], micro_batch=2, autocast=False,
+    ref = reference_train(hf, batches, num_steps=ours.steps, micro_batch=2, autocast=False,
                           deadline=t0 + ours.seconds)
     seconds = time.perf_counter() - t0
     lens = TunedLens.from_model(b.model)
@@ -178,101 +195,88 @@ def run_paper_and_reference(b: Bench) -> None:
 
 
 def table(points: list[Point]) -> str:
-    logit = next((p.kl for p in points if p.recipe == "logit lens"), None)
-    rows = [f"{'recipe':46} {'fit s':>7} {'mean KL 1..29':>14} {'vs logit':>9}  tokens"]
+    names = list(points[0].kl) if points else []
+    rows = [f"| recipe | fit s | " + " | ".join(f"{n} KL" for n in names) + " | tokens |",
+            "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
     for p in points:
-        vs = f"{p.kl / logit:.3f}" if logit else "-"
-        rows.append(f"{p.recipe:46} {p.seconds:7.1f} {p.kl:14.3f} {vs:>9}  {p.tokens}")
+        rows.append(f"| {p.recipe} | {p.seconds:.1f} | " + " | ".join(f"{p.kl[n]:.3f}" for n in names)
+                    + f" | {p.tokens} |")
     return "\n".join(rows)
 
 
-def figure(points: list[Point], path: str) -> None:
+def figure(points: list[Point], path: str, png: str | None = None) -> None:
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    from tl_tunedlens.viz.plots import write_html
+    from tl_tunedlens.viz.plots import write_html, write_png
 
-    fig = go.Figure()
+    names = list(points[0].kl)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[f"held-out {n}" + (" (never trained on)" if n == "pydoc"
+                                                                                   else "") for n in names])
     groups: dict[str, list[Point]] = {}
     for p in points:
-        groups.setdefault(p.recipe.split(" @")[0].split(" ")[0] if p.recipe.startswith("lstsq ") else p.recipe.split(" @")[0], []).append(p)
-    for name, pts in groups.items():
-        fig.add_trace(go.Scatter(x=[p.seconds for p in pts], y=[p.kl for p in pts], mode="lines+markers", name=name,
-                                 text=[f"{p.recipe}: {p.tokens}" for p in pts], hovertemplate="%{text}<br>%{x:.0f} s, KL %{y:.3f}"))
-    fig.update_layout(title="Time to a good lens: SmolLM2-135M, held-out Shakespeare plays",
-                      xaxis_title="fit wall time (s)", yaxis_title="mean KL(model || lens), layers 1..29 (nats)",
-                      yaxis_type="log", template="plotly_white")
+        if p.recipe == "logit lens":
+            continue
+        key = "default, --time-budget" if p.recipe.startswith("default, --time-budget") else \
+            "lstsq" if p.recipe.startswith("lstsq") and "+" not in p.recipe else p.recipe.split(" @")[0]
+        groups.setdefault(key, []).append(p)
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+    for k, (key, pts) in enumerate(groups.items()):
+        pts = sorted(pts, key=lambda p: p.seconds)
+        for col, name in enumerate(names, 1):
+            fig.add_trace(go.Scatter(x=[p.seconds for p in pts], y=[p.kl[name] for p in pts], mode="lines+markers",
+                                     name=key, legendgroup=key, showlegend=col == 1,
+                                     line={"color": palette[k % len(palette)], "width": 3 if key.startswith("default") else 1.5},
+                                     text=[f"{p.recipe}: {p.tokens}" for p in pts],
+                                     hovertemplate="%{text}<br>%{x:.0f} s, KL %{y:.3f}"), row=1, col=col)
+    fig.update_xaxes(title_text="fit wall time (s)", type="log")
+    fig.update_yaxes(title_text="mean KL(model || lens), layers 1..29 (nats)", col=1)
+    fig.update_layout(title="Time to a good lens: SmolLM2-135M, 2 CPU cores", template="plotly_white",
+                      width=1400, height=520)
     write_html(fig, path)
-
-
-def preset_mark(cfg) -> str:
-    """`` (laptop preset)`` where ``cfg`` trains like ``TrainConfig()`` (checkpoints aside, the learning rate resolved)."""
-    import dataclasses
-
-    from tl_tunedlens.training.config import DEFAULT_LR, TrainConfig
-
-    def key(c):
-        return {**dataclasses.asdict(c), "checkpoint_every": 0, "lr": c.lr or DEFAULT_LR[c.optimizer]}
-
-    return " (laptop preset)" if key(cfg) == key(TrainConfig()) else ""
+    if png:
+        write_png(fig, png)
 
 
 def load_average() -> str:
-    import os
-
-    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "load " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
-    from tl_tunedlens.training import TrainConfig
-    from tl_tunedlens.training.config import DEFAULT_LR
+    from tl_tunedlens.data import DataConfig
+    from tl_tunedlens.training.config import OPTIMIZERS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DataConfig().data, help="training text (default: the embedded default)")
     parser.add_argument("--out", default="time_to_quality.html", help="plotly figure (offline HTML)")
-    parser.add_argument("--eval-seqs", type=int, default=4, help="held-out sequences of 256 tokens scored")
-    parser.add_argument("--lstsq-sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
-    parser.add_argument("--max-fit-tokens", type=int, default=32768)
-    parser.add_argument("--start-tokens", type=int, default=TrainConfig().lstsq_tokens,
-                        help="least-squares start of adam/whitened (default: the laptop preset's)")
-    parser.add_argument("--steps", type=int, default=TrainConfig().steps,
-                        help="KL steps x 512 tokens of adam/whitened (default: the laptop preset's)")
-    parser.add_argument("--snapshots", type=int, nargs="*", default=[1, 2], help="steps with a snapshot")
-    parser.add_argument("--whitened-lrs", type=float, nargs="+", default=[DEFAULT_LR["whitened"]])
+    parser.add_argument("--png", default=None, help="the figure as a PNG too (needs Chromium), e.g. for the docs")
+    parser.add_argument("--eval-seqs", type=int, default=4, help="sequences of 256 tokens per evaluation set")
+    parser.add_argument("--train-tokens", type=int, default=196608, help="training tokens loaded (spread sample)")
+    parser.add_argument("--lstsq-sizes", type=int, nargs="+", default=[10240, 20480, 40960, 81920])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[30, 60, 120, 300, 600])
+    parser.add_argument("--start-tokens", type=int, default=20480, help="least-squares start of the optimisers' runs")
+    parser.add_argument("--steps", type=int, default=8, help="KL steps x 512 tokens of each optimiser's runs")
+    parser.add_argument("--snapshots", type=int, nargs="*", default=[1, 2, 4], help="steps with a snapshot")
+    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     parser.add_argument("--paper-s", type=float, default=60.0, help="wall time of the paper recipe and the reference")
-    parts = ["logit", "lstsq", "before", "adam", "whitened", "paper"]
-    parser.add_argument("--only", nargs="+", default=["logit", "lstsq", "adam", "whitened", "paper"], choices=parts)
+    parts = ["logit", "lstsq", "budgets", "optimizers", "paper"]
+    parser.add_argument("--only", nargs="+", default=["logit", "lstsq", "budgets"], choices=parts)
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes: tiny samples")
     args = parser.parse_args()
     if args.quick:
-        args.lstsq_sizes, args.max_fit_tokens, args.start_tokens, args.steps = [1024, 2048], 2048, 1024, 1
-        args.paper_s, args.eval_seqs, args.snapshots = 10.0, 1, []
-    args.max_fit_tokens = max(args.max_fit_tokens, args.start_tokens, 32768 if "before" in args.only else 0)
+        args.lstsq_sizes, args.start_tokens, args.steps, args.train_tokens = [1024, 2048], 1024, 1, 8192
+        args.paper_s, args.eval_seqs, args.snapshots, args.budgets = 10.0, 1, [], [20.0]
     args.lstsq_sizes = sorted({*args.lstsq_sizes, args.start_tokens})   # the refinements start from its sums
     torch.set_num_threads(2)
     t_start = time.perf_counter()
     print(load_average(), flush=True)
     b = Bench(args)
-    refine = dict(lstsq_tokens=args.start_tokens, steps=args.steps, tokens_per_step=512, checkpoint_every=0)
-    snaps = tuple(args.snapshots)
     for part in args.only:
-        if part == "logit":
-            run_logit(b)
-        elif part == "lstsq":
-            run_lstsq(b)
-        elif part == "before":
-            run_train(b, "before: lstsq 32k + 8 adam x 512", TrainConfig(
-                optimizer="adam", steps=8, tokens_per_step=512, lstsq_tokens=32768, checkpoint_every=0), (2, 4))
-        elif part == "adam":
-            cfg = TrainConfig(optimizer="adam", **refine)
-            run_train(b, f"lstsq {args.start_tokens // 1024}k + adam{preset_mark(cfg)}", cfg, snaps)
-        elif part == "whitened":
-            for lr in args.whitened_lrs:
-                cfg = TrainConfig(optimizer="whitened", lr=lr, **refine)
-                run_train(b, f"lstsq {args.start_tokens // 1024}k + whitened lr={lr:g}{preset_mark(cfg)}", cfg, snaps)
-        elif part == "paper":
-            run_paper_and_reference(b)
+        {"logit": run_logit, "lstsq": run_lstsq, "budgets": run_budgets, "optimizers": run_optimizers,
+         "paper": run_paper_and_reference}[part](b)
         print(f"  [{time.perf_counter() - t_start:.0f} s, {load_average()}]", flush=True)
     print(table(b.points))
-    figure(b.points, args.out)
+    figure(b.points, args.out, args.png)
     print(f"figure written to {args.out}; whole run {time.perf_counter() - t_start:.0f} s; {load_average()}")
     return 0
 

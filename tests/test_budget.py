@@ -165,6 +165,6 @@ def test_a_budget_is_filled_whatever_the_warm_up_predicted(model, seqs, clock):
     result = train_lens(model, TunedLens.from_model(model), long, cfg, progress=False, plan=plan)
     used = result.info["budget_used"]
     assert used["steps_first_planned"] == 2 and result.steps > 2
-    assert used["fit_seconds"] >= 0.9 * 20.0 and used["fit_seconds"] <= 20.0
+    assert 0.9 * 20.0 <= used["seconds"] <= 20.0 + 2 * clock.tick and used["fit_seconds"] <= used["seconds"]
     assert result.info["stopped_early"] is (result.steps < used["steps_planned"])
     assert used["steps_run"] == result.steps == result.info["steps"]

@@ -55,3 +55,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise LensError(f"{path} {what} {key!r}: it is not a complete tl-tunedlens training checkpoint; "
                             "delete it and train without --resume")
     return state
+
+
+def check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
+    """A one-line error unless the checkpoint ``state`` was written for this run's data, hook points and
+    settings (``fingerprint``: the trainer's)."""
+    saved = state.get("fingerprint", {})
+    for key in ("seq_len", "n_seq", "data_digest"):
+        if saved.get(key) != fingerprint[key]:
+            raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
+                            "resume with the same --data and --seq-len, or drop --resume")
+    if saved.get("hook_names", fingerprint["hook_names"]) != fingerprint["hook_names"]:
+        raise LensError(f"{path} was written for a lens on other hook points: resume with the same --hooks, or drop --resume")
+    saved_config = {"matmul_dtype": "float32", **saved.get("config", {})}  # checkpoints from before the option
+    for key, value in fingerprint["config"].items():
+        if saved_config.get(key) != value:
+            raise LensError(f"{path} was written with {key}={saved_config.get(key)!r}, now {value!r}: "
+                            "resume with the same options, or drop --resume")

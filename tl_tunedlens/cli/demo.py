@@ -1,9 +1,10 @@
-"""``tl-tunedlens demo``: the main job on the embedded default (SmolLM2-135M + Shakespeare, offline).
+"""``tl-tunedlens demo``: the main job on the embedded default (SmolLM2-135M + Shakespeare and fortunes, offline).
 
 Train a tuned lens for every layer with the default training settings (the ``laptop`` preset of
 :class:`~tl_tunedlens.training.config.TrainConfig`: the least-squares start alone; ``--steps N`` adds KL
-steps on other sequences), on sequences drawn across all the training plays; evaluate it against the
-logit lens on sequences drawn across the held-out plays; print the per-layer table, the fit time and
+steps on other sequences), on sequences drawn across all the training documents of the embedded default
+text (``DataConfig().data``); evaluate it against the logit lens on sequences drawn across its held-out
+documents; print the per-layer table, the fit time and
 the held-out mean KL, and write the lens, ``metrics.json``, ``report.md``, the offline trajectory
 page ``report.html`` and the per-layer metric curves (``metric_curves.html``/``.png``) under ``--out``.
 Exits 1 if the tuned lens does not beat the logit lens in KL at every layer.
@@ -28,8 +29,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="train and evaluate a tuned lens for the embedded SmolLM2-135M on Shakespeare (offline, ~3 min on 2 cores)",
         description="The main job on the embedded default: SmolLM2-135M and the Shakespeare texts, all layers, "
-                    "trained with the default settings (the laptop preset) on the training plays, evaluated "
-                    "against the logit lens on held-out plays; lens + metrics.json + reports written to --out.",
+                    "trained with the default settings (the laptop preset) on the embedded default text, evaluated "
+                    "against the logit lens on its held-out documents; lens + metrics.json + reports written to --out.",
     )
     parser.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     add_overwrite_arg(parser)
@@ -69,8 +70,8 @@ def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
                      n_ctx=model.cfg.n_ctx, split="heldout")
     n_eval = min(len(held), -(-args.eval_tokens // (args.seq_len - 1)))
     print(f"model: {model.cfg.model_name}, {model.cfg.n_layers} layers; training: {len(train)} sequences x "
-          f"{args.seq_len} tokens drawn across {len(train.documents)} plays; held-out: {n_eval} sequences drawn "
-          f"across {', '.join(_play(name) for name in held.documents)}")
+          f"{args.seq_len} tokens of {data.data} drawn across {len(train.documents)} documents; held-out: {n_eval} "
+          f"sequences drawn across {_documents(held.documents)}")
 
     lens = TunedLens.from_model(model)
     t0 = time.perf_counter()
@@ -100,8 +101,14 @@ def _demo(args: argparse.Namespace, config, folder, t_start: float) -> int:
     return 0
 
 
-def _play(document: str) -> str:
-    return document.removesuffix("_gut.txt")
+def _documents(names: list[str]) -> str:
+    """``hamlet, othello (shakespeare); 3 documents (fortunes)``: a mixture's documents by part, plays by name."""
+    parts: dict[str, list[str]] = {}
+    for name in names:
+        part, _, doc = name.rpartition("/")
+        parts.setdefault(part, []).append(doc.removesuffix("_gut.txt"))
+    return "; ".join((", ".join(docs) if len(docs) <= 6 else f"{len(docs)} documents") + (f" ({part})" if part else "")
+                     for part, docs in parts.items())
 
 
 def _write_outputs(out: Path, model, lens, metrics, held_documents: list[str], timing: str) -> str:
@@ -123,8 +130,8 @@ def _write_outputs(out: Path, model, lens, metrics, held_documents: list[str], t
                f"{mean_kl(metrics, 'tuned', 1):.3f}); tuned < logit at {wins}/{n} layers")
     print(table, summary, timing, sep="\n")
     write_text_atomic(out / "report.md", "\n".join([
-        "# tl-tunedlens demo: SmolLM2-135M on Shakespeare", "",
-        f"Held-out plays: {', '.join(held_documents)}.", "", summary + ".", "", timing + ".", "",
+        "# tl-tunedlens demo: SmolLM2-135M on the embedded default text", "",
+        f"Held-out documents: {_documents(held_documents)}.", "", summary + ".", "", timing + ".", "",
         "Per layer (nats per token; top1 = agreement with the model's top-1):", "", "```", table, "```", "",
     ]))
     write_report(out / "report.html", model, lens, DEFAULT_TEXT)

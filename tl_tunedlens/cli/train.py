@@ -144,8 +144,8 @@ def training_summary(result: "TrainResult") -> str:
                      f"{val['tokens']} tokens; {sum(val['rejected_steps'])} layer steps rejected)")
     if "budget" in info:
         used = info.get("budget_used", {})
-        parts.append(f"time budget {info['budget']['budget_s']:g} s, {used.get('fit_seconds', result.seconds):.0f} s "
-                     "of it fitting" +
+        parts.append(f"time budget {info['budget']['budget_s']:g} s, {used.get('seconds', result.seconds):.0f} s "
+                     "of it used" +
                      (f", stopped after {used.get('steps_run')} of {used.get('steps_planned')} planned steps"
                       if info.get("stopped_early") and used.get("steps_planned") else "") +
                      (f", the least-squares sample cut to {used.get('lstsq_tokens')} of "

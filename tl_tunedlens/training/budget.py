@@ -34,6 +34,7 @@ from ..core.backend import Model
 
 if TYPE_CHECKING:
     from ..lens import TunedLens
+    from .trainer import Run
 
 #: share of the budget (after the warm-up) for the least-squares sample; measured with
 #: ``bench/time_to_quality.py`` (see the README's table)
@@ -179,6 +180,34 @@ def steps_that_fit(time_left: float, step_s: float, step: int, max_steps: int) -
     """The number of steps of a budget run, re-planned at ``step``: those done, and as many more whole
     steps of ``step_s`` seconds as ``time_left`` holds, at most ``max_steps`` in all (the data's)."""
     return max(step, min(max_steps, step + int(max(0.0, time_left) // max(step_s, 1e-9))))
+
+
+def step_estimate(run: "Run") -> float:
+    """Seconds the next step should take: the plan's prediction until a step has run, then the slower of
+    the mean and the last of this run's steps."""
+    done = run.step_seconds
+    return max(sum(done) / len(done), done[-1]) if done else run.plan.predicted_step_s
+
+
+def out_of_time(run: "Run") -> bool:
+    """Whether the next step would end past the deadline (its time: :func:`step_estimate`)."""
+    if run.deadline is None:
+        return False
+    return time.perf_counter() + step_estimate(run) > run.deadline
+
+
+def replan(run: "Run") -> None:
+    """A budget run with KL steps: the number of steps re-planned from the time left (:func:`steps_that_fit`;
+    at most what the loaded data holds without reusing a sequence, or the first plan's number if more), so
+    the steps fill the budget and the learning-rate schedule ends with the last of them."""
+    if run.deadline is None or not run.n_val:
+        return
+    room = max(run.plan.steps, (len(run.sequences) - run.n_fit - run.n_val) // run.per_step)
+    steps = steps_that_fit(run.deadline - time.perf_counter(), step_estimate(run), run.step, room)
+    if steps != run.cfg.steps:
+        run.cfg = dataclasses.replace(run.cfg, steps=steps)
+        run.fingerprint["config"]["steps"] = steps
+        run.info["steps_replanned"] = steps
 
 
 def saved_plan(out_dir: str | Path) -> BudgetPlan | None:

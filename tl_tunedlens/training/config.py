@@ -46,10 +46,11 @@ class TrainConfig:
         "tokens per optimiser step, rounded down to whole sequences", min=1, unit="token"))
     optimizer: str = field(default="adam", metadata=option(
         "optimiser; whitened: SGD on each translator's gradient times the inverse input second moment of the "
-        "least-squares sample (needs --init lstsq; see tl_tunedlens.training.precondition)", choices=OPTIMIZERS))
+        "least-squares sample (needs --init lstsq; see tl_tunedlens.training.precondition); muon: torch's Muon "
+        "on the translators' weights, AdamW on their biases", choices=OPTIMIZERS))
     lr: float | None = field(default=None, metadata=option(
-        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: 1.0 SGD, 1e-3 Adam, "
-        "20 whitened)",
+        "learning rate; SGD in the paper's convention, torch lr = lr x (1 - momentum) (default: "
+        + ", ".join(f"{lr:g} {name}" for name, lr in DEFAULT_LR.items()) + ")",
         positive=True))
     momentum: float = field(default=0.9, metadata=option("Nesterov momentum of SGD, in [0, 1)", min=0.0, below=1.0))
     weight_decay: float = field(default=1e-3, metadata=option("weight decay (pulls translators to identity)", min=0.0))

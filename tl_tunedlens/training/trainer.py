@@ -38,11 +38,11 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ..artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ..core.backend import capture_residuals, flatten_tokens
+from ..artifacts.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_checkpoint
+from ..core.backend import Model, capture_residuals, flatten_tokens
 from ..core.layers import translator_layers
 from ..errors import LensError
-from .budget import BudgetPlan, measure_rates, plan_budget, steps_that_fit
+from .budget import BudgetPlan, measure_rates, out_of_time, plan_budget, replan
 from ..core.distributed import SINGLE, Dist
 from ..core.vocab import MATMUL_DTYPES, VocabProducts, resolve_matmul_dtype, vocab_products
 from .config import TrainConfig
@@ -52,8 +52,6 @@ from .optim import layer_groups, make_optimizer, reject_step_, set_lrs
 from .order import data_digest, step_sequences, stream_positions
 from .precondition import Whitener
 from .validation import Validation
-
-from ..core.backend import Model
 
 if TYPE_CHECKING:
     from ..lens import TunedLens
@@ -179,34 +177,6 @@ def plan_run(model: Model, lens: "TunedLens", config: TrainConfig, seq_len: int)
     return plan_budget(config, rates, seq_len, len(layers))
 
 
-def step_estimate(run: Run) -> float:
-    """Seconds the next step should take: the plan's prediction until a step has run, then the slower of
-    the mean and the last of this run's steps."""
-    done = run.step_seconds
-    return max(sum(done) / len(done), done[-1]) if done else run.plan.predicted_step_s
-
-
-def out_of_time(run: Run) -> bool:
-    """Whether the next step would end past the deadline (its time: :func:`step_estimate`)."""
-    if run.deadline is None:
-        return False
-    return time.perf_counter() + step_estimate(run) > run.deadline
-
-
-def replan(run: Run) -> None:
-    """A budget run with KL steps: the number of steps re-planned from the time left (:func:`~.budget.steps_that_fit`;
-    at most what the loaded data holds without reusing a sequence, or the first plan's number if more), so
-    the steps fill the budget and the learning-rate schedule ends with the last of them."""
-    if run.deadline is None or not run.n_val:
-        return
-    room = max(run.plan.steps, (len(run.sequences) - run.n_fit - run.n_val) // run.per_step)
-    steps = steps_that_fit(run.deadline - time.perf_counter(), step_estimate(run), run.step, room)
-    if steps != run.cfg.steps:
-        run.cfg = dataclasses.replace(run.cfg, steps=steps)
-        run.fingerprint["config"]["steps"] = steps
-        run.info["steps_replanned"] = steps
-
-
 def _trained_layers(lens: "TunedLens", cfg: TrainConfig) -> list[int]:
     return translator_layers(cfg.layers, lens.n_layers)
 
@@ -291,7 +261,7 @@ def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
     from ``stats`` when given)."""
     state = run.resume_state
     if state is not None:
-        _check_resumable(state, run.fingerprint, run.ckpt_path)
+        check_resumable(state, run.fingerprint, run.ckpt_path)
         run.lens.load_state_dict(state["lens"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.step, run.losses, run.info = state["step"], list(state["losses"]), dict(state["info"])
@@ -420,24 +390,10 @@ def finish(run: Run, data_info: dict | None = None) -> TrainResult:
     if run.plan is not None:
         fit_short = run.info.get("lstsq_tokens", 0) < run.n_fit * seq_len   # the sample cut by the deadline
         run.info["stopped_early"] = run.step < cfg.steps or fit_short
-        run.info["budget_used"] = {"fit_seconds": round(run.elapsed, 2), "steps_run": run.step,
+        run.info["budget_used"] = {"seconds": round(run.plan.budget_s - (run.deadline - time.perf_counter()), 2),
+                                   "fit_seconds": round(run.elapsed, 2), "steps_run": run.step,
                                    "steps_planned": cfg.steps, "steps_first_planned": run.plan.steps,
                                    "lstsq_tokens": run.info.get("lstsq_tokens", 0),
                                    "lstsq_tokens_planned": run.plan.lstsq_tokens}
     return TrainResult(run.step, run.step * run.step_tokens, run.losses, run.layer_losses, run.elapsed,
                        run.info, run.step_seconds)
-
-
-def _check_resumable(state: dict, fingerprint: dict, path: Path) -> None:
-    saved = state.get("fingerprint", {})
-    for key in ("seq_len", "n_seq", "data_digest"):
-        if saved.get(key) != fingerprint[key]:
-            raise LensError(f"{path} was written for other data ({key}: {saved.get(key)} vs {fingerprint[key]}): "
-                            "resume with the same --data and --seq-len, or drop --resume")
-    if saved.get("hook_names", fingerprint["hook_names"]) != fingerprint["hook_names"]:
-        raise LensError(f"{path} was written for a lens on other hook points: resume with the same --hooks, or drop --resume")
-    saved_config = {"matmul_dtype": "float32", **saved.get("config", {})}  # checkpoints from before the option
-    for key, value in fingerprint["config"].items():
-        if saved_config.get(key) != value:
-            raise LensError(f"{path} was written with {key}={saved_config.get(key)!r}, now {value!r}: "
-                            "resume with the same options, or drop --resume")
