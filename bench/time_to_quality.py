@@ -152,12 +152,14 @@ def run_optimizers(b: Bench) -> None:
 
     snaps = tuple(b.args.snapshots)
     common = dict(steps=b.args.steps, tokens_per_step=512, checkpoint_every=0)
-    for name in b.args.optimizers:
-        run_train(b, f"lstsq {b.args.start_tokens // 1024}k + {name}", TrainConfig(
-            optimizer=name, lstsq_tokens=b.args.start_tokens, **common), snaps)
-    for name in b.args.optimizers:
-        if name != "whitened":   # whitened steps need the start's statistics
-            run_train(b, f"identity + {name}", TrainConfig(optimizer=name, init="identity", **common), snaps)
+    if "lstsq" in b.args.starts:
+        for name in b.args.optimizers:
+            run_train(b, f"lstsq {b.args.start_tokens // 1024}k + {name}", TrainConfig(
+                optimizer=name, lstsq_tokens=b.args.start_tokens, **common), snaps)
+    if "identity" in b.args.starts:
+        for name in b.args.optimizers:
+            if name != "whitened":   # whitened steps need the start's statistics
+                run_train(b, f"identity + {name}", TrainConfig(optimizer=name, init="identity", **common), snaps)
 
 
 def run_paper_and_reference(b: Bench) -> None:
@@ -258,6 +260,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="KL steps x 512 tokens of each optimiser's runs")
     parser.add_argument("--snapshots", type=int, nargs="*", default=[1, 2, 4], help="steps with a snapshot")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
+    parser.add_argument("--starts", nargs="+", default=["lstsq", "identity"], choices=["lstsq", "identity"],
+                        help="the starts of the optimisers' runs")
     parser.add_argument("--paper-s", type=float, default=60.0, help="wall time of the paper recipe and the reference")
     parts = ["logit", "lstsq", "budgets", "optimizers", "paper"]
     parser.add_argument("--only", nargs="+", default=["logit", "lstsq", "budgets"], choices=parts)

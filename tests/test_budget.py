@@ -12,7 +12,7 @@ from conftest import make_tiny_model
 from tl_tunedlens import LensError, TunedLens
 from tl_tunedlens.artifacts.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tl_tunedlens.training import TrainConfig, train_lens
-from tl_tunedlens.training.budget import (FIT_SHARE, MAX_FIT_TOKENS, RESERVE_SHARE, VALIDATION_COST, WARMUP_SHARE,
+from tl_tunedlens.training.budget import (FIRST_FIT_TOKENS, FIT_SHARE, MAX_FIT_TOKENS, RESERVE_SHARE, VALIDATION_COST, WARMUP_SHARE,
                                           BudgetPlan, Rates, plan_budget, saved_plan, steps_that_fit)
 from tl_tunedlens.training.trainer import plan_run
 
@@ -34,7 +34,8 @@ def test_plan_splits_the_budget_between_the_start_and_whole_steps():
     plan = plan_budget(cfg, RATES, seq_len=64, n_layers=10)
     left = 102.0 - 2.0 - RESERVE_SHARE * 102.0
     assert left >= 0.9 * 102.0 - 2.0   # what the plan may spend on fitting: all but the warm-up and a small reserve
-    assert plan.lstsq_tokens == int(FIT_SHARE * left / 1.1e-3) // 64 * 64
+    first = FIRST_FIT_TOKENS * 1.1e-3   # the laptop preset's sample first, then a share of the rest
+    assert plan.lstsq_tokens == int(FIRST_FIT_TOKENS + FIT_SHARE * (left - first) / 1.1e-3) // 64 * 64
     step_s = 256 * (1e-3 + 10.5 * 1e-3) + 128 * VALIDATION_COST * 10.5 * 1e-3   # with scoring the validation slice
     val_s = 128 * (1e-3 + VALIDATION_COST * 10.5 * 1e-3)
     assert plan.predicted_step_s == pytest.approx(step_s)
@@ -168,3 +169,10 @@ def test_a_budget_is_filled_whatever_the_warm_up_predicted(model, seqs, clock):
     assert 0.9 * 20.0 <= used["seconds"] <= 20.0 + 2 * clock.tick and used["fit_seconds"] <= used["seconds"]
     assert result.info["stopped_early"] is (result.steps < used["steps_planned"])
     assert used["steps_run"] == result.steps == result.info["steps"]
+
+
+def test_a_longer_budget_never_gets_a_smaller_sample_or_fewer_steps():
+    plans = [plan_budget(TrainConfig(time_budget=t), RATES, seq_len=64, n_layers=10) for t in (30, 60, 120, 300, 600, 3000)]
+    assert all(a.lstsq_tokens <= b.lstsq_tokens for a, b in zip(plans, plans[1:]))
+    assert all(a.steps <= b.steps for a, b in zip(plans, plans[1:]))
+    assert plans[2].lstsq_tokens >= FIRST_FIT_TOKENS and plans[-1].lstsq_tokens <= MAX_FIT_TOKENS

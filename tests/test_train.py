@@ -115,12 +115,13 @@ def test_only_chosen_layers_change(model, seqs):
     assert lens.translators[1].weight.abs().sum() > 0
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "whitened"])
-def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch, optimizer):
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 1.0), ("whitened", 20.0), ("muon", 0.02),
+                                           ("adam", 0.5)])   # adam at 0.5: steps rejected, learning rates halved
+def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch, optimizer, lr):
     cfg = dict(steps=6, tokens_per_step=32, micro_batch=1, checkpoint_every=2, init="lstsq", lstsq_tokens=64,
-               optimizer=optimizer)
+               optimizer=optimizer, lr=lr, validation_tokens=64)
     full = TunedLens.from_model(model)
-    train_lens(model, full, seqs, paper(**cfg), out_dir=tmp_path / "a", progress=False)
+    full_info = train_lens(model, full, seqs, paper(**cfg), out_dir=tmp_path / "a", progress=False).info
 
     import tl_tunedlens.training.trainer as train_mod
 
@@ -141,7 +142,7 @@ def test_resume_is_bit_exact(model, seqs, tmp_path, monkeypatch, optimizer):
     monkeypatch.setattr(train_mod, "capture_residuals", real)
     resumed = TunedLens.from_model(model)
     res = train_lens(model, resumed, seqs, paper(**cfg), out_dir=tmp_path / "b", resume=True, progress=False)
-    assert len(res.losses) == 6
+    assert len(res.losses) == 6 and res.info["validation"] == full_info["validation"]
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
 

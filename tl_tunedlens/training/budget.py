@@ -5,8 +5,9 @@ and the data, and saving the lens, come on top (the plan line and the training i
 :func:`measure_rates` times, on random token ids, what a run repeats: one model forward with the
 least-squares sums, and the KL work of one layer per token (its vocabulary products, softmax and
 backward); it stops repeating a measurement once it has used ``WARMUP_SHARE`` of the budget, so a
-loaded machine or a short budget cannot spend the budget on the warm-up. :func:`plan_budget` then spends the rest of the budget: a share
-``FIT_SHARE`` on the least-squares sample (at most ``MAX_FIT_TOKENS`` tokens), the remainder
+loaded machine or a short budget cannot spend the budget on the warm-up. :func:`plan_budget` then spends the rest of the
+budget (less ``RESERVE_SHARE``): first the laptop preset's least-squares sample (``FIRST_FIT_TOKENS``), then a
+share ``FIT_SHARE`` of what is left on a larger sample (at most ``MAX_FIT_TOKENS`` tokens), the remainder
 on whole KL steps (none when not even one fits: then the sample takes it all), each scored on the
 validation slice (:mod:`.validation`, whose cost the step time includes). The plan replaces
 ``lstsq_tokens`` and ``steps`` (:meth:`BudgetPlan.apply`); the trainer stops collecting the sample at
@@ -36,10 +37,13 @@ if TYPE_CHECKING:
     from ..lens import TunedLens
     from .trainer import Run
 
-#: share of the budget (after the warm-up) for the least-squares sample; measured with
-#: ``bench/time_to_quality.py`` (see the README's table)
-FIT_SHARE = 0.5
-#: the least-squares start stops gaining beyond this many tokens; the rest of the budget goes to KL steps
+#: the least-squares sample every budget takes first (when it fits): the laptop preset's, where the start's
+#: held-out KL levels off (docs/benchmarks.md)
+FIRST_FIT_TOKENS = TrainConfig.__dataclass_fields__["lstsq_tokens"].default
+#: share of the time left after that first sample that goes to a larger sample; the rest goes to KL steps,
+#: which gained more per second beyond it (docs/benchmarks.md, bench/time_to_quality.py)
+FIT_SHARE = 0.25
+#: the least-squares sample never grows past this many tokens
 MAX_FIT_TOKENS = 65536
 #: kept free at the end of the budget, for solving the start and writing the last checkpoint
 RESERVE_SHARE = 0.02
@@ -154,14 +158,17 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
 
 
 def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> BudgetPlan:
-    """Split ``cfg.time_budget`` (less the warm-up) between the least-squares sample and KL steps."""
+    """Split ``cfg.time_budget`` (less the warm-up and the reserve) between the least-squares sample and KL
+    steps (see the module docstring): a longer budget never gets a smaller sample."""
     budget = float(cfg.time_budget)
     left = max(0.0, budget - rates.warmup_s - RESERVE_SHARE * budget)
     per_step = cfg.sequences_per_step(seq_len) * seq_len
     val_tokens = -(-cfg.validation_tokens // seq_len) * seq_len
     step_s = rates.step_seconds(per_step, n_layers, val_tokens)
-    fit_s = FIT_SHARE * left if cfg.init == "lstsq" else 0.0
-    fit_tokens = int(min(MAX_FIT_TOKENS, fit_s / (rates.forward + rates.stats))) // seq_len * seq_len
+    per_token = rates.forward + rates.stats
+    first = min(FIRST_FIT_TOKENS, left / per_token) if cfg.init == "lstsq" else 0.0
+    more = min(MAX_FIT_TOKENS - first, FIT_SHARE * (left - first * per_token) / per_token) if first else 0.0
+    fit_tokens = int(first + max(more, 0.0)) // seq_len * seq_len
     val_s = rates.validation_seconds(val_tokens, n_layers)
     steps = int((left - rates.fit_seconds(fit_tokens) - val_s) // step_s)
     if steps < 1 and cfg.init == "lstsq":   # not one step fits: the start takes the whole budget

@@ -6,9 +6,10 @@ and it validates itself on construction. Two presets:
 
 - ``"laptop"`` (the defaults): the closed-form least-squares start alone, on 20,480 tokens (about
   70 s for SmolLM2-135M on 2 quiet CPU cores). Measured side by side (``bench/time_to_quality.py``),
-  the start's held-out KL levels off near 20k tokens, and 2 Adam (lr 1e-3) or whitened KL steps after
-  it made the held-out KL worse, not better; ``--steps N`` adds KL steps (Adam by default,
-  ``optimizer="whitened"`` the preconditioned alternative).
+  the start's held-out KL levels off near 20k tokens; ``--steps N`` adds KL steps (Adam by default;
+  ``"muon"``, ``"sgd"`` and ``"whitened"`` the alternatives), each scored on a validation slice of the
+  training sequences (``validation_tokens``, :mod:`.validation`): a layer whose step raised it is put back
+  with a smaller step, so the steps never make a layer worse on the slice than the start.
 - ``"paper"``: Belrose et al. (2023): identity start, 250 steps x 2^18 tokens, SGD with Nesterov
   momentum 0.9, lr 1.0 (torch lr = lr x (1 - momentum)), weight decay 1e-3, clipping at 1.0,
   linear decay to zero (the paper also uses sequences of 2048 tokens: ``--seq-len 2048``).
