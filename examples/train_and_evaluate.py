@@ -2,7 +2,7 @@
 from tl_tunedlens import TrainConfig, TunedLens, evaluate_lenses, load_model, load_tokens, train_lens
 
 model = load_model("smollm2-135m")
-train = load_tokens("shakespeare", model.tokenizer, seq_len=256, split="train", max_tokens=2560)
+train = load_tokens("shakespeare", model.tokenizer, seq_len=256, split="train", max_tokens=3072)
 held = load_tokens("shakespeare", model.tokenizer, seq_len=256, split="heldout", max_tokens=256)
 lens = TunedLens.from_model(model)
 result = train_lens(model, lens, train.sequences, TrainConfig(steps=1, lstsq_tokens=2048))

@@ -285,11 +285,11 @@ def start(run: Run, *, progress: bool, stats: RidgeStats | None = None) -> None:
             run.whitener = Whitener.from_stats(stats, run.lens.bias, run.cfg.damping)
         run.info["lstsq_seconds"] = round(time.perf_counter() - t0, 2)
         run.elapsed += time.perf_counter() - t0
-    if run.n_val and run.step < run.cfg.steps:
+    if run.n_val and (run.step < run.cfg.steps or (state or {}).get("validation")):
         t0 = time.perf_counter()
         val = run.sequences[stream_positions(len(run.sequences), run.n_fit, run.n_val, run.cfg.seed)]
         run.validation = Validation(run.model, run.lens, val, micro_batch=run.micro, chunk_tokens=run.cfg.chunk_tokens,
-                                    products=run.products, ce=run.cfg.loss == "ce")
+                                    products=run.products, ce=run.cfg.loss == "ce", dist=run.dist)
         if state is not None and state.get("validation"):
             run.validation.load_state_dict(state["validation"])
         else:   # the start's own score: the bar every step must clear

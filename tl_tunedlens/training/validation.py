@@ -9,6 +9,8 @@ only: about half a KL step's work per token). The trainer
 scores the start, then every step: a layer whose step raised its validation KL is put back where it
 was and continues with a smaller learning rate (:func:`~tl_tunedlens.training.optim.reject_step_`), so
 the lens returned is, layer by layer, the best one seen on the validation slice, the start included.
+Under ``torchrun`` each rank scores its share of the slice and the sums are added over the ranks, so
+every rank takes the same decisions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..core.backend import capture_residuals, flatten_tokens
+from ..core.distributed import SINGLE, Dist
 from ..core.vocab import VocabProducts
 from .loss import accumulate_lens_grads
 
@@ -33,13 +36,17 @@ class Validation:
     """The residual streams of the validation sequences, and the best validation KL of each trained layer."""
 
     def __init__(self, model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq seq_len"], *,
-                 micro_batch: int, chunk_tokens: int, products: VocabProducts, ce: bool = False):
+                 micro_batch: int, chunk_tokens: int, products: VocabProducts, ce: bool = False, dist: Dist = SINGLE):
+        n_seq, seq_len = sequences.shape
+        self.total = n_seq * (seq_len - 1 if ce else seq_len)   # positions over every rank
+        mine = sequences[dist.shard(range(n_seq))]               # under torchrun: this rank's share
         with torch.no_grad():
-            resids = [capture_residuals(model, sequences[i:i + micro_batch], lens.hook_names)
-                      for i in range(0, len(sequences), micro_batch)]
-            self.resids: Float[Tensor, "layer n d_model"] = torch.cat(
-                [flatten_tokens(r[:, :, :-1] if ce else r) for r in resids], 1)
-        self.labels: Int[Tensor, " n"] | None = sequences[:, 1:].flatten() if ce else None
+            resids = [capture_residuals(model, mine[i:i + micro_batch], lens.hook_names)
+                      for i in range(0, len(mine), micro_batch)]
+            self.resids: Float[Tensor, "layer n d_model"] | None = torch.cat(
+                [flatten_tokens(r[:, :, :-1] if ce else r) for r in resids], 1) if resids else None
+        self.labels: Int[Tensor, " n"] | None = mine[:, 1:].flatten() if ce else None
+        self.dist = dist
         self.chunk_tokens = chunk_tokens
         self.products = products
         self.best: list[float] | None = None    # per trained layer
@@ -47,15 +54,18 @@ class Validation:
 
     @property
     def tokens(self) -> int:
-        """Positions scored."""
-        return int(self.resids.shape[1])
+        """Positions scored (over every rank)."""
+        return self.total
 
     @torch.no_grad()
     def layer_kl(self, lens: "TunedLens", layers: list[int]) -> Float[Tensor, " layer"]:
         """Mean KL(model || lens) (or cross-entropy) on the validation positions for each of ``layers`` (nats, fp64)."""
-        sums = accumulate_lens_grads(lens, self.resids, layers, labels=self.labels, chunk_tokens=self.chunk_tokens,
-                                     products=self.products, backward=False)
-        return sums / self.tokens
+        sums = torch.zeros(len(layers), dtype=torch.float64)
+        if self.resids is not None:
+            sums = accumulate_lens_grads(lens, self.resids, layers, labels=self.labels, chunk_tokens=self.chunk_tokens,
+                                         products=self.products, backward=False)
+        self.dist.all_reduce_([sums], "the validation all-reduce")   # every rank judges the same numbers
+        return sums / self.total
 
     def judge(self, kl: Float[Tensor, " layer"]) -> list[bool]:
         """Record a step's validation KL per trained layer; ``True`` where it is no worse than the best so
