@@ -62,7 +62,9 @@ def test_measured_plan_leaves_the_lens_untouched(model):
     assert all(torch.equal(before[k], v) for k, v in lens.state_dict().items())
     assert all(p.grad is None for p in lens.parameters())
     assert plan.rates.forward > 0 and plan.rates.kl_layer > 0 and 0 < plan.rates.warmup_s < 30
-    assert plan.lstsq_tokens % 16 == 0 and plan.steps >= 1
+    # how many steps fit depends on this machine's speed and load: only the plan's own arithmetic is checked
+    assert plan.lstsq_tokens % 16 == 0 and plan.lstsq_tokens >= 16
+    assert plan.predicted_fit_s + plan.steps * plan.predicted_step_s <= 30.0 - plan.rates.warmup_s
     with pytest.raises(LensError, match="time_budget"):
         plan_run(model, lens, TrainConfig(), seq_len=16)
 
