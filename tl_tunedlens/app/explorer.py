@@ -19,14 +19,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..analysis import stats
-from ..analysis.trajectory import PredictionTrajectory
+from ..analysis.cells import Row, stream_rows, trajectory_from_rows
+from ..analysis.trajectory import PredictionTrajectory, next_token_targets
 from ..core.backend import to_tokens
 from ..analysis.stream import run_once
 from ..errors import LensError
@@ -139,19 +139,29 @@ class Query:
 
 @dataclass
 class Analysis:
-    """Every lens's trajectory of one text (logit lens first), plus per lens the watched tokens'
-    log-probs (nats, ``[layer pos watch]``, ``layer`` = ``0..n_layers``) and the ranks (1 = top,
-    ``[layer pos]``) of token ``ranked`` (``None`` when no token is ranked)."""
+    """Every lens's rows of one text (logit lens first; :class:`~tl_tunedlens.analysis.cells.Row`, ``rows[lens][layer]``),
+    their trajectories, plus per lens the watched tokens' log-probs (nats, ``[layer pos watch]``, ``layer`` =
+    ``0..n_layers``) and the ranks (1 = top, ``[layer pos]``) of token ``ranked`` (``None`` when no token is ranked)."""
 
     tokens: Int[Tensor, "1 pos"]
-    trajectories: list[PredictionTrajectory]
+    rows: list[dict[int, Row]]
     watched: tuple[int, ...]
-    watched_log_probs: list[Float[Tensor, "layer pos watch"]]
-    watched_ranks: list[Int[Tensor, "layer pos"] | None]
     ranked: int | None = None
     seconds: float = 0.0
     names: list[str] = field(default_factory=list)
     uses: int = 1
+    trajectories: list[PredictionTrajectory] = field(default_factory=list)
+
+    @property
+    def watched_log_probs(self) -> list[Float[Tensor, "layer pos watch"]]:
+        return [torch.stack([rows[i].watched_log_probs[0] for i in sorted(rows)]) for rows in self.rows]
+
+    @property
+    def watched_ranks(self) -> list[Int[Tensor, "layer pos"] | None]:
+        if self.ranked is None:
+            return [None] * len(self.rows)
+        j = self.watch_index(self.ranked)
+        return [torch.stack([rows[i].watched_ranks[0, :, j] for i in sorted(rows)]) for rows in self.rows]
 
     def watch_index(self, token_id: int) -> int:
         """The column of ``token_id`` in the watched-token log-probs."""
@@ -233,42 +243,55 @@ class Explorer:
         return int(ids[0])
 
     # --- the computation -----------------------------------------------------------------
-    @torch.no_grad()
     def analyze(self, tokens: Int[Tensor, "1 pos"], watched: Sequence[int] = (), ranked: int | None = None, *,
                 top_k: int | None = None) -> Analysis:
         """Every lens's trajectory of ``tokens`` from one forward pass (top ``top_k`` kept, default the
         limit), the watched tokens' log-probs and the rank of token ``ranked``. Cached."""
+        for item in self.compute(tokens, watched, ranked, top_k=top_k):
+            if isinstance(item, Analysis):
+                return item
+        raise AssertionError("compute() ends with its analysis")
+
+    @torch.no_grad()
+    def compute(self, tokens: Int[Tensor, "1 pos"], watched: Sequence[int] = (), ranked: int | None = None, *,
+                top_k: int | None = None, cancelled: Callable[[], bool] | None = None
+                ) -> Iterator[list[Row] | Analysis]:
+        """:meth:`analyze`, step by step: yields blocks of rows as they are computed (the model's output row
+        first, then the layers in blocks of doubling size: 0-1, 2-3, 4-7, 8-15, ...; every lens's row of each layer), then the
+        :class:`Analysis`. A cached analysis yields all its rows at once. ``cancelled``: see
+        :func:`~tl_tunedlens.analysis.cells.stream_rows`."""
         watched = tuple(dict.fromkeys([int(t) for t in watched] + ([int(ranked)] if ranked is not None else [])))
         k = top_k or self.limits.max_top_k
         key = (tuple(tokens[0].tolist()), watched, ranked, k)
         if key in self.cache:
             self.cache.move_to_end(key)
-            self.cache[key].uses += 1
-            return self.cache[key]
+            analysis = self.cache[key]
+            analysis.uses += 1
+            yield [row for rows in analysis.rows for row in rows.values()]
+            yield analysis
+            return
         start = time.perf_counter()
-        run = run_once(self.model, list(self.lenses.values()), tokens)   # one forward pass for every lens
-        watch_ids = torch.tensor(watched, dtype=torch.long, device=run.final.device)
-        n, labels = run.n_layers, next(iter(self.lenses.values())).layer_labels
-        trajs, lps, ranks = [], [], []
-        for name, lens in self.lenses.items():
-            rows: dict[int, tuple[Tensor, Tensor | None]] = {}
-
-            def row(i: int, lens: "Lens" = lens, rows: dict = rows) -> Tensor:
-                lp = run.log_probs(lens, i)
-                rank = None if ranked is None else stats.target_rank(lp[0], torch.full_like(tokens[0], ranked)).cpu()
-                rows[i] = (lp[0][:, watch_ids].cpu(), rank)
-                return lp
-
-            trajs.append(PredictionTrajectory.from_log_probs(row, tokens, n_rows=n + 1, top_k=k, lens_name=name,
-                                                             tokenizer=self.token_text, layer_labels=list(labels)))
-            lps.append(torch.stack([rows[i][0] for i in range(n + 1)]))
-            ranks.append(None if ranked is None else torch.stack([rows[i][1] for i in range(n + 1)]))
-        analysis = Analysis(tokens.cpu(), trajs, watched, lps, ranks, ranked, time.perf_counter() - start,
-                            list(self.lenses))
+        lenses = list(self.lenses.values())
+        run = run_once(self.model, lenses, tokens)   # one forward pass for every lens
+        targets = next_token_targets(run.tokens)
+        rows: list[dict[int, Row]] = [{} for _ in lenses]
+        block, flush_at, n = [], 0, run.n_layers
+        for row in stream_rows(run, lenses, targets, top_k=k, watch=watched, cancelled=cancelled):
+            rows[row.lens][row.layer] = row
+            block.append(row)
+            if row.lens == len(lenses) - 1 and (row.layer == n or row.layer == flush_at):
+                yield block
+                block, flush_at = [], (2 * flush_at + 1 if row.layer < n else 1)
+        labels = lenses[0].layer_labels
+        trajs = [trajectory_from_rows(r, run.tokens, targets, watched, lens_name=name,
+                                      tokenizer=self.token_text, layer_labels=list(labels))
+                 for r, name in zip(rows, self.lenses)]
+        analysis = Analysis(tokens.cpu(), rows, watched, ranked, time.perf_counter() - start, list(self.lenses),
+                            trajectories=trajs)
         self.cache[key] = analysis
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        return analysis
+        yield analysis
 
     # --- what the page draws ---------------------------------------------------------------
     def heatmap(self, analysis: Analysis, stat: str, top_k: int, token: int | None = None) -> "go.Figure":
