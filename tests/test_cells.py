@@ -9,6 +9,7 @@ import torch
 from conftest import make_tiny_model, random_tuned_lens
 from tl_tunedlens import LogitLens
 from tl_tunedlens.analysis import stats
+from tl_tunedlens.analysis import cells
 from tl_tunedlens.analysis.cells import Cancelled, row_order, stream_rows
 from tl_tunedlens.analysis.stream import run_once
 from tl_tunedlens.analysis.trajectory import next_token_targets
@@ -24,9 +25,11 @@ def setup():
     return model, lenses, run_once(model, lenses, TOKENS)
 
 
-@pytest.mark.parametrize("block_bytes", [vocab.BLOCK_BYTES, 4 * 50 * 3])  # one block; blocks of 3 rows
-def test_rows_equal_the_textbook_statistics(setup, monkeypatch, block_bytes):
+@pytest.mark.parametrize("block_bytes, product_rows", [(vocab.BLOCK_BYTES, 256), (4 * 50 * 3, 1), (4 * 50 * 3, 40)])
+def test_rows_equal_the_textbook_statistics(setup, monkeypatch, block_bytes, product_rows):
+    """One product and one row block; a product per layer, blocks of 3 rows; two layers per product."""
     monkeypatch.setattr(vocab, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(cells, "PRODUCT_ROWS", product_rows)
     model, lenses, run = setup
     targets = next_token_targets(TOKENS)
     rows = list(stream_rows(run, lenses, targets, top_k=4, watch=[7, 11]))
@@ -55,7 +58,8 @@ def test_rows_equal_the_textbook_statistics(setup, monkeypatch, block_bytes):
     assert row_order(n) == [n, 0, 1, 2]
 
 
-def test_rows_can_be_cancelled_between_layers(setup):
+def test_rows_can_be_cancelled_between_layers(setup, monkeypatch):
+    monkeypatch.setattr(cells, "PRODUCT_ROWS", 1)  # one layer per product
     model, lenses, run = setup
     asked = []
 

@@ -151,6 +151,7 @@ class Analysis:
     names: list[str] = field(default_factory=list)
     uses: int = 1
     trajectories: list[PredictionTrajectory] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)   # seconds: forward, products, statistics
 
     @property
     def watched_log_probs(self) -> list[Float[Tensor, "layer pos watch"]]:
@@ -166,6 +167,17 @@ class Analysis:
     def watch_index(self, token_id: int) -> int:
         """The column of ``token_id`` in the watched-token log-probs."""
         return self.watched.index(token_id)
+
+
+@dataclass
+class Prepared:
+    """A query checked against the model: its tokens, the position (``0..pos-1``), the typed tokens' ids
+    (``Query`` field -> id) and notes for the page."""
+
+    tokens: Int[Tensor, "1 pos"]
+    position: int
+    ids: dict[str, int]
+    notes: list[str]
 
 
 class _TokenText:
@@ -273,10 +285,11 @@ class Explorer:
         start = time.perf_counter()
         lenses = list(self.lenses.values())
         run = run_once(self.model, lenses, tokens)   # one forward pass for every lens
+        stages = {"forward": time.perf_counter() - start}
         targets = next_token_targets(run.tokens)
         rows: list[dict[int, Row]] = [{} for _ in lenses]
         block, flush_at, n = [], 0, run.n_layers
-        for row in stream_rows(run, lenses, targets, top_k=k, watch=watched, cancelled=cancelled):
+        for row in stream_rows(run, lenses, targets, top_k=k, watch=watched, cancelled=cancelled, seconds=stages):
             rows[row.lens][row.layer] = row
             block.append(row)
             if row.lens == len(lenses) - 1 and (row.layer == n or row.layer == flush_at):
@@ -287,7 +300,7 @@ class Explorer:
                                       tokenizer=self.token_text, layer_labels=list(labels))
                  for r, name in zip(rows, self.lenses)]
         analysis = Analysis(tokens.cpu(), rows, watched, ranked, time.perf_counter() - start, list(self.lenses),
-                            trajectories=trajs)
+                            trajectories=trajs, stages=stages)
         self.cache[key] = analysis
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
@@ -338,30 +351,32 @@ class Explorer:
                 "next": visible_token(traj.decode(target)) if target >= 0 else None,
                 "layers": list(traj.layer_labels), "lenses": lenses}
 
+    def prepare(self, query: Query) -> "Prepared":
+        """``query`` checked against the model (tokens, position, typed tokens), before any work starts."""
+        query.check(self.limits)
+        tokens = self.tokenize(query.text)
+        n_pos = tokens.shape[1]
+        if not -n_pos <= query.position < n_pos:
+            raise LensError(f"position {query.position} is out of range: the text has {n_pos} tokens")
+        ids = {key: self.token_id(getattr(query, key), name) for key, name in TYPED_TOKENS.items() if getattr(query, key)}
+        if query.stat.startswith("token_") and "token" not in ids:
+            raise LensError(NEED_TOKEN)
+        notes = ["type both tokens A and B to see their logit difference"] if ("diff_a" in ids) != ("diff_b" in ids) else []
+        return Prepared(tokens, query.position % n_pos, ids, notes)
+
     def respond(self, query: Query) -> dict[str, Any]:
         """Everything the page draws for ``query``: checked first, then computed (one query at a time)."""
-        query.check(self.limits)
+        prepared = self.prepare(query)
+        position, ids = prepared.position, prepared.ids
         with self.lock:
-            tokens = self.tokenize(query.text)
-            n_pos = tokens.shape[1]
-            if not -n_pos <= query.position < n_pos:
-                raise LensError(f"position {query.position} is out of range: the text has {n_pos} tokens")
-            position = query.position % n_pos
-            ids = {key: self.token_id(getattr(query, key), name)
-                   for key, name in TYPED_TOKENS.items() if getattr(query, key)}
-            notes = []
-            if query.stat.startswith("token_") and "token" not in ids:
-                raise LensError(NEED_TOKEN)
-            if ("diff_a" in ids) != ("diff_b" in ids):
-                notes.append("type both tokens A and B to see their logit difference")
-            analysis = self.analyze(tokens, list(ids.values()), ids.get("token"))
+            analysis = self.analyze(prepared.tokens, list(ids.values()), ids.get("token"))
             started = time.perf_counter()
             figure = self.heatmap(analysis, query.stat, query.top_k, ids.get("token")) if query.what == "all" else None
             diff = (self.logit_difference(analysis, ids["diff_a"], ids["diff_b"], position)
                     if "diff_a" in ids and "diff_b" in ids else None)
             table = self.position_table(analysis, position, query.top_k)
         return {"tokens": [visible_token(s) for s in analysis.trajectories[0].input_strings()], "position": position,
-                "figure": figure, "diff_figure": diff, "table": table, "notes": notes,
+                "figure": figure, "diff_figure": diff, "table": table, "notes": prepared.notes,
                 "token_ids": {name: i for name, i in ids.items()},
                 "seconds": {"model_and_lenses": round(analysis.seconds, 3), "cached": analysis.uses > 1,
                             "figures": round(time.perf_counter() - started, 3)}}

@@ -109,7 +109,7 @@ def block_statistics_(z: Float[Tensor, "r d_vocab"], q_buf: Float[Tensor, "rows 
     q, lse = softmax_lse_(z, q_buf[:z.shape[0]])
     top_logits, top_indices = z.topk(top_k, dim=-1)
     picked = z.gather(-1, ids)
-    ranks = torch.stack([torch.count_nonzero(z > picked[:, j:j + 1], dim=-1) for j in range(ids.shape[1])], -1) + 1
+    ranks = torch.stack([(z > picked[:, j:j + 1]).sum(-1, dtype=torch.int32) for j in range(ids.shape[1])], -1).long() + 1
     return BlockStatistics(lse, torch.linalg.vecdot(q, z), top_logits, top_indices, picked, ranks,
                            None if p is None else torch.linalg.vecdot(p, z),
                            None if other is None else torch.linalg.vecdot(q, other))
