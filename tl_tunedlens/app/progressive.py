@@ -4,7 +4,7 @@ same page cancels the older one.
 ``POST /api/stream`` answers a :class:`~tl_tunedlens.app.explorer.Query` (plus ``page``, an id the page
 picks once, and ``seq``, its request counter) as newline-delimited JSON, one message a line:
 
-- ``{"kind": "start", "tokens", "position", "layers", "lenses", "token_ids", "watched", "top_k", "notes"}``
+- ``{"kind": "start", "ids", "tokens", "position", "layers", "lenses", "token_ids", "watched", "top_k", "notes"}``
   once the query is checked (a bad query is a ``400`` before any line);
 - ``{"kind": "queued", "ahead": n}`` while other pages' requests run first;
 - ``{"kind": "rows", "rows": [...], "vocab": {id: [plotly text, plain text]}}``: the model's output row
@@ -36,7 +36,7 @@ from torch import Tensor
 from ..analysis.cells import Cancelled, Row
 from ..errors import LensError, first_line
 from ..viz.plots import display_token
-from .explorer import Query
+from .query import Query
 from .figures import visible_token
 
 if TYPE_CHECKING:
@@ -139,10 +139,10 @@ class Progressive:
         tokens = prepared.tokens[0].tolist()
         first = next(iter(explorer.lenses.values()))
         watched = list(dict.fromkeys(prepared.ids.values()))
-        yield line({"kind": "start", "tokens": [visible_token(text.decode([t])) for t in tokens],
+        yield line({"kind": "start", "ids": tokens, "tokens": [visible_token(text.decode([t])) for t in tokens],
                     "position": prepared.position, "layers": list(first.layer_labels), "lenses": list(explorer.lenses),
                     "token_ids": prepared.ids, "watched": watched, "top_k": query.top_k, "notes": prepared.notes,
-                    "vocab": vocab(tokens)})
+                    "vocab": vocab(tokens + watched)})
         if not explorer.lock.acquire(blocking=False):
             with self.pages.lock:
                 self.pages.waiting += 1
