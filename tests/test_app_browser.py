@@ -90,7 +90,9 @@ def test_explorer_in_chromium(server, smollm2, tmp_path):
                          " const b = document.getElementById('diff-b'); b.value = ' Paris';"
                          " b.dispatchEvent(new Event('change')); })()")
         assert browser.wait_for("!document.getElementById('diff').hidden"
-                                " && document.getElementById('diff').data?.length === 2", timeout=180)
+                                " && document.getElementById('diff').data?.length === 2"
+                                f" && document.getElementById('heatmap').dataset.complete === {json.dumps(PROMPTS[0])}",
+                                timeout=180)
         browser.evaluate("document.querySelector('.tab[data-tab=position]').click()")
         rows = browser.evaluate("Array.from(document.querySelectorAll('#layers tr')).slice(1)"
                                 ".map(r => r.querySelector('.tk').firstChild.textContent)")
