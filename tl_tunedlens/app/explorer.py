@@ -2,13 +2,16 @@
 
 :class:`~tl_tunedlens.app.explorer.Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
 once. For a text it runs the model once (``run_with_cache`` on the lens hook names) and streams every
-lens layer by layer into a :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`, keeping besides the
+lens's rows, the model's output row first (:func:`~tl_tunedlens.analysis.cells.stream_rows`: the vocabulary
+products batched over layers, the statistics fused into one row-block pass), keeping besides the
 log-probs and ranks of a few *watched* tokens (the chosen token, the two tokens of the logit
-difference), so memory stays ``lenses x layers x pos x k``. Analyses are cached per (text, watched
-tokens), so changing the statistic, top-k or position redraws without running the model again.
+difference), so memory stays ``lenses x layers x pos x k``. :meth:`Explorer.compute` yields the rows in
+blocks as they are ready (the page's progressive answers, :mod:`.progressive`) and ends with the
+:class:`Analysis` (rows and :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`). Analyses are
+cached per (text, watched tokens), so changing the statistic, top-k or position needs no model run.
 
-:meth:`Explorer.respond` turns one request of the page (:class:`Query`) into what it draws: the
-heatmap figure, the logit-difference figure and the table of one position. Every bad input raises
+:meth:`Explorer.respond` turns one request (:class:`Query`) into plotly figures (``POST /api/analyze``,
+and from Python): the heatmap figure, the logit-difference figure and the table of one position. Every bad input raises
 :class:`~tl_tunedlens.errors.LensError` with a one-line message, checked before any work starts.
 """
 

@@ -51,7 +51,10 @@ def _numbers(values: Tensor, digits: int = 4) -> list:
     """``values`` as (nested) lists rounded to ``digits`` decimals, ``None`` for NaN/inf (JSON has no NaN)."""
     values = values.double()
     scale = 10.0 ** digits
-    rounded = torch.where(values.isfinite(), (values * scale).round() / scale, torch.nan).tolist()
+    finite = values.isfinite()
+    rounded = torch.where(finite, (values * scale).round() / scale, torch.nan).tolist()
+    if bool(finite.all()):
+        return rounded
 
     def clean(x: Any) -> Any:
         return [clean(v) for v in x] if isinstance(x, list) else (None if x != x else x)
