@@ -15,22 +15,31 @@ from tl_tunedlens.analysis.stream import run_once
 from tl_tunedlens.analysis.trajectory import next_token_targets
 from tl_tunedlens.core import vocab
 
-TOKENS = torch.tensor([[3, 14, 15, 9, 26, 5, 35, 8, 9, 7]])
+TOKENS = torch.tensor([[3, 14, 15, 9, 26, 5, 35, 8, 9, 7]])  # ids below every tiny model's vocabulary (37)
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = make_tiny_model("RMS", n_layers=3, d_vocab=50)
+def _setup(model):
     lenses = [LogitLens.from_model(model), random_tuned_lens(model, seed=4)]
     return model, lenses, run_once(model, lenses, TOKENS)
 
 
+@pytest.fixture(scope="module")
+def setup():
+    return _setup(make_tiny_model("RMS", n_layers=3, d_vocab=50))
+
+
+@pytest.fixture
+def every_setup(tiny_model):
+    """GPT-2, Llama and Gemma-2 (soft-capped: the autograd products) types on both backends."""
+    return _setup(tiny_model)
+
+
 @pytest.mark.parametrize("block_bytes, product_rows", [(vocab.BLOCK_BYTES, 256), (4 * 50 * 3, 1), (4 * 50 * 3, 40)])
-def test_rows_equal_the_textbook_statistics(setup, monkeypatch, block_bytes, product_rows):
-    """One product and one row block; a product per layer, blocks of 3 rows; two layers per product."""
+def test_rows_equal_the_textbook_statistics(every_setup, monkeypatch, block_bytes, product_rows):
+    """One product and one row block; a product per layer, blocks of a few rows; several layers per product."""
     monkeypatch.setattr(vocab, "BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(cells, "PRODUCT_ROWS", product_rows)
-    model, lenses, run = setup
+    model, lenses, run = every_setup
     targets = next_token_targets(TOKENS)
     rows = list(stream_rows(run, lenses, targets, top_k=4, watch=[7, 11]))
     n = run.n_layers
