@@ -28,7 +28,7 @@ Chromium are there). Not a test; under TransformerLens 4.x (``JacobianLens`` is 
 
     .venv-tl4/bin/python bench/lens_families.py --figure lens_families.html
 
-A J-lens prompt of 64 tokens costs minutes on 2 CPU cores (8 prompts took ~27 min): size it with
+A J-lens prompt of 64 tokens costs ~80 s on 2 quiet CPU cores (``dim_batch`` 32): size it with
 ``--jlens-prompts``/``--jlens-tokens`` (``--jlens-layers`` fits only some layers, with a shorter backward);
 ``--quick`` is a smoke run of a few minutes at tiny sizes (J-lens layers 26-28 only).
 """
