@@ -10,7 +10,7 @@ blocks as they are ready (the page's progressive answers, :mod:`.progressive`) a
 :class:`Analysis` (rows and :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`). Analyses are
 cached per (text, watched tokens), so changing the statistic, top-k or position needs no model run.
 
-:meth:`Explorer.respond` turns one request (:class:`Query`) into plotly figures (``POST /api/analyze``,
+:meth:`Explorer.respond` turns one request (:class:`~tl_tunedlens.app.query.Query`) into plotly figures (``POST /api/analyze``,
 and from Python): the heatmap figure, the logit-difference figure and the table of one position. Every bad input raises
 :class:`~tl_tunedlens.errors.LensError` with a one-line message, checked before any work starts.
 """
@@ -65,10 +65,12 @@ class Analysis:
 
     @property
     def watched_log_probs(self) -> list[Float[Tensor, "layer pos watch"]]:
+        """Per lens, the log-probs (nats) of the watched tokens at every layer and position."""
         return [torch.stack([rows[i].watched_log_probs[0] for i in sorted(rows)]) for rows in self.rows]
 
     @property
     def watched_ranks(self) -> list[Int[Tensor, "layer pos"] | None]:
+        """Per lens, the rank (0: top) of the ranked watched token at every layer and position; ``None`` without one."""
         if self.ranked is None:
             return [None] * len(self.rows)
         j = self.watch_index(self.ranked)

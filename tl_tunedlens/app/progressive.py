@@ -1,7 +1,7 @@
 """Progressive answers: the page's figures arrive row block by row block, and a newer request from the
 same page cancels the older one.
 
-``POST /api/stream`` answers a :class:`~tl_tunedlens.app.explorer.Query` (plus ``page``, an id the page
+``POST /api/stream`` answers a :class:`~tl_tunedlens.app.query.Query` (plus ``page``, an id the page
 picks once, and ``seq``, its request counter) as newline-delimited JSON, one message a line:
 
 - ``{"kind": "start", "ids", "tokens", "position", "layers", "lenses", "token_ids", "watched", "top_k", "notes"}``

@@ -2,7 +2,7 @@
 
 Routes: ``GET /`` the page; ``GET /static/<name>`` its script, style sheet and plotly.js (from the
 installed ``plotly`` package, its one CDN URL neutralised); ``GET /api/settings`` the model, lenses,
-statistics and limits; ``POST /api/analyze`` a :class:`~.explorer.Query` as JSON, answered with the
+statistics and limits; ``POST /api/analyze`` a :class:`~tl_tunedlens.app.query.Query` as JSON, answered with the
 figures and table as JSON; ``POST /api/stream`` the same query answered progressively, row block by row
 block, as newline-delimited JSON (what the page uses; :mod:`.progressive`); ``POST /api/report`` the offline page ``tl-tunedlens show`` writes, as an
 attachment. Bad input is answered ``400 {"error": "<one line>"}``, which the page shows.
