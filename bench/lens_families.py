@@ -28,7 +28,7 @@ Chromium are there). Not a test; under TransformerLens 4.x (``JacobianLens`` is 
 
     .venv-tl4/bin/python bench/lens_families.py --figure lens_families.html
 
-A J-lens prompt of 64 tokens costs minutes on 2 CPU cores (8 prompts took ~27 min): size it with
+A J-lens prompt of 64 tokens costs ~80 s on 2 quiet CPU cores (``dim_batch`` 32): size it with
 ``--jlens-prompts``/``--jlens-tokens`` (``--jlens-layers`` fits only some layers, with a shorter backward);
 ``--quick`` is a smoke run of a few minutes at tiny sizes (J-lens layers 26-28 only).
 """
@@ -87,10 +87,16 @@ def fit_jlens(model, args, families: list[Family]) -> None:
 
     from tl_tunedlens import TunedLens, load_tokens
 
+    if args.jlens_from:   # a J-lens fitted earlier (e.g. --save-jlens): scored, its fit time not measured here
+        jl = JacobianLens.load(args.jlens_from)
+        families.append(Family(f"J-lens {jl.n_prompts} (file)", TunedLens.from_jacobian_lens(jl, model), math.nan,
+                               jlens_flops(model, jl.n_prompts, args.jlens_tokens, args.jlens_dim_batch,
+                                           min(jl.source_layers)),
+                               f"{jl.n_prompts} prompts x {args.jlens_tokens} tokens"))
+        return
     sizes = sorted(set(args.jlens_prompts))
-    length = args.jlens_tokens + 8   # decoded and re-tokenised by TL: a margin, then cut at max_seq_len
-    seqs = load_tokens("shakespeare", model.tokenizer, length, split="train", max_tokens=sizes[-1] * length).sequences
-    prompts = [model.tokenizer.decode(s) for s in seqs[:sizes[-1]]]
+    # decoded and re-tokenised by TL (a margin of 8 tokens, then cut at max_seq_len)
+    prompts = [model.tokenizer.decode(s) for s in jlens_data(model, args, margin=8)]
     parts, elapsed, done = [], 0.0, 0
     for size in sizes:
         t0 = time.perf_counter()
@@ -107,6 +113,29 @@ def fit_jlens(model, args, families: list[Family]) -> None:
         print(f"  J-lens on {size} prompts x {args.jlens_tokens} tokens: {elapsed:.0f} s", flush=True)
     if args.save_jlens:
         jl.save(args.save_jlens)
+
+
+def jlens_data(model, args, margin: int = 0) -> "torch.Tensor":
+    """The token ids of the largest J-lens's prompts, ``[prompts, jlens_tokens + margin]``, from the training plays."""
+    from tl_tunedlens import load_tokens
+
+    size, length = max(args.jlens_prompts), args.jlens_tokens + 8
+    seqs = load_tokens("shakespeare", model.tokenizer, length, split="train", max_tokens=size * length).sequences
+    return seqs[:size, :args.jlens_tokens + margin]
+
+
+def fit_ours_on_jlens_data(model, args, families: list[Family]) -> None:
+    """Our least-squares start on exactly the J-lens's tokens (equal data), the preset's ridge."""
+    from tl_tunedlens import TunedLens
+    from tl_tunedlens.training import TrainConfig, lstsq_init_
+
+    tokens = jlens_data(model, args)
+    lens, t0 = TunedLens.from_model(model), time.perf_counter()
+    lstsq_init_(lens, model, tokens, ridge=TrainConfig().ridge)
+    seconds = time.perf_counter() - t0
+    families.append(Family("ours lstsq, J-lens data", lens, seconds, lstsq_flops(model, tokens.numel()),
+                           f"{tokens.numel()} tokens ({len(tokens)} prompts x {tokens.shape[1]})"))
+    print(f"  least squares on the J-lens's {tokens.numel()} tokens: {seconds:.1f} s", flush=True)
 
 
 def fit_ours(model, args, families: list[Family]) -> None:
@@ -194,13 +223,21 @@ def markdown(families: list[Family], has_ood: bool) -> str:
     rows = []
     for f in families:
         held = f.scores["heldout"]
-        row = [f.name, f.data, f"{f.fit_s:.0f}", f"{f.flops / 1e12:.1f}"]
+        row = [f.name, f.data, "-" if math.isnan(f.fit_s) else f"{f.fit_s:.0f}", f"{f.flops / 1e12:.1f}"]
         row += [f"{mean(held[m]):.3f}" for m in ("kl", "ce", "entropy", "top1")]
         row += [f"{mean(f.scores['ood']['kl']):.3f}"] if has_ood else []
         row += [f"{f.scores['spearman']:.3f}", f"{f.scores['steering']:.3f}"]
         rows.append(row)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def write_json(families: list[Family], path: str) -> None:
+    """Every family's fit facts and scores (per-layer lists), atomically."""
+    from tl_tunedlens.artifacts.files import write_json_atomic
+
+    write_json_atomic(path, [{"name": f.name, "data": f.data, "fit_s": None if math.isnan(f.fit_s) else f.fit_s,
+                              "flops": f.flops, "scores": f.scores} for f in families])
 
 
 def figure(families: list[Family], path: str, title: str) -> None:
@@ -235,6 +272,8 @@ def main() -> int:
     parser.add_argument("--jlens-layers", type=int, nargs="+", help="J-lens source layers (default: all, 0..n-2; "
                         "J-lens layer l is lens layer l + 1, the others stay the logit lens)")
     parser.add_argument("--save-jlens", help="write the largest J-lens here (.pt, TL's format)")
+    parser.add_argument("--jlens-from", help="score this saved J-lens (.pt) instead of fitting one (fit time: -)")
+    parser.add_argument("--json", help="write every family's per-layer scores here (for figures)")
     parser.add_argument("--lstsq-tokens", type=int, default=TrainConfig().lstsq_tokens,
                         help="tokens of our least-squares start (default: the laptop preset's)")
     parser.add_argument("--steps", type=int, default=8, help="Adam steps x 512 tokens after it (0: no refined row)")
@@ -268,6 +307,7 @@ def main() -> int:
 
     families = [Family("logit lens", LogitLens.from_model(model))]
     fit_jlens(model, args, families)
+    fit_ours_on_jlens_data(model, args, families)
     fit_ours(model, args, families)
     print(f"scoring {len(families)} families [{time.perf_counter() - t_start:.0f} s]", flush=True)
     score_quality(model, families, held, "heldout")
@@ -284,6 +324,8 @@ def main() -> int:
           f"{held.numel()} held-out tokens; causal: {args.causal_k} directions at layers {args.causal_layers} on "
           f"{args.causal_tokens} tokens; steering: alpha={args.steer_alpha} at layers {args.steer_layers}, "
           f"{len(targets)} tokens x {min(args.steer_contexts, len(held))} contexts")
+    if args.json:
+        write_json(families, args.json)
     figure(families, args.figure, f"Lens families on SmolLM2-135M: held-out KL per layer ({held.numel()} tokens)")
     print(f"figure written to {args.figure}; whole run {time.perf_counter() - t_start:.0f} s")
     return 0

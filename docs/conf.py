@@ -59,7 +59,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(torch|transformer_lens|jaxtyping|numpy|np|plotly|go|circuitsvis|huggingface_hub|safetensors"
                r"|pathlib|os|typing|collections|types|dataclasses|argparse|concurrent|tqdm|werkzeug|transformers|sae_lens)(\..*)?"),
     (r"py:.*", r"(Tensor|Float|Int|Path|PathLike|Callable|Sequence|Mapping|Iterator|Iterable|Any|Decoder|nn\..*"
-               r"|HookedTransformer|TransformerBridge|Model|SAE|HookList|Positions|Token|Tokens|VocabProducts|HookedSAETransformer|ActivationCache|HookPoint|RenderedHTML|Figure|TypedDict|Generator)"),
+               r"|HookedTransformer|TransformerBridge|Model|SAE|HookList|Positions|Token|Tokens|VocabProducts|HookedSAETransformer|ActivationCache|HookPoint|RenderedHTML|Figure|TypedDict|Generator|Query|Limits)"),   # Query, Limits: app.query
     (r"py:.*", r".*\[.*"),   # jaxtyping shapes such as Float[Tensor, 'batch pos d_model']
     (r"py:class", r".*\.[TC]"),   # a module's TypeVar (e.g. Dist.shard's item type, a settings class)
     (r"py:class", r"(int|float|str|bool|dict|list|tuple|None|type|object|bytes|optional)"),

@@ -211,14 +211,15 @@ def client(explorer):
 
 
 def test_page_and_assets_name_no_other_address(client):
-    for path in ("/", "/static/explorer.js", "/static/explorer.css", "/static/plotly.min.js"):
+    for path in ("/", "/static/explorer.js", "/static/figures.js", "/static/explorer.css", "/static/plotly.min.js"):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response.headers["Content-Security-Policy"] == CSP
         assert fetchable_urls(response.get_data(as_text=True)) == [], path
     assert "cdn.jsdelivr" not in static_file("plotly.min.js").decode()
-    js = client.get("/static/explorer.js").get_data(as_text=True)
-    assert not re.search(r"https?://", js)  # the page talks to its own origin only
+    for name in ("explorer.js", "figures.js"):
+        js = client.get(f"/static/{name}").get_data(as_text=True)
+        assert not re.search(r"https?://", js)  # the page talks to its own origin only
     assert "connect-src 'self'" in CSP and "default-src 'none'" in CSP
     assert client.get("/static/../explorer.py").status_code == 404
     assert client.get("/static/nothing.js").status_code == 404

@@ -32,7 +32,8 @@ def test_every_page_is_built(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     for page in ("index.html", "api.html", "tutorials/training_and_evaluating_lenses.html",
                  "tutorials/loading_pretrained_lenses.html", "tutorials/lenses_in_transformerlens.html",
-                 "tutorials/transformerbridge.html", "tutorials/explorer.html", "guide.html",
+                 "tutorials/transformerbridge.html", "tutorials/lens_families.html", "tutorials/explorer.html",
+                 "guide.html",
                  "tutorials/safety.html", "tutorials/experiments.html",
                  "tutorials/lenses_and_saes.html", "tutorials/scaling_up.html",
                  "_autosummary/tl_tunedlens.lens.TunedLens.html"):

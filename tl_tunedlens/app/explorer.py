@@ -2,13 +2,16 @@
 
 :class:`~tl_tunedlens.app.explorer.Explorer` holds a model and its lenses (the logit lens first, then each tuned lens), loaded
 once. For a text it runs the model once (``run_with_cache`` on the lens hook names) and streams every
-lens layer by layer into a :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`, keeping besides the
+lens's rows, the model's output row first (:func:`~tl_tunedlens.analysis.cells.stream_rows`: the vocabulary
+products batched over layers, the statistics fused into one row-block pass), keeping besides the
 log-probs and ranks of a few *watched* tokens (the chosen token, the two tokens of the logit
-difference), so memory stays ``lenses x layers x pos x k``. Analyses are cached per (text, watched
-tokens), so changing the statistic, top-k or position redraws without running the model again.
+difference), so memory stays ``lenses x layers x pos x k``. :meth:`Explorer.compute` yields the rows in
+blocks as they are ready (the page's progressive answers, :mod:`.progressive`) and ends with the
+:class:`Analysis` (rows and :class:`~tl_tunedlens.analysis.trajectory.PredictionTrajectory`). Analyses are
+cached per (text, watched tokens), so changing the statistic, top-k or position needs no model run.
 
-:meth:`Explorer.respond` turns one request of the page (:class:`Query`) into what it draws: the
-heatmap figure, the logit-difference figure and the table of one position. Every bad input raises
+:meth:`Explorer.respond` turns one request (:class:`~tl_tunedlens.app.query.Query`) into plotly figures (``POST /api/analyze``,
+and from Python): the heatmap figure, the logit-difference figure and the table of one position. Every bad input raises
 :class:`~tl_tunedlens.errors.LensError` with a one-line message, checked before any work starts.
 """
 
@@ -19,14 +22,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..analysis import stats
-from ..analysis.trajectory import PredictionTrajectory
+from ..analysis.cells import Row, stream_rows, trajectory_from_rows
+from ..analysis.trajectory import PredictionTrajectory, next_token_targets
 from ..core.backend import to_tokens
 from ..analysis.stream import run_once
 from ..errors import LensError
@@ -34,6 +37,7 @@ from ..lens import LogitLens, TunedLens
 from ..viz.plots import compare_heatmaps
 from ..viz.report import report_html
 from .figures import logit_difference_figure, visible_token
+from .query import NEED_TOKEN, STAT_CHOICES, TYPED_TOKENS, Limits, Query  # noqa: F401  (re-exported)
 
 from ..core.backend import Model
 
@@ -43,119 +47,49 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 LOGIT_LENS = "logit lens"
-# statistics the page offers: name -> label; "token_*" are about the token the user chose
-STAT_CHOICES: dict[str, str] = {
-    "kl": "KL(output || layer), nats",
-    "entropy": "entropy, nats",
-    "ce": "cross-entropy of the next token, nats",
-    "rank": "rank of the next token",
-    "prob": "probability of the next token",
-    "token_prob": "probability of a chosen token",
-    "token_rank": "rank of a chosen token",
-    "max_prob": "top-1 probability",
-    "kl_step": "KL(layer l+1 || layer l), nats",
-}
-TYPED_TOKENS = {"token": "chosen token", "diff_a": "token A", "diff_b": "token B"}  # Query field -> its name
-NEED_TOKEN = "type a token under 'chosen token' to see its probability or rank"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on one request: characters and tokens of the text, top-k, characters of a typed token."""
-
-    max_chars: int = 2000
-    max_tokens: int = 128
-    max_top_k: int = 20
-    max_token_chars: int = 50
-
-    def __post_init__(self) -> None:
-        for name in ("max_chars", "max_tokens", "max_top_k", "max_token_chars"):
-            if getattr(self, name) < 1:
-                raise LensError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class Query:
-    """One request of the page. ``position`` indexes the tokens (negative counts from the end);
-    ``token``, ``diff_a``, ``diff_b`` are typed tokens (``""`` for none), kept exactly as typed."""
-
-    text: str
-    stat: str = "kl"
-    top_k: int = 5
-    position: int = -1
-    token: str = ""
-    diff_a: str = ""
-    diff_b: str = ""
-    lens: str = ""  # the tuned lens of the downloaded page ("" = the first)
-    what: str = "all"  # "position": only what depends on the position (table, logit difference)
-
-    @classmethod
-    def from_json(cls, data: Any, limits: Limits) -> "Query":
-        """A query from the page's JSON, every field type- and bound-checked (one-line errors)."""
-        if not isinstance(data, Mapping):
-            raise LensError("the request must be a JSON object")
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise LensError(f"unknown request field(s): {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        for name, f in cls.__dataclass_fields__.items():
-            if name not in data:
-                continue
-            value, kind = data[name], int if f.type == "int" else str
-            if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise LensError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
-            if kind is str:
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:   # JSON may carry a lone surrogate (\ud800), which is no text
-                    raise LensError(f"{name} holds a lone UTF-16 surrogate, which is not text: send valid "
-                                    "Unicode") from None
-            values[name] = value
-        if "text" not in values:
-            raise LensError("the request has no text")
-        query = cls(**values)
-        query.check(limits)
-        return query
-
-    def check(self, limits: Limits) -> None:
-        """Bounds that need no model: text length, statistic, top-k, typed-token length."""
-        if not self.text.strip():
-            raise LensError("the text is empty: type a prompt")
-        if len(self.text) > limits.max_chars:
-            raise LensError(f"the text has {len(self.text)} characters; the limit is {limits.max_chars} "
-                            "(shorten it, or restart serve with a larger --max-chars)")
-        if self.what not in ("all", "position"):
-            raise LensError(f"what must be 'all' or 'position', got {self.what!r}")
-        if self.stat not in STAT_CHOICES:
-            raise LensError(f"unknown statistic {self.stat!r}: use one of {', '.join(STAT_CHOICES)}")
-        if not 1 <= self.top_k <= limits.max_top_k:
-            raise LensError(f"top-k must be between 1 and {limits.max_top_k}, got {self.top_k}")
-        for name in TYPED_TOKENS:
-            if len(getattr(self, name)) > limits.max_token_chars:
-                raise LensError(f"{name} is longer than {limits.max_token_chars} characters: type a single token")
-
-
 @dataclass
 class Analysis:
-    """Every lens's trajectory of one text (logit lens first), plus per lens the watched tokens'
-    log-probs (nats, ``[layer pos watch]``, ``layer`` = ``0..n_layers``) and the ranks (1 = top,
-    ``[layer pos]``) of token ``ranked`` (``None`` when no token is ranked)."""
+    """Every lens's rows of one text (logit lens first; :class:`~tl_tunedlens.analysis.cells.Row`, ``rows[lens][layer]``),
+    their trajectories, plus per lens the watched tokens' log-probs (nats, ``[layer pos watch]``, ``layer`` =
+    ``0..n_layers``) and the ranks (1 = top, ``[layer pos]``) of token ``ranked`` (``None`` when no token is ranked)."""
 
     tokens: Int[Tensor, "1 pos"]
-    trajectories: list[PredictionTrajectory]
+    rows: list[dict[int, Row]]
     watched: tuple[int, ...]
-    watched_log_probs: list[Float[Tensor, "layer pos watch"]]
-    watched_ranks: list[Int[Tensor, "layer pos"] | None]
     ranked: int | None = None
     seconds: float = 0.0
     names: list[str] = field(default_factory=list)
     uses: int = 1
+    trajectories: list[PredictionTrajectory] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)   # seconds: forward, products, statistics
+
+    @property
+    def watched_log_probs(self) -> list[Float[Tensor, "layer pos watch"]]:
+        """Per lens, the log-probs (nats) of the watched tokens at every layer and position."""
+        return [torch.stack([rows[i].watched_log_probs[0] for i in sorted(rows)]) for rows in self.rows]
+
+    @property
+    def watched_ranks(self) -> list[Int[Tensor, "layer pos"] | None]:
+        """Per lens, the rank (0: top) of the ranked watched token at every layer and position; ``None`` without one."""
+        if self.ranked is None:
+            return [None] * len(self.rows)
+        j = self.watch_index(self.ranked)
+        return [torch.stack([rows[i].watched_ranks[0, :, j] for i in sorted(rows)]) for rows in self.rows]
 
     def watch_index(self, token_id: int) -> int:
         """The column of ``token_id`` in the watched-token log-probs."""
         return self.watched.index(token_id)
+
+
+@dataclass
+class Prepared:
+    """A query checked against the model: its tokens, the position (``0..pos-1``), the typed tokens' ids
+    (``Query`` field -> id) and notes for the page."""
+
+    tokens: Int[Tensor, "1 pos"]
+    position: int
+    ids: dict[str, int]
+    notes: list[str]
 
 
 class _TokenText:
@@ -233,42 +167,56 @@ class Explorer:
         return int(ids[0])
 
     # --- the computation -----------------------------------------------------------------
-    @torch.no_grad()
     def analyze(self, tokens: Int[Tensor, "1 pos"], watched: Sequence[int] = (), ranked: int | None = None, *,
                 top_k: int | None = None) -> Analysis:
         """Every lens's trajectory of ``tokens`` from one forward pass (top ``top_k`` kept, default the
         limit), the watched tokens' log-probs and the rank of token ``ranked``. Cached."""
+        for item in self.compute(tokens, watched, ranked, top_k=top_k):
+            if isinstance(item, Analysis):
+                return item
+        raise AssertionError("compute() ends with its analysis")
+
+    @torch.no_grad()
+    def compute(self, tokens: Int[Tensor, "1 pos"], watched: Sequence[int] = (), ranked: int | None = None, *,
+                top_k: int | None = None, cancelled: Callable[[], bool] | None = None
+                ) -> Iterator[list[Row] | Analysis]:
+        """:meth:`analyze`, step by step: yields blocks of rows as they are computed (the model's output row
+        first, then the layers in blocks of doubling size: 0-1, 2-3, 4-7, 8-15, ...; every lens's row of each layer), then the
+        :class:`Analysis`. A cached analysis yields all its rows at once. ``cancelled``: see
+        :func:`~tl_tunedlens.analysis.cells.stream_rows`."""
         watched = tuple(dict.fromkeys([int(t) for t in watched] + ([int(ranked)] if ranked is not None else [])))
         k = top_k or self.limits.max_top_k
         key = (tuple(tokens[0].tolist()), watched, ranked, k)
         if key in self.cache:
             self.cache.move_to_end(key)
-            self.cache[key].uses += 1
-            return self.cache[key]
+            analysis = self.cache[key]
+            analysis.uses += 1
+            yield [row for rows in analysis.rows for row in rows.values()]
+            yield analysis
+            return
         start = time.perf_counter()
-        run = run_once(self.model, list(self.lenses.values()), tokens)   # one forward pass for every lens
-        watch_ids = torch.tensor(watched, dtype=torch.long, device=run.final.device)
-        n, labels = run.n_layers, next(iter(self.lenses.values())).layer_labels
-        trajs, lps, ranks = [], [], []
-        for name, lens in self.lenses.items():
-            rows: dict[int, tuple[Tensor, Tensor | None]] = {}
-
-            def row(i: int, lens: "Lens" = lens, rows: dict = rows) -> Tensor:
-                lp = run.log_probs(lens, i)
-                rank = None if ranked is None else stats.target_rank(lp[0], torch.full_like(tokens[0], ranked)).cpu()
-                rows[i] = (lp[0][:, watch_ids].cpu(), rank)
-                return lp
-
-            trajs.append(PredictionTrajectory.from_log_probs(row, tokens, n_rows=n + 1, top_k=k, lens_name=name,
-                                                             tokenizer=self.token_text, layer_labels=list(labels)))
-            lps.append(torch.stack([rows[i][0] for i in range(n + 1)]))
-            ranks.append(None if ranked is None else torch.stack([rows[i][1] for i in range(n + 1)]))
-        analysis = Analysis(tokens.cpu(), trajs, watched, lps, ranks, ranked, time.perf_counter() - start,
-                            list(self.lenses))
+        lenses = list(self.lenses.values())
+        run = run_once(self.model, lenses, tokens)   # one forward pass for every lens
+        stages = {"forward": time.perf_counter() - start}
+        targets = next_token_targets(run.tokens)
+        rows: list[dict[int, Row]] = [{} for _ in lenses]
+        block, flush_at, n = [], 0, run.n_layers
+        for row in stream_rows(run, lenses, targets, top_k=k, watch=watched, cancelled=cancelled, seconds=stages):
+            rows[row.lens][row.layer] = row
+            block.append(row)
+            if row.lens == len(lenses) - 1 and (row.layer == n or row.layer == flush_at):
+                yield block
+                block, flush_at = [], (2 * flush_at + 1 if row.layer < n else 1)
+        labels = lenses[0].layer_labels
+        trajs = [trajectory_from_rows(r, run.tokens, targets, watched, lens_name=name,
+                                      tokenizer=self.token_text, layer_labels=list(labels))
+                 for r, name in zip(rows, self.lenses)]
+        analysis = Analysis(tokens.cpu(), rows, watched, ranked, time.perf_counter() - start, list(self.lenses),
+                            trajectories=trajs, stages=stages)
         self.cache[key] = analysis
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        return analysis
+        yield analysis
 
     # --- what the page draws ---------------------------------------------------------------
     def heatmap(self, analysis: Analysis, stat: str, top_k: int, token: int | None = None) -> "go.Figure":
@@ -315,30 +263,32 @@ class Explorer:
                 "next": visible_token(traj.decode(target)) if target >= 0 else None,
                 "layers": list(traj.layer_labels), "lenses": lenses}
 
+    def prepare(self, query: Query) -> "Prepared":
+        """``query`` checked against the model (tokens, position, typed tokens), before any work starts."""
+        query.check(self.limits)
+        tokens = self.tokenize(query.text)
+        n_pos = tokens.shape[1]
+        if not -n_pos <= query.position < n_pos:
+            raise LensError(f"position {query.position} is out of range: the text has {n_pos} tokens")
+        ids = {key: self.token_id(getattr(query, key), name) for key, name in TYPED_TOKENS.items() if getattr(query, key)}
+        if query.stat.startswith("token_") and "token" not in ids:
+            raise LensError(NEED_TOKEN)
+        notes = ["type both tokens A and B to see their logit difference"] if ("diff_a" in ids) != ("diff_b" in ids) else []
+        return Prepared(tokens, query.position % n_pos, ids, notes)
+
     def respond(self, query: Query) -> dict[str, Any]:
         """Everything the page draws for ``query``: checked first, then computed (one query at a time)."""
-        query.check(self.limits)
+        prepared = self.prepare(query)
+        position, ids = prepared.position, prepared.ids
         with self.lock:
-            tokens = self.tokenize(query.text)
-            n_pos = tokens.shape[1]
-            if not -n_pos <= query.position < n_pos:
-                raise LensError(f"position {query.position} is out of range: the text has {n_pos} tokens")
-            position = query.position % n_pos
-            ids = {key: self.token_id(getattr(query, key), name)
-                   for key, name in TYPED_TOKENS.items() if getattr(query, key)}
-            notes = []
-            if query.stat.startswith("token_") and "token" not in ids:
-                raise LensError(NEED_TOKEN)
-            if ("diff_a" in ids) != ("diff_b" in ids):
-                notes.append("type both tokens A and B to see their logit difference")
-            analysis = self.analyze(tokens, list(ids.values()), ids.get("token"))
+            analysis = self.analyze(prepared.tokens, list(ids.values()), ids.get("token"))
             started = time.perf_counter()
             figure = self.heatmap(analysis, query.stat, query.top_k, ids.get("token")) if query.what == "all" else None
             diff = (self.logit_difference(analysis, ids["diff_a"], ids["diff_b"], position)
                     if "diff_a" in ids and "diff_b" in ids else None)
             table = self.position_table(analysis, position, query.top_k)
         return {"tokens": [visible_token(s) for s in analysis.trajectories[0].input_strings()], "position": position,
-                "figure": figure, "diff_figure": diff, "table": table, "notes": notes,
+                "figure": figure, "diff_figure": diff, "table": table, "notes": prepared.notes,
                 "token_ids": {name: i for name, i in ids.items()},
                 "seconds": {"model_and_lenses": round(analysis.seconds, 3), "cached": analysis.uses > 1,
                             "figures": round(time.perf_counter() - started, 3)}}

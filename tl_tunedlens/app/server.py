@@ -2,8 +2,9 @@
 
 Routes: ``GET /`` the page; ``GET /static/<name>`` its script, style sheet and plotly.js (from the
 installed ``plotly`` package, its one CDN URL neutralised); ``GET /api/settings`` the model, lenses,
-statistics and limits; ``POST /api/analyze`` a :class:`~.explorer.Query` as JSON, answered with the
-figures and table as JSON; ``POST /api/report`` the offline page ``tl-tunedlens show`` writes, as an
+statistics and limits; ``POST /api/analyze`` a :class:`~tl_tunedlens.app.query.Query` as JSON, answered with the
+figures and table as JSON; ``POST /api/stream`` the same query answered progressively, row block by row
+block, as newline-delimited JSON (what the page uses; :mod:`.progressive`); ``POST /api/report`` the offline page ``tl-tunedlens show`` writes, as an
 attachment. Bad input is answered ``400 {"error": "<one line>"}``, which the page shows.
 
 Offline by construction: the page and its assets come from this server only, and every response
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 from ..errors import LensError, first_line
 from .explorer import Explorer, Query
+from .progressive import Progressive
 
 try:
     from werkzeug.exceptions import HTTPException, NotFound
@@ -72,11 +74,13 @@ class ExplorerApp:
     def __init__(self, explorer: Explorer, *, check_host: bool = True, log: Callable[[str], None] | None = None):
         self.explorer, self.check_host = explorer, check_host
         self.log = log or (lambda text: print(text, file=sys.stderr))
+        self.progressive = Progressive(explorer, self.log)
         self.urls = Map([
             Rule("/", endpoint="index", methods=["GET"]),
             Rule("/static/<name>", endpoint="static", methods=["GET"]),
             Rule("/api/settings", endpoint="settings", methods=["GET"]),
             Rule("/api/analyze", endpoint="analyze", methods=["POST"]),
+            Rule("/api/stream", endpoint="stream", methods=["POST"]),
             Rule("/api/report", endpoint="report", methods=["POST"]),
         ])
 
@@ -100,6 +104,11 @@ class ExplorerApp:
         """``POST /api/analyze``: figures and tables for a query, as JSON."""
         return _json(self.explorer.respond(self._query(request)))
 
+    def on_stream(self, request: Request) -> Response:
+        """``POST /api/stream``: the same, progressively, as newline-delimited JSON (:mod:`.progressive`)."""
+        lines = self.progressive.answer(self._json_body(request))
+        return Response(lines, mimetype="application/x-ndjson", direct_passthrough=True)
+
     def on_report(self, request: Request) -> Response:
         """``POST /api/report``: the offline page ``tl-tunedlens show`` writes, as a download."""
         page = self.explorer.report(self._query(request))
@@ -107,13 +116,16 @@ class ExplorerApp:
         response.headers["Content-Disposition"] = 'attachment; filename="tl_tunedlens-report.html"'
         return response
 
-    def _query(self, request: Request) -> Query:
+    def _json_body(self, request: Request) -> Any:
         if request.mimetype != "application/json":
             raise LensError("send the query as JSON (Content-Type: application/json)")
         data = request.get_json(silent=True)
         if data is None:
             raise LensError("the request body is not valid JSON")
-        return Query.from_json(data, self.explorer.limits)
+        return data
+
+    def _query(self, request: Request) -> Query:
+        return Query.from_json(self._json_body(request), self.explorer.limits)
 
     # --- WSGI -----------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:

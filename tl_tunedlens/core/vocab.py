@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from .unembed import Unembed
@@ -85,6 +85,37 @@ def softmax_lse_(z: Float[Tensor, "r d_vocab"], out: Tensor | None = None
 
 
 @dataclass
+class BlockStatistics:
+    """What one pass over a block of lens logits ``z`` ``[r, d_vocab]`` gives (:func:`block_statistics_`);
+    every per-cell statistic is a difference of these (``log q = z - lse``)."""
+
+    lse: Float[Tensor, " r"]
+    q_dot_z: Float[Tensor, " r"]                 # sum_v q z: entropy = lse - q_dot_z
+    top_logits: Float[Tensor, "r k"]
+    top_indices: Int[Tensor, "r k"]
+    picked: Float[Tensor, "r w"]                 # z at the ids asked for (targets, watched tokens)
+    ranks: Int[Tensor, "r w"]                    # 1 + the number of tokens with a larger logit
+    p_dot_z: Float[Tensor, " r"] | None = None   # sum_v p z for a given distribution p
+    q_dot_other: Float[Tensor, " r"] | None = None  # sum_v q z' for given other logits z'
+
+
+def block_statistics_(z: Float[Tensor, "r d_vocab"], q_buf: Float[Tensor, "rows d_vocab"], ids: Int[Tensor, "r w"],
+                      top_k: int, *, p: Float[Tensor, "r d_vocab"] | None = None,
+                      other: Float[Tensor, "r d_vocab"] | None = None) -> BlockStatistics:
+    """Per row of a cache-sized block of logits ``z`` (unchanged; ``q`` goes into ``q_buf``): one softmax
+    pass, then the top-``top_k``, the logits and ranks at ``ids``, and dot products of ``q`` with ``z``
+    (and with ``other`` logits) and of ``p`` with ``z``, all while the block is in cache; ``log q`` is
+    never written. The explorer's cells and the evaluation's sums are differences of these."""
+    q, lse = softmax_lse_(z, q_buf[:z.shape[0]])
+    top_logits, top_indices = z.topk(top_k, dim=-1)
+    picked = z.gather(-1, ids)
+    ranks = torch.stack([(z > picked[:, j:j + 1]).sum(-1, dtype=torch.int32) for j in range(ids.shape[1])], -1).long() + 1
+    return BlockStatistics(lse, torch.linalg.vecdot(q, z), top_logits, top_indices, picked, ranks,
+                           None if p is None else torch.linalg.vecdot(p, z),
+                           None if other is None else torch.linalg.vecdot(q, other))
+
+
+@dataclass
 class Distribution:
     """The model's next-token distribution over a chunk, fp32: ``p`` ``[m, d_vocab]`` (in the caller's
     buffer), ``log_p`` (written over the logits it came from) and ``neg_entropy = sum_v p log p`` ``[m]`` (nats)."""
@@ -130,10 +161,10 @@ class FusedProducts:
             buf = self._buffers[name] = torch.empty(m, self.w_u.shape[1], dtype=dtype, device=self.w_u.device)
         return buf[:m]
 
-    def _product(self, x: Tensor, w: Tensor, b: Tensor) -> Float[Tensor, "m d_vocab"]:
-        """``x @ w + b`` computed in ``w``'s dtype, returned in the reused fp32 logits buffer."""
+    def _product(self, x: Tensor, w: Tensor, b: Tensor, out: Tensor | None = None) -> Float[Tensor, "m d_vocab"]:
+        """``x @ w + b`` computed in ``w``'s dtype, returned in ``out`` (default: the reused fp32 logits buffer)."""
         m = x.shape[0]
-        z = self._buffer(str(torch.float32), m, torch.float32)
+        z = self._buffer(str(torch.float32), m, torch.float32) if out is None else out[:m]
         if w.dtype == torch.float32:
             return torch.addmm(b, x.float(), w, out=z)
         return z.copy_(torch.addmm(b, x.to(w.dtype), w, out=self._buffer(str(w.dtype), m, w.dtype)))
@@ -143,11 +174,12 @@ class FusedProducts:
         """fp32 logits of the model's own final residual ``h``, in the model's precision (no gradient)."""
         return self._product(self.unembed.normalize(h), self.w_u, self.b_u)
 
-    def logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
-        """fp32 logits of translated residuals ``h`` (into the reused buffer), keeping the graph up to ``ln_final``."""
+    def logits(self, h: Float[Tensor, "m d_model"], out: Tensor | None = None) -> Float[Tensor, "m d_vocab"]:
+        """fp32 logits of translated residuals ``h`` (into ``out``, default the reused buffer), keeping the
+        graph up to ``ln_final``."""
         self._x = self.unembed.normalize(h)            # autograd from here down to the lens
         with torch.no_grad():
-            return self._product(self._x.detach(), self.forward_w, self.forward_b)
+            return self._product(self._x.detach(), self.forward_w, self.forward_b, out)
 
     @torch.no_grad()
     def expectation_of_logits(self, p: Float[Tensor, "m d_vocab"]
@@ -189,10 +221,12 @@ class AutogradProducts:
         """fp32 logits of the model's own final residual ``h`` (no gradient)."""
         return self.unembed(h).float()
 
-    def logits(self, h: Float[Tensor, "m d_model"]) -> Float[Tensor, "m d_vocab"]:
-        """fp32 logits of translated residuals ``h``, keeping the autograd graph for :meth:`backward`."""
+    def logits(self, h: Float[Tensor, "m d_model"], out: Tensor | None = None) -> Float[Tensor, "m d_vocab"]:
+        """fp32 logits of translated residuals ``h`` (copied into ``out`` if given), keeping the autograd
+        graph for :meth:`backward`."""
         self._z = self.unembed(h, self.matmul_dtype)
-        return self._z.detach().float()                # fp32 logits: no copy when they already are
+        z = self._z.detach().float()                   # fp32 logits: no copy when they already are
+        return z if out is None else out[:z.shape[0]].copy_(z)
 
     def expectation_of_logits(self, p: Tensor) -> None:
         """Not available: the logits need not be linear in the input (a soft-cap, a custom module)."""
