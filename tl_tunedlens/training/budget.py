@@ -207,7 +207,7 @@ def replan(run: "Run") -> None:
     """A budget run with KL steps: the number of steps re-planned from the time left (:func:`steps_that_fit`;
     at most what the loaded data holds without reusing a sequence, or the first plan's number if more), so
     the steps fill the budget and the learning-rate schedule ends with the last of them."""
-    if run.deadline is None or not run.n_val:
+    if run.deadline is None or not run.plan.steps:
         return
     room = max(run.plan.steps, (len(run.sequences) - run.n_fit - run.n_val) // run.per_step)
     steps = steps_that_fit(run.deadline - time.perf_counter(), step_estimate(run), run.step, room)

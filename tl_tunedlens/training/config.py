@@ -12,7 +12,8 @@ and it validates itself on construction. Two presets:
   with a smaller step, so the steps never make a layer worse on the slice than the start.
 - ``"paper"``: Belrose et al. (2023): identity start, 250 steps x 2^18 tokens, SGD with Nesterov
   momentum 0.9, lr 1.0 (torch lr = lr x (1 - momentum)), weight decay 1e-3, clipping at 1.0,
-  linear decay to zero (the paper also uses sequences of 2048 tokens: ``--seq-len 2048``).
+  linear decay to zero, every step kept (no validation slice: the reference's loop step for step; the
+  paper also uses sequences of 2048 tokens: ``--seq-len 2048``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class TrainConfig:
     validation_tokens: int = field(default=512, metadata=option(
         "training tokens set aside (never trained on) to score every KL step: a layer whose step raises its "
         "validation KL is put back and continues with half its learning rate, so the lens kept is the best "
-        "seen, the start included (used only with KL steps)", min=1, unit="token"))
+        "seen, the start included (used only with KL steps; 0: no slice, every step is kept, as in the paper)",
+        min=0, unit="token"))
     ridge: float = field(default=DEFAULT_RIDGE, metadata=option("relative ridge strength of the least-squares start", min=0.0))
     damping: float = field(default=DAMPING, metadata=option(
         "relative damping of the input second moment of --optimizer whitened", positive=True))
@@ -141,7 +143,7 @@ class TrainConfig:
 
     def validation_sequences(self, seq_len: int) -> int:
         """Sequences of the validation slice (0 without KL steps)."""
-        return math.ceil(self.validation_tokens / seq_len) if self.steps else 0
+        return math.ceil(self.validation_tokens / seq_len) if self.steps and self.validation_tokens else 0
 
     def token_budget(self, seq_len: int) -> int:
         """Tokens a run reads without reusing a sequence: the least-squares sample, the validation slice,
@@ -154,5 +156,6 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "laptop": {},
     "paper": {"steps": 250, "tokens_per_step": 2**18, "optimizer": "sgd", "lr": 1.0, "momentum": 0.9,
-              "weight_decay": 1e-3, "clip": 1.0, "warmup_steps": 0, "loss": "kl", "init": "identity"},
+              "weight_decay": 1e-3, "clip": 1.0, "warmup_steps": 0, "loss": "kl", "init": "identity",
+              "validation_tokens": 0},
 }

@@ -36,28 +36,35 @@ class Optimizers:
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
+        """Every part's parameter groups, in order (the trainer sets their learning rates)."""
         return [g for part in self.parts for g in part.param_groups]
 
     @property
     def state(self) -> dict:
+        """Every part's per-parameter state, merged."""
         return {p: s for part in self.parts for p, s in part.state.items()}
 
     def step(self) -> None:
+        """Step every part."""
         for part in self.parts:
             part.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero (or drop) the gradients of every part."""
         for part in self.parts:
             part.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"parts": [each part's state dict]}``, for a checkpoint."""
         return {"parts": [part.state_dict() for part in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
         for part, saved in zip(self.parts, state["parts"]):
             part.load_state_dict(saved)
 
     def forget(self, param: nn.Parameter) -> None:
+        """Drop ``param``'s state (moments, momentum) in every part."""
         for part in self.parts:
             part.state.pop(param, None)
 
@@ -67,7 +74,7 @@ def make_optimizer(params: Iterable[nn.Parameter] | list[dict[str, Any]], config
     Adam with AMSGrad, plain SGD for ``"whitened"`` (its gradients are whitened by the trainer,
     :mod:`.precondition`), or ``"muon"``: torch's Muon on the 2-D weights and AdamW (lr ``MUON_BIAS_LR``)
     on the biases, as Muon's authors advise. ``params``: parameters, or groups of :func:`layer_groups`.
-    ``lr`` defaults to :data:`~tl_tunedlens.training.config.DEFAULT_LR` of the optimiser."""
+    ``lr`` defaults to ``DEFAULT_LR`` of the optimiser."""
     groups = list(params)
     if groups and not isinstance(groups[0], dict):
         groups = [{"params": groups}]
