@@ -14,9 +14,9 @@ are not counted). Recipes (``--only``):
 - ``budgets``: the default recipe (``TrainConfig()``) with ``--time-budget`` T for each ``--budgets`` T,
   each its own run, planned by its own warm-up as the ``train`` command plans it: the curve of what
   more compute buys;
-- ``optimizers``: ``--steps`` KL steps x 512 tokens of each ``--optimizers`` (default learning rates,
-  validation slice on) from the ``--start-tokens`` least-squares start and from the identity, snapshots at
-  ``--snapshots``: the optimisers at equal tokens;
+- ``optimizers``: ``--steps`` KL steps x 512 tokens of each ``--optimizers`` (default learning rates, or
+  ``--lr-factors`` multiples of them; validation slice on) from the ``--start-tokens`` least-squares start
+  and from the identity, snapshots at ``--snapshots``: the optimisers at equal tokens;
 - ``paper``: identity start, SGD-Nesterov (the paper preset) with 512-token steps for ``--paper-s``
   seconds, then the reference ``tuned-lens==0.2.0`` loop (``bench/reference_loop.py``) on the Hugging
   Face model, the same sequences in the same order, for the same wall time.
@@ -119,7 +119,8 @@ def run_train(b: Bench, recipe: str, config, snapshot_steps=()) -> object:
 
     lens = TunedLens.from_model(b.model)
     fit_tokens = lambda run: run.info.get("lstsq_tokens", 0)
-    stats, pass_s = b.starts.get(config.lstsq_tokens, (None, 0.0)) if config.init == "lstsq" else (None, 0.0)
+    reuse = config.init == "lstsq" and config.time_budget is None   # a budget plans its own sample
+    stats, pass_s = b.starts.get(config.lstsq_tokens, (None, 0.0)) if reuse else (None, 0.0)
 
     def on_step(run):
         if run.step in snapshot_steps or (run.step == 0 and fit_tokens(run) and stats is None and snapshot_steps):
@@ -141,7 +142,8 @@ def run_budgets(b: Bench) -> None:
     for budget in b.args.budgets:
         result = run_train(b, f"default, --time-budget {budget:g}", TrainConfig(time_budget=budget, checkpoint_every=0))
         used = result.info.get("budget_used", {})
-        print(f"    budget {budget:g} s: fit {result.seconds:.1f} s ({result.seconds / budget:.0%}); planned "
+        print(f"    budget {budget:g} s: fit {result.seconds:.1f} s + warm-up {result.info['budget']['rates']['warmup_s']:.1f} s; "
+              f"budget used {used.get('seconds', 0):.1f} s ({used.get('seconds', 0) / budget:.0%}); planned "
               f"{result.info['budget']['lstsq_tokens']} lstsq tokens + {result.info['budget']['steps']} steps, "
               f"ran {result.info.get('lstsq_tokens')} + {used.get('steps_run')}", flush=True)
 
@@ -150,16 +152,19 @@ def run_optimizers(b: Bench) -> None:
     """Each optimiser at equal tokens, from the least-squares start and from the identity."""
     from tl_tunedlens.training import TrainConfig
 
+    from tl_tunedlens.training.config import DEFAULT_LR
+
     snaps = tuple(b.args.snapshots)
     common = dict(steps=b.args.steps, tokens_per_step=512, checkpoint_every=0)
-    if "lstsq" in b.args.starts:
+    for start in b.args.starts:
         for name in b.args.optimizers:
-            run_train(b, f"lstsq {b.args.start_tokens // 1024}k + {name}", TrainConfig(
-                optimizer=name, lstsq_tokens=b.args.start_tokens, **common), snaps)
-    if "identity" in b.args.starts:
-        for name in b.args.optimizers:
-            if name != "whitened":   # whitened steps need the start's statistics
-                run_train(b, f"identity + {name}", TrainConfig(optimizer=name, init="identity", **common), snaps)
+            if name == "whitened" and start == "identity":   # whitened steps need the start's statistics
+                continue
+            for factor in b.args.lr_factors:
+                label = (f"lstsq {b.args.start_tokens // 1024}k" if start == "lstsq" else "identity") + f" + {name}"
+                label += f" lr x{factor:g}" if factor != 1 else ""
+                run_train(b, label, TrainConfig(optimizer=name, init=start, lstsq_tokens=b.args.start_tokens,
+                                                lr=DEFAULT_LR[name] * factor, **common), snaps)
 
 
 def run_paper_and_reference(b: Bench) -> None:
@@ -260,6 +265,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="KL steps x 512 tokens of each optimiser's runs")
     parser.add_argument("--snapshots", type=int, nargs="*", default=[1, 2, 4], help="steps with a snapshot")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
+    parser.add_argument("--lr-factors", type=float, nargs="+", default=[1.0],
+                        help="the optimisers' runs at these multiples of their default learning rate")
     parser.add_argument("--starts", nargs="+", default=["lstsq", "identity"], choices=["lstsq", "identity"],
                         help="the starts of the optimisers' runs")
     parser.add_argument("--paper-s", type=float, default=60.0, help="wall time of the paper recipe and the reference")

@@ -174,7 +174,24 @@ def test_a_budget_is_filled_whatever_the_warm_up_predicted(model, seqs, clock):
 
 
 def test_a_longer_budget_never_gets_a_smaller_sample_or_fewer_steps():
-    plans = [plan_budget(TrainConfig(time_budget=t), RATES, seq_len=64, n_layers=10) for t in (30, 60, 120, 300, 600, 3000)]
-    assert all(a.lstsq_tokens <= b.lstsq_tokens for a, b in zip(plans, plans[1:]))
+    """Never fewer steps; among the budgets with KL steps (and among those without) never a smaller sample. A
+    budget just too short for one step puts its whole time into the sample, which may then be larger than the
+    sample of a budget with one step (a KL step is worth more than that many least-squares tokens)."""
+    budgets = (30, 60, 90, 100, 110, 120, 150, 300, 600, 3000)
+    plans = [plan_budget(TrainConfig(time_budget=t), RATES, seq_len=64, n_layers=10) for t in budgets]
     assert all(a.steps <= b.steps for a, b in zip(plans, plans[1:]))
+    for kind in ([p for p in plans if p.steps], [p for p in plans if not p.steps]):
+        assert all(a.lstsq_tokens <= b.lstsq_tokens for a, b in zip(kind, kind[1:]))
+    assert any(p.steps for p in plans) and any(not p.steps for p in plans)
     assert plans[2].lstsq_tokens >= FIRST_FIT_TOKENS and plans[-1].lstsq_tokens <= MAX_FIT_TOKENS
+
+
+def test_a_step_costs_a_fixed_part_per_token_plus_each_layer():
+    """The warm-up times one layer and two layers in one call: the difference is a layer's marginal cost, the
+    rest (the target distribution) is paid once per token (a plan from before it counts half a layer)."""
+    rates = Rates(forward=1e-3, stats=0.0, kl_layer=2e-3, warmup_s=0.0, kl_fixed=5e-3)
+    assert rates.step_seconds(100, 10) == pytest.approx(100 * (1e-3 + 10 * 2e-3 + 5e-3))
+    assert rates.step_seconds(100, 10, 50) == pytest.approx(100 * 26e-3 + 50 * VALIDATION_COST * 25e-3)
+    assert Rates(1e-3, 0.0, 2e-3, 0.0).kl_token(10) == pytest.approx(10.5 * 2e-3)
+    restored = BudgetPlan.from_info({**plan_budget(TrainConfig(time_budget=600), rates, 64, 10).info()})
+    assert restored.rates == rates

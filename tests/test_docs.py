@@ -19,12 +19,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp("docs") / "html"
-    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html",
-           str(ROOT / "docs"), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def site(tmp_path_factory, worker_id):
+    """The site, built once per test session: under pytest-xdist the workers share one build (the first to take
+    the lock builds, the others wait on the lock and read its result), so the two tests below never build twice."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent   # the session's folder, common to its workers
+    out, done, failure = shared / "docs-site" / "html", shared / "docs-site.done", shared / "docs-site.failed"
+    with FileLock(str(shared / "docs-site.lock")):
+        if not done.exists() and not failure.exists():   # (a build killed half-way left neither: build again)
+            cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html",
+                   str(ROOT / "docs"), str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                failure.write_text(proc.stderr[-4000:] or f"sphinx exited {proc.returncode}")
+            else:
+                done.touch()
+    assert not failure.exists(), failure.read_text()
     return out
 
 

@@ -41,10 +41,12 @@ if TYPE_CHECKING:
 #: held-out KL levels off (docs/benchmarks.md)
 FIRST_FIT_TOKENS = TrainConfig.__dataclass_fields__["lstsq_tokens"].default
 #: share of the time left after that first sample that goes to a larger sample; the rest goes to KL steps,
-#: which gained more per second beyond it (docs/benchmarks.md, bench/time_to_quality.py)
-FIT_SHARE = 0.25
+#: which gained more per second beyond it (docs/benchmarks.md, bench/time_to_quality.py: from the 20k start,
+#: 8 validated Adam steps, ~110 s, took held-out KL from 1.450 to 1.308 nats, where 8k more least-squares tokens
+#: had bought nothing)
+FIT_SHARE = 0.1
 #: the least-squares sample never grows past this many tokens
-MAX_FIT_TOKENS = 65536
+MAX_FIT_TOKENS = 40960
 #: kept free at the end of the budget, for solving the start and writing the last checkpoint
 RESERVE_SHARE = 0.02
 #: the warm-up's share of the budget: past it, no measurement is repeated
@@ -61,8 +63,13 @@ class Rates:
 
     forward: float          # model forward with hooks, per token
     stats: float            # least-squares sums over the trained layers, per token
-    kl_layer: float         # one layer's KL work per token (vocabulary products, softmax, backward)
+    kl_layer: float         # one more layer's KL work per token (vocabulary products, softmax, backward)
     warmup_s: float         # wall time of the measurement itself
+    kl_fixed: float | None = None   # KL work per token whatever the layers (the target distribution); None: half a layer
+
+    def kl_token(self, n_layers: int) -> float:
+        """Seconds of KL work per token over ``n_layers`` lens layers (fixed part included)."""
+        return n_layers * self.kl_layer + (0.5 * self.kl_layer if self.kl_fixed is None else self.kl_fixed)
 
     def fit_seconds(self, tokens: int) -> float:
         """Seconds the least-squares start needs for ``tokens`` tokens."""
@@ -71,12 +78,12 @@ class Rates:
     def step_seconds(self, tokens: int, n_layers: int, validation_tokens: int = 0) -> float:
         """Seconds one KL step of ``tokens`` tokens over ``n_layers`` lens layers needs, with the scoring of
         ``validation_tokens`` on the validation slice."""
-        per_token = (n_layers + 0.5) * self.kl_layer                        # + the target, about half a layer
+        per_token = self.kl_token(n_layers)
         return tokens * (self.forward + per_token) + validation_tokens * VALIDATION_COST * per_token
 
     def validation_seconds(self, tokens: int, n_layers: int) -> float:
         """Seconds to set up the validation slice: its forward and the start's score."""
-        return tokens * (self.forward + VALIDATION_COST * (n_layers + 0.5) * self.kl_layer)
+        return tokens * (self.forward + VALIDATION_COST * self.kl_token(n_layers))
 
 
 @dataclass
@@ -110,9 +117,11 @@ class BudgetPlan:
 
 def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: int,
                   layers: list[int], matmul_dtype: torch.dtype | None = None) -> Rates:
-    """Time one forward + least-squares sums and one or two layers of KL work on random token ids (not
-    trained on). Each measurement is taken twice (the first call pays one-off costs) while the warm-up
-    has used less than ``WARMUP_SHARE`` of ``cfg.time_budget``; then once, on one sequence."""
+    """Time a forward + least-squares sums and one or two layers of KL work on random token ids (not trained
+    on), each at the size a run uses (a micro-batch of sequences, a chunk of tokens), after an untimed call on
+    a few tokens that pays the one-off costs (allocations, first-call dispatch), which would otherwise be
+    counted as the steady rate. A measurement is repeated while the warm-up has used less than
+    ``WARMUP_SHARE`` of ``cfg.time_budget``, and the fastest taken."""
     from ..core.vocab import vocab_products
     from .loss import accumulate_lens_grads
     from .lstsq import RidgeStats
@@ -125,36 +134,44 @@ def measure_rates(model: Model, lens: "TunedLens", cfg: TrainConfig, seq_len: in
 
     micro = cfg.micro_batch or max(1, cfg.chunk_tokens // seq_len)
     tokens = torch.randint(0, model.cfg.d_vocab, (micro, seq_len), generator=torch.Generator().manual_seed(0))
+    capture_residuals(model, tokens[:1, :min(seq_len, 16)], lens.hook_names)   # one-off costs, untimed
     forward = []
-    for _ in range(2):                      # the first call pays one-off costs
+    while True:
         t0 = time.perf_counter()
         resids = flatten_tokens(capture_residuals(model, tokens, lens.hook_names))
         forward.append((time.perf_counter() - t0) / tokens.numel())
-        if not time_left():
+        if len(forward) == 2 or not time_left():
             break
-        tokens = tokens[:1]                 # the repeat: one sequence is enough to see the steady rate
+    stats = RidgeStats(layers, lens.d_model)
+    stats.update(resids[layers][:, :16], resids[-1][:16])                        # one-off costs, untimed
     t0 = time.perf_counter()
-    RidgeStats(layers, lens.d_model).update(resids[layers], resids[-1])
-    stats = (time.perf_counter() - t0) / resids.shape[1]
+    stats.update(resids[layers], resids[-1])
+    stats_rate = (time.perf_counter() - t0) / resids.shape[1]
     chunk = resids[:, :min(resids.shape[1], cfg.chunk_tokens)]
-    probe = [layers[0], layers[-1]]
+    probe = [layers[0], layers[-1]] if len(layers) > 1 else layers[:1]
     saved = {layer: [p.detach().clone() for p in lens.translators[layer].parameters()] for layer in probe}
     products = vocab_products(lens.unembed, matmul_dtype)
-    kl = []
+    one, two = [], []        # per token: the KL work of one layer, and of two layers in one call
     with torch.enable_grad():
         for layer in probe:
             lens.translators[layer].requires_grad_(True)
-            t0 = time.perf_counter()
-            accumulate_lens_grads(lens, chunk, [layer], chunk_tokens=cfg.chunk_tokens, products=products)
-            kl.append((time.perf_counter() - t0) / chunk.shape[1])
-            if not time_left():
+        accumulate_lens_grads(lens, chunk[:, :16], probe, chunk_tokens=cfg.chunk_tokens, products=products)
+        while True:
+            for out, these in ((one, probe[:1]), (two, probe)):
+                t0 = time.perf_counter()
+                accumulate_lens_grads(lens, chunk, these, chunk_tokens=cfg.chunk_tokens, products=products)
+                out.append((time.perf_counter() - t0) / chunk.shape[1])
+            if len(one) == 2 or not time_left():
                 break
+    kl_one, kl_two = min(one), min(two)
+    kl_layer = max(kl_two - kl_one, 0.5 * kl_one)   # a layer's marginal cost (noise cannot make it vanish)
     for layer, params in saved.items():     # leave the lens (and its gradients) as they were
         for p, old in zip(lens.translators[layer].parameters(), params):
             p.grad = None
             p.data.copy_(old)
             p.requires_grad_(False)
-    return Rates(forward=min(forward), stats=stats, kl_layer=kl[-1], warmup_s=time.perf_counter() - t_start)
+    return Rates(forward=min(forward), stats=stats_rate, kl_layer=kl_layer, kl_fixed=max(kl_one - kl_layer, 0.0),
+                 warmup_s=time.perf_counter() - t_start)
 
 
 def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> BudgetPlan:
