@@ -36,7 +36,8 @@ def test_plan_splits_the_budget_between_the_start_and_whole_steps():
     assert left >= 0.9 * 102.0 - 2.0   # what the plan may spend on fitting: all but the warm-up and a small reserve
     first = FIRST_FIT_TOKENS * 1.1e-3   # the laptop preset's sample first, then a share of the rest
     assert plan.lstsq_tokens == int(FIRST_FIT_TOKENS + FIT_SHARE * (left - first) / 1.1e-3) // 64 * 64
-    step_s = 256 * (1e-3 + 10.5 * 1e-3) + 128 * VALIDATION_COST * 10.5 * 1e-3   # with scoring the validation slice
+    # with scoring the validation slice once every validate_every steps
+    step_s = 256 * (1e-3 + 10.5 * 1e-3) + 128 / cfg.validate_every * VALIDATION_COST * 10.5 * 1e-3
     val_s = 128 * (1e-3 + VALIDATION_COST * 10.5 * 1e-3)
     assert plan.predicted_step_s == pytest.approx(step_s)
     assert plan.steps == int((left - plan.predicted_fit_s - val_s) // step_s) and plan.steps >= 1
@@ -83,10 +84,10 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    from tl_tunedlens.training import budget, lstsq, trainer
+    from tl_tunedlens.training import budget, lstsq, trainer, validation
 
     fake = FakeClock()
-    for module in (trainer, lstsq, budget):
+    for module in (trainer, lstsq, budget, validation):
         monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=fake.perf_counter))
     return fake
 
@@ -171,6 +172,45 @@ def test_a_budget_is_filled_whatever_the_warm_up_predicted(model, seqs, clock):
     assert 0.9 * 20.0 <= used["seconds"] <= 20.0 + 2 * clock.tick and used["fit_seconds"] <= used["seconds"]
     assert result.info["stopped_early"] is (result.steps < used["steps_planned"])
     assert used["steps_run"] == result.steps == result.info["steps"]
+
+
+def test_the_last_scoring_on_the_slice_fits_in_the_budget(model, seqs, clock, monkeypatch):
+    """Scoring the slice is slow here (1 s on the fake clock, against 0.05 s per clock reading): the steps
+    left unscored when the time runs out are scored after the loop, and that scoring still ends within the
+    budget (the re-plan keeps its time)."""
+    from tl_tunedlens.training.validation import Validation
+
+    clock.tick = 0.05
+    real = Validation.layer_kl
+
+    def slow(self, *args, **kwargs):
+        clock.now += 1.0
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Validation, "layer_kl", slow)
+    cfg = TrainConfig(time_budget=20.0, tokens_per_step=32, validation_tokens=32, lstsq_tokens=64, validate_every=10,
+                      checkpoint_every=0)
+    plan = BudgetPlan(budget_s=20.0, lstsq_tokens=64, steps=2, tokens_per_step=32, predicted_fit_s=0.5,
+                      predicted_step_s=0.5, rates=Rates(1e-4, 1e-5, 1e-3, warmup_s=0.0))
+    long = torch.randint(0, 37, (400, 16), generator=torch.Generator().manual_seed(1))
+    t0 = clock.now
+    result = train_lens(model, TunedLens.from_model(model), long, cfg, progress=False, plan=plan)
+    assert result.steps > 10
+    assert clock.now - t0 <= 20.0 + 5 * clock.tick
+    assert result.info["budget_used"]["seconds"] <= 20.0 + 2 * clock.tick
+
+
+def test_a_step_is_taken_only_if_it_and_the_last_scoring_fit(clock):
+    """With 3 s left, a 1 s step fits unless the slice's last scoring took more than 2 s."""
+    from tl_tunedlens.training.budget import out_of_time
+
+    clock.tick = 0.0
+    run = SimpleNamespace(deadline=clock.now + 3.0, step_seconds=[1.0], plan=None, validation=SimpleNamespace(seconds=1.5))
+    assert not out_of_time(run)
+    run.validation.seconds = 2.5
+    assert out_of_time(run)
+    run.validation = None   # no slice: nothing to keep
+    assert not out_of_time(run)
 
 
 def test_a_longer_budget_never_gets_a_smaller_sample_or_fewer_steps():

@@ -287,6 +287,46 @@ def test_muon_takes_the_2d_weights_and_adamw_the_biases(model, seqs):
     assert res.info["validation"]["best_kl"] < res.info["validation"]["start_kl"]
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "muon", "sgd"])
+def test_a_rejected_layer_slows_down_and_kept_steps_speed_it_up_again(model, optimizer):
+    """Per layer: a rejection halves the learning rate (and drops the optimiser state), each kept step
+    multiplies it by GROW, never past the base rate; the other layers are untouched."""
+    from tl_tunedlens.training.optim import BACKTRACK, GROW, accept_step_, layer_groups, reject_step_, set_lrs
+
+    lens = TunedLens.from_model(model)
+    cfg = TrainConfig(optimizer=optimizer, steps=4)
+    opt = make_optimizer(layer_groups(lens, [0, 1]), cfg)
+    groups = lambda layer: [g for g in opt.param_groups if g["layer"] == layer]
+    base = {id(g): g["initial_lr"] for g in opt.param_groups}
+    reject_step_(opt, 0)
+    reject_step_(opt, 0)
+    accept_step_(opt, 0)
+    accept_step_(opt, 1)
+    set_lrs(opt, cfg, 0)
+    for g in groups(0):
+        assert g["lr"] == pytest.approx(base[id(g)] * BACKTRACK ** 2 * GROW)
+    for g in groups(1):
+        assert g["lr"] == pytest.approx(base[id(g)])
+    for _ in range(20):
+        accept_step_(opt, 0)
+    set_lrs(opt, cfg, 0)
+    assert all(g["lr"] == pytest.approx(base[id(g)]) for g in groups(0))
+
+
+@pytest.mark.parametrize("every, steps, scores", [(1, 6, 7), (3, 6, 3), (4, 6, 3), (10, 6, 2)])
+def test_the_slice_judges_every_k_steps_and_the_last(model, seqs, monkeypatch, every, steps, scores):
+    """The start is scored, then every ``validate_every`` steps and once more for the steps left at the end."""
+    from tl_tunedlens.training.validation import Validation
+
+    calls = []
+    real = Validation.layer_kl
+    monkeypatch.setattr(Validation, "layer_kl", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    cfg = TrainConfig(steps=steps, tokens_per_step=32, lstsq_tokens=128, validation_tokens=64, validate_every=every,
+                      checkpoint_every=0)
+    res = train_lens(model, TunedLens.from_model(model), seqs, cfg, progress=False)
+    assert len(calls) == scores and res.steps == steps
+
+
 def _validation_kl(model, lens, seqs, cfg):
     """Per-layer KL of ``lens`` on the run's validation slice, computed here independently of the trainer."""
     from tl_tunedlens.core.vocab import vocab_products

@@ -75,7 +75,7 @@ class Rates:
         """Seconds the least-squares start needs for ``tokens`` tokens."""
         return tokens * (self.forward + self.stats)
 
-    def step_seconds(self, tokens: int, n_layers: int, validation_tokens: int = 0) -> float:
+    def step_seconds(self, tokens: int, n_layers: int, validation_tokens: float = 0) -> float:
         """Seconds one KL step of ``tokens`` tokens over ``n_layers`` lens layers needs, with the scoring of
         ``validation_tokens`` on the validation slice."""
         per_token = self.kl_token(n_layers)
@@ -181,7 +181,7 @@ def plan_budget(cfg: TrainConfig, rates: Rates, seq_len: int, n_layers: int) -> 
     left = max(0.0, budget - rates.warmup_s - RESERVE_SHARE * budget)
     per_step = cfg.sequences_per_step(seq_len) * seq_len
     val_tokens = -(-cfg.validation_tokens // seq_len) * seq_len
-    step_s = rates.step_seconds(per_step, n_layers, val_tokens)
+    step_s = rates.step_seconds(per_step, n_layers, val_tokens / cfg.validate_every)
     per_token = rates.forward + rates.stats
     first = min(FIRST_FIT_TOKENS, left / per_token) if cfg.init == "lstsq" else 0.0
     more = min(MAX_FIT_TOKENS - first, FIT_SHARE * (left - first * per_token) / per_token) if first else 0.0
@@ -213,11 +213,16 @@ def step_estimate(run: "Run") -> float:
     return max(sum(done) / len(done), done[-1]) if done else run.plan.predicted_step_s
 
 
+def final_score_s(run: "Run") -> float:
+    """Seconds kept for scoring the last steps on the validation slice after the loop (its last scoring's time)."""
+    return run.validation.seconds if run.validation is not None else 0.0
+
+
 def out_of_time(run: "Run") -> bool:
-    """Whether the next step would end past the deadline (its time: :func:`step_estimate`)."""
+    """Whether the next step (its time: :func:`step_estimate`) and the last scoring would end past the deadline."""
     if run.deadline is None:
         return False
-    return time.perf_counter() + step_estimate(run) > run.deadline
+    return time.perf_counter() + step_estimate(run) + final_score_s(run) > run.deadline
 
 
 def replan(run: "Run") -> None:
@@ -227,7 +232,7 @@ def replan(run: "Run") -> None:
     if run.deadline is None or not run.plan.steps:
         return
     room = max(run.plan.steps, (len(run.sequences) - run.n_fit - run.n_val) // run.per_step)
-    steps = steps_that_fit(run.deadline - time.perf_counter(), step_estimate(run), run.step, room)
+    steps = steps_that_fit(run.deadline - time.perf_counter() - final_score_s(run), step_estimate(run), run.step, room)
     if steps != run.cfg.steps:
         run.cfg = dataclasses.replace(run.cfg, steps=steps)
         run.fingerprint["config"]["steps"] = steps

@@ -2,7 +2,7 @@
 
 Parameters come in one group per translator (:func:`layer_groups`, key ``"layer"``), so that a layer
 whose step made its validation loss worse can be put back and given a smaller step on its own
-(:func:`reject_step_`). Each group keeps its base learning rate (``"initial_lr"``) and its own factor
+(:func:`reject_step_`), and speed up again as its steps are kept (:func:`accept_step_`). Each group keeps its base learning rate (``"initial_lr"``) and its own factor
 (``"scale"``); :func:`set_lrs` applies the schedule (:func:`lr_factor`) before every step.
 """
 
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 #: a layer whose step is rejected continues with this factor on its learning rate
 BACKTRACK = 0.5
+#: a layer whose step is kept continues with this factor on its learning rate (at most its base rate), so a
+#: layer slowed by rejections speeds up again
+GROW = 1.25
 
 
 def layer_groups(lens: "TunedLens", layers: list[int]) -> list[dict[str, Any]]:
@@ -115,6 +118,13 @@ def set_lrs(optimizer, config: TrainConfig, step: int) -> None:
     factor = lr_factor(step, config.steps, config.warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * group["scale"] * factor
+
+
+def accept_step_(optimizer, layer: int) -> None:
+    """A step of ``layer`` was kept: its groups continue with ``GROW`` times their learning rate, at most the base."""
+    for group in optimizer.param_groups:
+        if group.get("layer") == layer:
+            group["scale"] = min(1.0, group["scale"] * GROW)
 
 
 def reject_step_(optimizer, layer: int) -> None:

@@ -48,7 +48,7 @@ from ..core.vocab import MATMUL_DTYPES, VocabProducts, resolve_matmul_dtype, voc
 from .config import TrainConfig
 from .loss import DivergenceWatch, accumulate_lens_grads, diverged
 from .lstsq import RidgeStats, collect_stats, fit_from_stats_
-from .optim import layer_groups, make_optimizer, reject_step_, set_lrs
+from .optim import accept_step_, layer_groups, make_optimizer, reject_step_, set_lrs
 from .order import data_digest, step_sequences, stream_positions
 from .precondition import Whitener
 from .validation import Validation
@@ -94,6 +94,7 @@ class Run:
     deadline: float | None = None
     whitener: Whitener | None = None  # optimizer="whitened": the least-squares sample's input moments
     validation: Validation | None = None  # the validation slice, with KL steps
+    block_start: list[list[Tensor]] | None = None   # trained layers' parameters before the steps not yet judged
     step: int = 0
     losses: list[float] = field(default_factory=list)
     layer_losses: list[float] = field(default_factory=list)
@@ -142,12 +143,14 @@ def train_lens(model: Model, lens: "TunedLens", sequences: Int[Tensor, "n_seq se
             bar.total = run.cfg.steps
             if run.ckpt_path is not None and run.cfg.checkpoint_every and (
                     run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.steps):
+                judge_block(run)   # a checkpoint holds no unjudged steps
                 save_run(run)
             _call(on_step, run)
             bar.update(1)
             bar.set_postfix(loss=f"{run.losses[-1]:.4g}", tok_s=f"{run.step_tokens / run.step_seconds[-1]:.0f}",
                             **({"val": f"{run.validation.mean:.4g}"} if run.validation is not None else {}))
         bar.close()
+        judge_block(run)   # the steps since the last judgement
         if run.ckpt_path is not None and (run.step < run.cfg.steps or run.deadline is not None):
             save_run(run)   # stopped by the budget (or its re-planned steps done): keep where it got
         dist.barrier("the end of training")   # rank 0's last checkpoint is written before any rank returns
@@ -326,21 +329,15 @@ def train_step(run: Run) -> None:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
     if run.whitener is not None:
         run.whitener.apply_(lens)
-    before = [[p.detach().clone() for p in lens.translators[i].parameters()] for i in run.layers] \
-        if run.validation is not None else None
+    if run.validation is not None and run.block_start is None:   # the lens the coming steps are judged against
+        run.block_start = [[p.detach().clone() for p in lens.translators[i].parameters()] for i in run.layers]
     set_lrs(run.optimizer, cfg, run.step)
     run.optimizer.step()
     for layer in run.layers:
         if not all(torch.isfinite(p).all() for p in lens.translators[layer].parameters()):
             raise diverged("the translator", layer, run.step)
-    if run.validation is not None:   # a layer whose step raised its validation KL goes back, with a smaller step
-        keep = run.validation.judge(run.validation.layer_kl(lens, run.layers))
-        with torch.no_grad():
-            for j, layer in enumerate(run.layers):
-                if not keep[j]:
-                    for p, old in zip(lens.translators[layer].parameters(), before[j]):
-                        p.copy_(old)
-                    reject_step_(run.optimizer, layer)
+    if (run.step + 1) % cfg.validate_every == 0:
+        judge_block(run)
     run.layer_losses = (sums / run.step_tokens).tolist()
     run.watch.update(run.layer_losses, run.layers, run.step)
     run.losses.append(float(sum(run.layer_losses)))
@@ -348,6 +345,23 @@ def train_step(run: Run) -> None:
     run.elapsed += dt
     run.step_seconds.append(dt)
     run.step += 1
+
+
+def judge_block(run: Run) -> None:
+    """Score the steps since the last judgement on the validation slice: a layer whose validation KL rose
+    goes back to where they began, with half its learning rate; a layer they improved speeds up again."""
+    if run.validation is None or run.block_start is None:
+        return
+    keep = run.validation.judge(run.validation.layer_kl(run.lens, run.layers))
+    with torch.no_grad():
+        for j, layer in enumerate(run.layers):
+            if keep[j]:
+                accept_step_(run.optimizer, layer)
+                continue
+            for p, old in zip(run.lens.translators[layer].parameters(), run.block_start[j]):
+                p.copy_(old)
+            reject_step_(run.optimizer, layer)
+    run.block_start = None
 
 
 def save_run(run: Run) -> None:

@@ -15,6 +15,7 @@ every rank takes the same decisions.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +50,7 @@ class Validation:
         self.dist = dist
         self.chunk_tokens = chunk_tokens
         self.products = products
+        self.seconds = 0.0                       # wall time of the last scoring (the budget reserves one)
         self.best: list[float] | None = None    # per trained layer
         self.rejected: list[int] | None = None  # rejected steps per trained layer
 
@@ -60,11 +62,13 @@ class Validation:
     @torch.no_grad()
     def layer_kl(self, lens: "TunedLens", layers: list[int]) -> Float[Tensor, " layer"]:
         """Mean KL(model || lens) (or cross-entropy) on the validation positions for each of ``layers`` (nats, fp64)."""
+        t0 = time.perf_counter()
         sums = torch.zeros(len(layers), dtype=torch.float64)
         if self.resids is not None:
             sums = accumulate_lens_grads(lens, self.resids, layers, labels=self.labels, chunk_tokens=self.chunk_tokens,
                                          products=self.products, backward=False)
         self.dist.all_reduce_([sums], "the validation all-reduce")   # every rank judges the same numbers
+        self.seconds = time.perf_counter() - t0
         return sums / self.total
 
     def judge(self, kl: Float[Tensor, " layer"]) -> list[bool]:
