@@ -283,7 +283,7 @@ def test_a_rising_loss_stops_training_naming_the_layer():
     with torch.no_grad():
         model.unembed.W_U.mul_(10.0)  # a peaked output distribution, so a scrambled lens costs many nats
     seqs = torch.randint(0, 37, (40, 16), generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(steps=8, tokens_per_step=64, lstsq_tokens=128, checkpoint_every=0, lr=1e6,
+    cfg = TrainConfig(steps=8, tokens_per_step=64, lstsq_tokens=128, checkpoint_every=0, optimizer="adam", lr=1e6,
                       validation_tokens=0)
     with pytest.raises(TrainingDivergedError, match=r"the loss at layer \d at step \d rose to .* for 3 steps in a row"):
         train_lens(model, TunedLens.from_model(model), seqs, cfg, progress=False)

@@ -48,10 +48,10 @@ from ..core.vocab import MATMUL_DTYPES, VocabProducts, resolve_matmul_dtype, voc
 from .config import TrainConfig
 from .loss import DivergenceWatch, accumulate_lens_grads, diverged
 from .lstsq import RidgeStats, collect_stats, fit_from_stats_
-from .optim import accept_step_, layer_groups, make_optimizer, reject_step_, set_lrs
+from .optim import layer_groups, make_optimizer, set_lrs
 from .order import data_digest, step_sequences, stream_positions
 from .precondition import Whitener
-from .validation import Validation
+from .validation import Validation, judge_block
 
 if TYPE_CHECKING:
     from ..lens import TunedLens
@@ -345,23 +345,6 @@ def train_step(run: Run) -> None:
     run.elapsed += dt
     run.step_seconds.append(dt)
     run.step += 1
-
-
-def judge_block(run: Run) -> None:
-    """Score the steps since the last judgement on the validation slice: a layer whose validation KL rose
-    goes back to where they began, with half its learning rate; a layer they improved speeds up again."""
-    if run.validation is None or run.block_start is None:
-        return
-    keep = run.validation.judge(run.validation.layer_kl(run.lens, run.layers))
-    with torch.no_grad():
-        for j, layer in enumerate(run.layers):
-            if keep[j]:
-                accept_step_(run.optimizer, layer)
-                continue
-            for p, old in zip(run.lens.translators[layer].parameters(), run.block_start[j]):
-                p.copy_(old)
-            reject_step_(run.optimizer, layer)
-    run.block_start = None
 
 
 def save_run(run: Run) -> None:

@@ -1,13 +1,14 @@
-"""The validation slice: training sequences never trained on, scored after every KL step, so that no step
-makes a layer worse.
+"""The validation slice: training sequences never trained on, scored every few KL steps, so that no block of
+steps makes a layer worse.
 
 A run with KL steps sets aside ``TrainConfig.validation_tokens`` of its training sequences (the stream
 positions right after the least-squares sample, :mod:`.order`; never the held-out split). Their residual
 streams are captured once; :meth:`Validation.layer_kl` scores every trained layer on them (mean
 KL(model || lens), nats, or with ``loss="ce"`` the cross-entropy against the next token; exact, forward
 only: about half a KL step's work per token). The trainer
-scores the start, then every step: a layer whose step raised its validation KL is put back where it
-was and continues with a smaller learning rate (:func:`~tl_tunedlens.training.optim.reject_step_`), so
+scores the start, then the steps since the last score every ``validate_every`` steps, at every checkpoint
+and at the end (:func:`judge_block`): a layer whose steps raised its validation KL is put back where they
+began and continues with a smaller learning rate (:func:`~tl_tunedlens.training.optim.reject_step_`), so
 the lens returned is, layer by layer, the best one seen on the validation slice, the start included.
 Under ``torchrun`` each rank scores its share of the slice and the sums are added over the ranks, so
 every rank takes the same decisions.
@@ -26,11 +27,13 @@ from ..core.backend import capture_residuals, flatten_tokens
 from ..core.distributed import SINGLE, Dist
 from ..core.vocab import VocabProducts
 from .loss import accumulate_lens_grads
+from .optim import accept_step_, reject_step_
 
 from ..core.backend import Model
 
 if TYPE_CHECKING:
     from ..lens import TunedLens
+    from .trainer import Run
 
 
 class Validation:
@@ -99,3 +102,20 @@ class Validation:
         """Continue from :meth:`state_dict`."""
         state = state or {}
         self.best, self.rejected = state.get("best"), state.get("rejected")
+
+
+def judge_block(run: "Run") -> None:
+    """Score the steps since the last judgement on the validation slice: a layer whose validation KL rose
+    goes back to where they began, with half its learning rate; a layer they improved speeds up again."""
+    if run.validation is None or run.block_start is None:
+        return
+    keep = run.validation.judge(run.validation.layer_kl(run.lens, run.layers))
+    with torch.no_grad():
+        for j, layer in enumerate(run.layers):
+            if keep[j]:
+                accept_step_(run.optimizer, layer)
+                continue
+            for p, old in zip(run.lens.translators[layer].parameters(), run.block_start[j]):
+                p.copy_(old)
+            reject_step_(run.optimizer, layer)
+    run.block_start = None
