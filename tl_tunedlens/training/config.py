@@ -8,9 +8,9 @@ and it validates itself on construction. Two presets:
   70 s for SmolLM2-135M on 2 quiet CPU cores). Measured side by side (``bench/time_to_quality.py``),
   the start's held-out KL levels off near 20k tokens; ``--steps N`` adds KL steps (Muon by default, lr 0.06: the
   best at equal tokens in ``bench/time_to_quality.py --only optimizers``; ``"adam"``, ``"sgd"`` and
-  ``"whitened"`` the alternatives), each scored on a validation slice of the
-  training sequences (``validation_tokens``, :mod:`.validation`): a layer whose step raised it is put back
-  with half its learning rate (each kept step gives it back a quarter, up to the base rate), so the
+  ``"whitened"`` the alternatives), scored in blocks of ``validate_every`` steps on a validation slice of
+  the training sequences (``validation_tokens``, :mod:`.validation`): a layer whose block raised it is put
+  back with half its learning rate (each kept block gives it back a quarter, up to the base rate), so the
   steps never make a layer worse on the slice than the start.
 - ``"paper"``: Belrose et al. (2023): identity start, 250 steps x 2^18 tokens, SGD with Nesterov
   momentum 0.9, lr 1.0 (torch lr = lr x (1 - momentum)), weight decay 1e-3, clipping at 1.0,
